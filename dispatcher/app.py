@@ -1,0 +1,255 @@
+"""``dispatch run``: wires the store, the live config, the engine and an event source, and runs until done.
+
+Signals only set flags; the main thread acts on them: SIGTERM/SIGINT stop (stop accepting, let attempts in
+flight finish within the longest timeout, release the rest), SIGHUP reloads ``--config`` now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+from dispatcher.config import ConfigSource, initial_snapshot
+from dispatcher.egress import EgressPolicy
+from dispatcher.engine import Engine, EngineSettings
+from dispatcher.errors import DispatcherError, StoreError
+from dispatcher.http import HttpClient
+from dispatcher.ingest import Committer, Ingestor
+from dispatcher.live import LiveConfig
+from dispatcher.logs import fields, get_logger
+from dispatcher.metrics import Metrics
+from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
+from dispatcher.server import SocketServer, serve_stdin
+from dispatcher.status import StatusServer, status_provider
+from dispatcher.store.sqlite import SQLiteStore
+from dispatcher.watch import ConfigWatcher
+
+log = get_logger()
+
+STORE_FILE = "dispatch.sqlite3"
+DEFAULT_STATE_DIR = ".dispatch-state"
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    config_dir: Path
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
+    socket_path: Path | None = None
+    use_stdin: bool = False
+    allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    metrics_address: tuple[str, int] | None = None
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    retention_seconds: float = 7 * DAY
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    watch: bool = True
+
+
+def store_path(state_dir: Path) -> Path:
+    return state_dir / STORE_FILE
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Only one dispatcher per state directory: it reclaims every lease it finds at start-up."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    handle: IO[str] = open(state_dir / "dispatch.lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DispatcherError(f"another dispatcher is running with state directory {state_dir}") from None
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        options: RunOptions,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.options = options
+        self.environ = environ if environ is not None else os.environ
+        self.clock = clock
+        self.stop_requested = threading.Event()
+        self._reload_requested = threading.Event()
+
+    # Signals only set flags (STYLE: loops act on them).
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal.stop", extra=fields(signal=signal.Signals(signum).name))
+        self.stop_requested.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload_requested.set()
+
+    def run(self) -> int:
+        o = self.options
+        with state_lock(o.state_dir), SQLiteStore(store_path(o.state_dir)) as store:
+            source = ConfigSource(o.config_dir, self.environ)
+            snapshot = initial_snapshot(source)
+            metrics = Metrics()
+            metrics.watch_queue(store.counts, lambda: _age(store.oldest_open_created_at(), self.clock()))
+            engine_ref: list[Engine] = []
+            live = LiveConfig(
+                source, snapshot, store, metrics, clock=self.clock, on_change=lambda: engine_ref[0].wake()
+            )
+            with HttpClient(EgressPolicy(o.allow_cidrs)) as client:
+                engine = Engine(
+                    store, client, live.current, settings=o.engine, metrics=metrics, clock=self.clock
+                )
+                engine_ref.append(engine)
+                self._install_signals()
+                log.info(
+                    "dispatch.started",
+                    extra=fields(
+                        revision=snapshot.revision,
+                        webhooks=len(snapshot.table),
+                        state=str(store_path(o.state_dir)),
+                        source="stdin" if o.use_stdin else str(o.socket_path),
+                    ),
+                )
+                store.prune(self.clock(), o.retention_seconds)
+                live.sync_store()
+                engine.start()
+                committer = Committer(
+                    store, self.clock, engine.submit, engine.room, o.engine.lease_seconds, metrics
+                )
+                ingestor = Ingestor(committer, live.current, metrics, o.max_line_bytes)
+                services = _Services(self, live, engine, store, metrics)
+                services.start()
+                try:
+                    if o.use_stdin:
+                        self._run_stdin(ingestor, engine, services)
+                    else:
+                        assert o.socket_path is not None
+                        self._run_socket(o.socket_path, ingestor, services)
+                finally:
+                    committer.close()
+                    engine.stop(grace_seconds=_longest_timeout(live))
+                    services.close()
+                log.info("dispatch.stopped")
+        return 0
+
+    def _install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _run_socket(self, path: Path, ingestor: Ingestor, services: _Services) -> None:
+        server = SocketServer(path, ingestor)
+        server.start()
+        log.info("socket.listening", extra=fields(path=str(path)))
+        try:
+            while not self.stop_requested.is_set():
+                services.tick()
+        finally:
+            server.close()
+
+    def _run_stdin(self, ingestor: Ingestor, engine: Engine, services: _Services) -> None:
+        eof = threading.Event()
+
+        def read_all() -> None:
+            try:
+                serve_stdin(ingestor)
+            except OSError as exc:
+                log.error("stdin.error", extra=fields(error=str(exc)))
+            finally:
+                eof.set()
+
+        threading.Thread(target=read_all, name="dispatch-stdin", daemon=True).start()
+        while not self.stop_requested.is_set() and not eof.is_set():
+            services.tick()
+        # At EOF: finish the attempts that are due now; later retries stay in the store for the next run.
+        while not self.stop_requested.is_set():
+            if engine.is_idle() and not engine.has_due_work():
+                time.sleep(0.05)  # let a just-recorded outcome's scheduler wake-up settle
+                if engine.is_idle() and not engine.has_due_work():
+                    break
+            services.tick(0.02)
+
+    def reload_requested(self) -> bool:
+        if self._reload_requested.is_set():
+            self._reload_requested.clear()
+            return True
+        return False
+
+
+class _Services:
+    """Periodic housekeeping on the main thread: SIGHUP reloads and retention pruning."""
+
+    PRUNE_EVERY_SECONDS = 3600.0
+
+    def __init__(
+        self, app: Dispatcher, live: LiveConfig, engine: Engine, store: SQLiteStore, metrics: Metrics
+    ) -> None:
+        self.app = app
+        self.live = live
+        self.engine = engine
+        self.store = store
+        self.metrics = metrics
+        self._next_prune = app.clock() + self.PRUNE_EVERY_SECONDS
+        self.watcher: ConfigWatcher | None = None
+        self.status_server: StatusServer | None = None
+
+    def start(self) -> None:
+        o = self.app.options
+        if o.watch:
+            self.watcher = ConfigWatcher(o.config_dir, self._reload_from_watch)
+            self.watcher.start()
+        if o.metrics_address is not None:
+            self.status_server = StatusServer(
+                o.metrics_address,
+                self.metrics,
+                status_provider(self.live, self.store, self.app.clock),
+                self.engine.is_running,
+            )
+            self.status_server.start()
+            host, port = o.metrics_address[0], self.status_server.address[1]
+            log.info("metrics.listening", extra=fields(address=f"{host}:{port}"))
+
+    def tick(self, wait_seconds: float = 0.2) -> None:
+        self.app.stop_requested.wait(wait_seconds)
+        if self.app.reload_requested():
+            self.live.reload("SIGHUP")
+        now = self.app.clock()
+        if now >= self._next_prune:
+            self._next_prune = now + self.PRUNE_EVERY_SECONDS
+            try:
+                n = self.store.prune(now, self.app.options.retention_seconds)
+                if n:
+                    log.info("store.pruned", extra=fields(deliveries=n))
+            except StoreError:
+                log.exception("store.prune_failed")
+
+    def _reload_from_watch(self) -> None:
+        self.live.reload("watch")
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
+        if self.status_server is not None:
+            self.status_server.close()
+
+
+def _age(created_at: float | None, now: float) -> float | None:
+    return None if created_at is None else max(0.0, now - created_at)
+
+
+def _longest_timeout(live: LiveConfig) -> float:
+    hooks = live.current().table.webhooks.values()
+    return max((h.timeout_seconds for h in hooks), default=10.0) + 1.0

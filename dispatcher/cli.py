@@ -1,0 +1,335 @@
+"""``dispatch``: the sidecar's command line. Thin: parse options, build collaborators, return exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dispatcher import publish as publishing
+from dispatcher.app import DEFAULT_STATE_DIR, Dispatcher, RunOptions, store_path
+from dispatcher.egress import parse_cidr
+from dispatcher.engine import EngineSettings
+from dispatcher.errors import DispatcherError
+from dispatcher.logs import configure
+from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
+from dispatcher.store.base import Delivery, DeliveryQuery, DeliveryStatus
+from dispatcher.store.sqlite import SQLiteStore
+
+DEFAULT_SOCKET = "dispatch.sock"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: float) -> float:
+    """``--since``: a duration ago (``30m``, ``2h``, ``7d``) or an ISO 8601 time (``2026-11-28T10:00Z``)."""
+    m = _DURATION.match(text.strip())
+    if m:
+        return now - float(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a duration like 2h nor an ISO time") from None
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Durable, signed webhook delivery for events piped in by the OMS."""
+
+
+@main.command()
+@click.option(
+    "--config", "config_dir", required=True, type=click.Path(path_type=Path), help="webhooks.d directory."
+)
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Listen on this Unix socket.")
+@click.option("--stdin", "use_stdin", is_flag=True, help="Read events from standard input; acks on stdout.")
+@click.option(
+    "--state", "state_dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True
+)
+@click.option(
+    "--allow-cidr", "allow_cidrs", multiple=True, help="Allow deliveries to this network (repeatable)."
+)
+@click.option("--metrics", "metrics_address", help="Serve /metrics, /healthz and /status on HOST:PORT.")
+@click.option(
+    "--max-line-bytes", type=click.IntRange(1024), default=DEFAULT_MAX_LINE_BYTES, show_default=True
+)
+@click.option(
+    "--workers", type=click.IntRange(1, 1024), default=32, show_default=True, help="Delivery threads."
+)
+@click.option(
+    "--per-endpoint",
+    type=click.IntRange(1, 1024),
+    default=8,
+    show_default=True,
+    help="Concurrent attempts per endpoint (scheme, host, port).",
+)
+@click.option("--retention", default="7d", show_default=True, help="Keep delivered records this long.")
+@click.option(
+    "--watch/--no-watch", default=True, show_default=True, help="Reload when files in --config change."
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def run(
+    config_dir: Path,
+    socket_path: Path | None,
+    use_stdin: bool,
+    state_dir: Path,
+    allow_cidrs: tuple[str, ...],
+    metrics_address: str | None,
+    max_line_bytes: int,
+    workers: int,
+    per_endpoint: int,
+    retention: str,
+    watch: bool,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Ingest events, store them durably, deliver them to every matching webhook."""
+    if use_stdin == (socket_path is not None):
+        raise click.UsageError("give exactly one of --socket PATH or --stdin")
+    try:
+        networks = tuple(parse_cidr(c) for c in allow_cidrs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--allow-cidr") from None
+    now = time.time()
+    options = RunOptions(
+        config_dir=config_dir,
+        state_dir=state_dir,
+        socket_path=socket_path,
+        use_stdin=use_stdin,
+        allow_cidrs=networks,
+        metrics_address=_address(metrics_address) if metrics_address else None,
+        max_line_bytes=max_line_bytes,
+        retention_seconds=now - parse_since(retention, now),
+        engine=EngineSettings(workers=workers, per_endpoint=per_endpoint),
+        watch=watch,
+    )
+    configure(log_format, log_level)
+    try:
+        code = Dispatcher(options).run()
+    except DispatcherError as exc:
+        click.echo(f"dispatch: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--socket", "socket_path", type=click.Path(path_type=Path), default=DEFAULT_SOCKET, show_default=True
+)
+@click.argument("source", default="-")
+def publish(socket_path: Path, source: str) -> None:
+    """Send NDJSON events from FILE (or - for stdin) to a running dispatcher and print its acks."""
+    try:
+        stream = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {source}: {exc.strerror}") from None
+    try:
+        result = publishing.publish(socket_path, stream, sys.stdout.buffer)
+    except DispatcherError as exc:
+        click.echo(f"dispatch publish: {exc}", err=True)
+        sys.exit(3)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    if result.rejected or result.missing:
+        click.echo(
+            f"dispatch publish: {result.rejected} rejected, {result.missing} unacknowledged of {result.sent}",
+            err=True,
+        )
+        sys.exit(1)
+
+
+@main.group()
+def deliveries() -> None:
+    """Inspect and requeue deliveries in the store."""
+
+
+_state_option = click.option(
+    "--state", "state_dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True
+)
+
+
+def _open_store(state_dir: Path) -> SQLiteStore:
+    path = store_path(state_dir)
+    if not path.exists():
+        raise click.ClickException(f"no store at {path} (is --state right?)")
+    return SQLiteStore(path)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
+
+
+def _delivery_json(d: Delivery) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "event_uuid": d.event_uuid,
+        "event_type": d.event_type,
+        "webhook": d.webhook,
+        "status": d.status.value,
+        "attempts": d.attempts,
+        "created_at": d.created_at,
+        "updated_at": d.updated_at,
+        "next_attempt_at": d.next_attempt_at,
+        "last_status_code": d.last_status_code,
+        "last_error": d.last_error,
+        "dead_reason": d.dead_reason,
+    }
+
+
+@deliveries.command("list")
+@_state_option
+@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]))
+@click.option("--webhook")
+@click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def list_deliveries(
+    state_dir: Path, status: str | None, webhook: str | None, since: str | None, limit: int, fmt: str
+) -> None:
+    """List deliveries, newest first."""
+    query = DeliveryQuery(
+        status=DeliveryStatus(status) if status else None,
+        webhook=webhook,
+        since=parse_since(since, time.time()) if since else None,
+        limit=limit,
+    )
+    with _open_store(state_dir) as store:
+        rows = store.list_deliveries(query)
+    if fmt == "json":
+        click.echo(json.dumps([_delivery_json(d) for d in rows], indent=2))
+        return
+    click.echo(f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}  {'EVENT':<28}  CREATED")
+    for d in rows:
+        last = str(d.last_status_code) if d.last_status_code is not None else "-"
+        click.echo(
+            f"{d.id:>8}  {d.status.value:<9}  {d.attempts:>3}  {last:>4}  {d.webhook:<24}  "
+            f"{d.event_type:<28}  {_when(d.created_at)}"
+        )
+
+
+@deliveries.command("show")
+@_state_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.argument("delivery_id", type=int)
+def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
+    """Show one delivery and every attempt: time, status code, duration, response excerpt, error."""
+    with _open_store(state_dir) as store:
+        detail = store.get_delivery(delivery_id)
+    if detail is None:
+        raise click.ClickException(f"no delivery {delivery_id}")
+    d = detail.delivery
+    if fmt == "json":
+        doc = _delivery_json(d)
+        doc["attempt_log"] = [
+            {
+                "number": a.number,
+                "started_at": a.started_at,
+                "duration_seconds": a.duration_seconds,
+                "status_code": a.status_code,
+                "error": a.error,
+                "response_headers": a.response_headers,
+                "response_excerpt": a.response_excerpt,
+            }
+            for a in detail.attempts
+        ]
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"delivery {d.id}: {d.status.value}, {d.attempts} attempt(s)")
+    click.echo(f"  webhook:      {d.webhook}")
+    click.echo(f"  event:        {d.event_type} {d.event_uuid}")
+    click.echo(f"  created:      {_when(d.created_at)}")
+    if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
+        click.echo(f"  next attempt: {_when(d.next_attempt_at)}")
+    if d.dead_reason:
+        click.echo(f"  dead reason:  {d.dead_reason}")
+    for a in detail.attempts:
+        status = str(a.status_code) if a.status_code is not None else "-"
+        click.echo(
+            f"  #{a.number} {_when(a.started_at)}  status {status}  {a.duration_seconds * 1000:.1f} ms"
+        )
+        if a.error:
+            click.echo(f"      error: {a.error}")
+        if a.response_excerpt:
+            click.echo(f"      response: {a.response_excerpt[:200]!r}")
+
+
+@deliveries.command("retry")
+@_state_option
+@click.option("--all-dead", is_flag=True, help="Requeue every dead delivery (filtered by --webhook/--since).")
+@click.option("--webhook")
+@click.option("--since", help="Only deliveries created since: a duration ago (2h, 7d) or an ISO time.")
+@click.argument("delivery_ids", nargs=-1, type=int)
+def retry_deliveries(
+    state_dir: Path, all_dead: bool, webhook: str | None, since: str | None, delivery_ids: tuple[int, ...]
+) -> None:
+    """Requeue deliveries now (a fresh schedule); the running dispatcher picks them up within a second."""
+    if bool(delivery_ids) == all_dead:
+        raise click.UsageError("give delivery IDs or --all-dead, not both")
+    if delivery_ids and (webhook or since):
+        raise click.UsageError("--webhook and --since filter --all-dead only")
+    now = time.time()
+    with _open_store(state_dir) as store:
+        if all_dead:
+            n = store.requeue_dead(now, webhook=webhook, since=parse_since(since, now) if since else None)
+        else:
+            n = store.requeue(list(delivery_ids), now)
+    click.echo(f"requeued {n} deliver{'y' if n == 1 else 'ies'}")
+    if delivery_ids and n < len(delivery_ids):
+        click.echo("some IDs were not found or are already delivered", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), required=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--secret", envvar="DISPATCH_RECEIVE_SECRET", help="Verify signatures with this secret.")
+@click.option("--strict", is_flag=True, help="Answer 401 and exit 1 on a bad signature.")
+@click.option(
+    "--respond", default="", help="Status codes to answer in turn, e.g. 500,500,200 (last repeats)."
+)
+@click.option("--count", type=click.IntRange(1), help="Exit after this many deliveries.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per delivery.")
+def receive(
+    port: int, host: str, secret: str | None, strict: bool, respond: str, count: int | None, as_json: bool
+) -> None:
+    """A small receiver for trying webhooks out: prints each delivery and whether its signatures verify."""
+    from dispatcher.receiver import run_receiver
+
+    try:
+        codes = [int(c) for c in respond.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"{respond!r} is not a list of status codes", param_hint="--respond"
+        ) from None
+    sys.exit(
+        run_receiver(
+            host=host,
+            port=port,
+            secret=secret,
+            strict=strict,
+            responses=codes or None,
+            max_count=count,
+            json_lines=as_json,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The dispatcher's view of ``webhooks.d/``: a routing table plus resolved secrets, swapped as one value.
+
+The dispatcher never parses YAML: it asks the reconciler's loader, and adds only what the reconciler must not
+do (reading secrets). A snapshot is built completely off to the side; callers swap the reference atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dispatcher.errors import ConfigError, SecretError
+from dispatcher.secrets import resolve_secret
+from reconciler.loader import TreeLoader, TreeResult
+from reconciler.model import Diagnostic, SecretRef, Webhook
+from reconciler.routing import RoutingTable
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One applied configuration: immutable, shared by every thread until the next swap."""
+
+    table: RoutingTable
+    secrets: Mapping[SecretRef, str] = field(repr=False)
+    revision: str
+    git_commit: str | None = None
+    #: Secret references that could not be resolved at load, with the reason (never a value).
+    secret_errors: Mapping[SecretRef, str] = field(default_factory=dict)
+
+    def secret(self, ref: SecretRef) -> str:
+        """The resolved value; SecretError when it could not be resolved at load."""
+        try:
+            return self.secrets[ref]
+        except KeyError:
+            raise SecretError(self.secret_errors.get(ref, f"secret {ref} was not resolved")) from None
+
+    def webhook(self, name: str) -> Webhook | None:
+        return self.table.get(name)
+
+
+@dataclass(frozen=True)
+class LoadAttempt:
+    """The result of one (re)load: a snapshot when the tree is fully valid, else the problems."""
+
+    revision: str
+    snapshot: Snapshot | None
+    diagnostics: tuple[Diagnostic, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.snapshot is not None
+
+
+def resolve_secrets(
+    webhooks: Mapping[str, Webhook], environ: Mapping[str, str]
+) -> tuple[dict[SecretRef, str], dict[SecretRef, str]]:
+    """Resolve every secret reference of every webhook.
+
+    An unresolvable secret does not block the table (one team's missing secret must not freeze every other
+    team's changes): the webhooks using it fail their attempts with the reason, and are retried, until a
+    reload resolves it. Errors name the reference, never a value.
+    """
+    values: dict[SecretRef, str] = {}
+    errors: dict[SecretRef, str] = {}
+    for hook in webhooks.values():
+        for ref in hook.secret_refs():
+            if ref in values or ref in errors:
+                continue
+            try:
+                values[ref] = resolve_secret(ref, environ)
+            except SecretError as exc:
+                errors[ref] = str(exc)
+    return values, errors
+
+
+def build_attempt(tree: TreeResult, environ: Mapping[str, str], git_commit: str | None = None) -> LoadAttempt:
+    """Turn a loaded tree into a snapshot, or into the reasons it cannot be applied."""
+    errors = tuple(d for d in tree.diagnostics if d.is_error)
+    if errors:
+        return LoadAttempt(tree.revision, None, tree.diagnostics)
+    table = tree.table()
+    secrets, secret_errors = resolve_secrets(table.webhooks, environ)
+    snapshot = Snapshot(table, secrets, tree.revision, git_commit, secret_errors)
+    return LoadAttempt(tree.revision, snapshot, tree.diagnostics)
+
+
+class ConfigSource:
+    """Loads ``--config DIR`` incrementally (only changed files are parsed again)."""
+
+    def __init__(self, directory: str | Path, environ: Mapping[str, str] | None = None) -> None:
+        self.directory = Path(directory)
+        self._loader = TreeLoader(self.directory)
+        self._environ = environ if environ is not None else os.environ
+
+    def load(self) -> LoadAttempt:
+        from reconciler.gitrev import git_commit  # git is optional: only for revision reporting
+
+        return build_attempt(self._loader.load(), self._environ, git_commit(self.directory))
+
+
+def describe_failure(attempt: LoadAttempt, limit: int = 20) -> str:
+    """A multi-line description of why a load failed: ``file:line:col: error[rule]: message`` lines."""
+    lines = [
+        f"{d.file}:{d.line}:{d.column}: {d.severity.value}[{d.rule}]: {d.message}"
+        for d in attempt.diagnostics
+        if d.is_error
+    ][:limit]
+    return "\n".join(lines)
+
+
+def initial_snapshot(source: ConfigSource) -> Snapshot:
+    """Load the config at start-up; a broken tree at start-up is fatal (there is no last good table)."""
+    attempt = source.load()
+    if attempt.snapshot is None:
+        raise ConfigError(f"cannot load {source.directory}:\n{describe_failure(attempt)}")
+    return attempt.snapshot

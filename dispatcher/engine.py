@@ -1,0 +1,455 @@
+"""The delivery engine: endpoint queues, worker threads, a batching outcome writer and a retry scheduler.
+
+Flow. New deliveries arrive already leased from ingest (``submit``: no polling on the hot path). Due retries
+are leased from the store by the scheduler, which sleeps until the earliest due time or until woken. Leases
+wait in per-endpoint queues; a worker takes the next endpoint whose in-flight count is under its limit
+(round robin), so a slow endpoint only ever occupies its own slots. Outcomes go to one writer thread that
+records them in batches (one transaction each). A lease that is not recorded (crash) expires and is
+reclaimed: at-least-once, duplicates only for attempts in flight at the crash.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dispatcher.attempt import Decision, callback_payload, decide, endpoint_key, prepare, without_attempt
+from dispatcher.config import Snapshot
+from dispatcher.errors import DeliveryError, StoreError
+from dispatcher.http import OutboundRequest
+from dispatcher.logs import fields, get_logger
+from dispatcher.metrics import Metrics
+from dispatcher.store.base import AttemptRecord, Lease, Outcome, OutcomeKind, Store
+from reconciler.model import TokenAuth, Webhook
+
+log = get_logger("engine")
+
+
+class Client(Protocol):
+    """What the engine needs from HTTP (``dispatcher.http.HttpClient``; tests pass a fake)."""
+
+    def send(self, request: OutboundRequest) -> AttemptRecord: ...
+
+    def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str: ...
+
+    def post_json(self, url: str, payload: dict[str, Any], timeout_seconds: float) -> AttemptRecord: ...
+
+
+#: Where a lease goes when its webhook no longer exists (it is buried, not sent).
+_NO_ENDPOINT = "-"
+
+
+class EndpointQueues:
+    """Per-endpoint FIFO queues with a per-endpoint in-flight limit, taken round robin by workers."""
+
+    def __init__(self, per_endpoint: int) -> None:
+        self._limit = per_endpoint
+        self._cond = threading.Condition()
+        self._queues: dict[str, deque[Lease]] = {}
+        self._inflight: dict[str, int] = {}
+        self._ready: deque[str] = deque()
+        self._is_ready: set[str] = set()
+        self._size = 0
+        self._busy = 0
+        self._closed = False
+
+    def put(self, key: str, lease: Lease) -> None:
+        with self._cond:
+            self._queues.setdefault(key, deque()).append(lease)
+            self._size += 1
+            self._mark_ready(key)
+
+    def queued(self, key: str) -> int:
+        with self._cond:
+            q = self._queues.get(key)
+            return len(q) if q else 0
+
+    def take(self, timeout: float | None = None) -> tuple[str, Lease] | None:
+        """The next lease whose endpoint has a free slot; None when closed (or on timeout)."""
+        with self._cond:
+            while not self._ready:
+                if self._closed or not self._cond.wait(timeout):
+                    return None
+            key = self._ready.popleft()
+            self._is_ready.discard(key)
+            q = self._queues[key]
+            lease = q.popleft()
+            if not q:
+                del self._queues[key]
+            self._size -= 1
+            self._busy += 1
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+            self._mark_ready(key)
+            return key, lease
+
+    def done(self, key: str) -> None:
+        with self._cond:
+            self._busy -= 1
+            left = self._inflight[key] - 1
+            if left:
+                self._inflight[key] = left
+            else:
+                del self._inflight[key]
+            self._mark_ready(key)
+            self._cond.notify_all()
+
+    def _mark_ready(self, key: str) -> None:
+        if key not in self._is_ready and key in self._queues and self._inflight.get(key, 0) < self._limit:
+            self._ready.append(key)
+            self._is_ready.add(key)
+            self._cond.notify()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def close(self) -> list[Lease]:
+        """Stop handing out work; returns the leases still queued (to be released)."""
+        with self._cond:
+            self._closed = True
+            left = [lease for q in self._queues.values() for lease in q]
+            self._queues.clear()
+            self._ready.clear()
+            self._is_ready.clear()
+            self._size = 0
+            self._cond.notify_all()
+            return left
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no attempt is in flight; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+
+@dataclass(frozen=True)
+class _Done:
+    outcome: Outcome
+    hook: Webhook | None = None
+    lease: Lease | None = None
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    workers: int = 32
+    per_endpoint: int = 8
+    lease_seconds: float = 120.0  # longer than the 60 s timeout ceiling plus queueing
+    max_queued: int = 20_000  # leases held in memory at most (bounds memory and lease age)
+    per_endpoint_queued: int = 2_000  # beyond this an endpoint's new leases go back to the store
+    overflow_delay_seconds: float = 1.0
+    reclaim_interval_seconds: float = 15.0
+    lease_batch: int = 500
+
+
+class Engine:
+    """Owns the worker, writer, scheduler and callback threads. ``start()``, then ``stop()``."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: Client,
+        config: Callable[[], Snapshot],
+        *,
+        settings: EngineSettings | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.config = config
+        self.settings = s = settings or EngineSettings()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.queues = EndpointQueues(s.per_endpoint)
+        self._outcomes: queue.Queue[_Done | None] = queue.Queue()
+        self._callbacks: queue.Queue[tuple[str, float, dict[str, Any]] | None] = queue.Queue()
+        self._unwritten = 0  # outcomes handed to the writer and not yet recorded
+        self._unwritten_lock = threading.Lock()
+        self._wake = threading.Condition()
+        self._woken = False
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._next_reclaim = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reclaim leases left by a previous process, then start the threads."""
+        reclaimed = self.store.reclaim_expired(self.clock() + self.settings.lease_seconds * 2)
+        if reclaimed:
+            log.info("leases.reclaimed", extra=fields(count=reclaimed, at="start-up"))
+        self._next_reclaim = self.clock() + self.settings.reclaim_interval_seconds
+        specs: list[tuple[str, Callable[[], None]]] = [
+            ("writer", self._writer),
+            ("scheduler", self._scheduler),
+        ]
+        specs.append(("callbacks", self._callback_sender))
+        specs.extend((f"worker-{i}", self._worker) for i in range(self.settings.workers))
+        for name, target in specs:
+            thread = threading.Thread(target=target, name=f"dispatch-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, grace_seconds: float = 60.0) -> None:
+        """Stop taking work, let attempts in flight finish (up to ``grace_seconds``), release the rest."""
+        self._stopping.set()
+        self.wake()
+        left = self.queues.close()
+        now = self.clock()
+        for lease in left:
+            self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=now)))
+        if not self.queues.wait_idle(grace_seconds):
+            log.warning(
+                "shutdown.inflight_abandoned", extra=fields(note="their leases expire and are retried")
+            )
+        self._outcomes.put(None)
+        self._callbacks.put(None)
+        for thread in self._threads:
+            thread.join(timeout=max(1.0, grace_seconds))
+        self._threads.clear()
+
+    # -- hot path ----------------------------------------------------------------------------------------
+
+    def room(self) -> int:
+        """How many more leases the engine will hold in memory right now."""
+        return self.settings.max_queued - self.queues.size
+
+    def submit(self, leases: Iterable[Lease]) -> None:
+        """Queue leased deliveries for attempts now."""
+        snapshot = self.config()
+        now = self.clock()
+        for lease in leases:
+            hook = snapshot.webhook(lease.webhook)
+            key = endpoint_key(hook.target_url) if hook is not None else _NO_ENDPOINT
+            if self.queues.queued(key) >= self.settings.per_endpoint_queued:
+                later = now + self.settings.overflow_delay_seconds
+                self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=later)))
+                continue
+            self.queues.put(key, lease)
+
+    def wake(self) -> None:
+        """Make the scheduler look at the store now (a retry became due sooner, work was requeued)."""
+        with self._wake:
+            self._woken = True
+            self._wake.notify()
+
+    def is_running(self) -> bool:
+        """Every engine thread is alive (for /healthz)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def is_idle(self) -> bool:
+        """No lease queued, none in flight, no outcome waiting to be written."""
+        with self._unwritten_lock:
+            unwritten = self._unwritten
+        return self.queues.size == 0 and self.queues.busy == 0 and unwritten == 0
+
+    def has_due_work(self) -> bool:
+        """Whether anything is due in the store now (used to finish up at EOF in --stdin mode)."""
+        due = self.store.next_due_at()
+        return due is not None and due <= self.clock()
+
+    # -- scheduler -----------------------------------------------------------------------------------------
+
+    def run_once(self, now: float) -> float | None:
+        """One scheduler step: reclaim expired leases when due, lease due deliveries into the queues.
+
+        Returns when to run again (None: only when woken or at the next reclaim).
+        """
+        s = self.settings
+        if now >= self._next_reclaim:
+            n = self.store.reclaim_expired(now)
+            if n:
+                log.info("leases.reclaimed", extra=fields(count=n))
+            self._next_reclaim = now + s.reclaim_interval_seconds
+        room = self.room()
+        if room > 0:
+            leases = self.store.lease(now, min(room, s.lease_batch), s.lease_seconds)
+            if leases:
+                self.submit(leases)
+                if len(leases) == min(room, s.lease_batch):
+                    return now  # there may be more due right now
+        if self.room() <= 0:
+            return now + 0.05  # queues full: look again shortly
+        return self.store.next_due_at()
+
+    def _scheduler(self) -> None:
+        while not self._stopping.is_set():
+            now = self.clock()
+            try:
+                next_at = self.run_once(now)
+            except StoreError:
+                log.exception("scheduler.store_error")
+                next_at = now + 1.0
+            wake_at = min(next_at if next_at is not None else float("inf"), self._next_reclaim)
+            # At most a second: work requeued by another process (`dispatch deliveries retry`) shows up in the
+            # store without waking us; new events never wait for this (they are submitted directly).
+            timeout = min(1.0, max(0.0, wake_at - self.clock()))
+            with self._wake:
+                if not self._woken and timeout > 0:
+                    self._wake.wait(timeout)
+                self._woken = False
+
+    # -- workers -------------------------------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while True:
+            item = self.queues.take()
+            if item is None:
+                return
+            key, lease = item
+            try:
+                self._handle(lease)
+            except Exception:
+                # A bug must not kill the worker; the lease expires and the delivery is retried.
+                log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
+            finally:
+                self.queues.done(key)
+
+    def _handle(self, lease: Lease) -> None:
+        now = self.clock()
+        if lease.expires_at <= now:
+            return  # the store will reclaim it; attempting now could race another holder
+        snapshot = self.config()
+        hook = snapshot.webhook(lease.webhook)
+        if hook is None:
+            self._put(_Done(without_attempt(lease, OutcomeKind.DEAD, reason="webhook removed"), lease=lease))
+            return
+        if not hook.active:
+            self._put(_Done(without_attempt(lease, OutcomeKind.HOLD), hook, lease))
+            return
+        record = self._attempt(lease, hook, snapshot, now)
+        self.metrics.attempt_duration.observe(record.duration_seconds)
+        decision = decide(lease, hook, record, self.rng, self.clock())
+        self._put(_Done(decision.outcome, hook, lease, decision))
+
+    def _attempt(self, lease: Lease, hook: Webhook, snapshot: Snapshot, now: float) -> AttemptRecord:
+        token: str | None = None
+        if isinstance(hook.auth, TokenAuth):
+            try:
+                raw = self.client.fetch_token(
+                    hook.auth, snapshot.secret(hook.auth.password), hook.timeout_seconds
+                )
+            except DeliveryError as exc:
+                return AttemptRecord(started_at=now, duration_seconds=0.0, error=str(exc))
+            token = hook.auth.header_format.format(raw)
+        request = prepare(lease, hook, snapshot, int(now), token)
+        return self.client.send(request)
+
+    # -- outcomes ------------------------------------------------------------------------------------------
+
+    def _put(self, done: _Done) -> None:
+        with self._unwritten_lock:
+            self._unwritten += 1
+        self._outcomes.put(done)
+
+    def _writer(self) -> None:
+        stop = False
+        while not stop:
+            first = self._outcomes.get()
+            batch: list[_Done] = []
+            if first is None:
+                stop = True
+            else:
+                batch.append(first)
+            while len(batch) < 1000:
+                try:
+                    more = self._outcomes.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    continue
+                batch.append(more)
+            if batch:
+                self._write(batch)
+
+    def _write(self, batch: list[_Done]) -> None:
+        now = self.clock()
+        snapshot = self.config()
+        try:
+            self.store.record([self._recheck_hold(d, snapshot, now) for d in batch], now)
+        except StoreError:
+            # Not recorded: the leases expire and the deliveries are attempted again (at-least-once).
+            log.exception("outcomes.store_error", extra=fields(count=len(batch)))
+        finally:
+            with self._unwritten_lock:
+                self._unwritten -= len(batch)
+        wake = False
+        for done in batch:
+            kind = done.outcome.kind
+            self.metrics.deliveries.labels(kind.value if kind is not OutcomeKind.RETRY else "retry").inc()
+            if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
+                wake = True
+            self._log_outcome(done)
+            hook, lease, decision = done.hook, done.lease, done.decision
+            if hook and lease and decision and hook.callback and decision.label in hook.callback.on:
+                payload = callback_payload(lease, hook, decision, now)
+                self._callbacks.put((hook.callback.url, hook.timeout_seconds, payload))
+        if wake:
+            self.wake()
+
+    @staticmethod
+    def _recheck_hold(done: _Done, snapshot: Snapshot, now: float) -> Outcome:
+        """A hold decided just before the webhook was re-activated becomes a release (never stuck held)."""
+        o = done.outcome
+        if o.kind is OutcomeKind.HOLD and done.lease is not None:
+            hook = snapshot.webhook(done.lease.webhook)
+            if hook is not None and hook.active:
+                return Outcome(o.delivery_id, o.lease_id, OutcomeKind.RELEASE, next_attempt_at=now)
+        return o
+
+    def _log_outcome(self, done: _Done) -> None:
+        o = done.outcome
+        if o.kind is OutcomeKind.RELEASE:
+            return
+        a = o.attempt
+        values = {
+            "delivery": o.delivery_id,
+            "webhook": done.lease.webhook if done.lease else None,
+            "event_uuid": done.lease.event_uuid if done.lease else None,
+            "status_code": a.status_code if a else None,
+            "duration_ms": round(a.duration_seconds * 1000, 1) if a else None,
+        }
+        if a and a.error:
+            values["error"] = a.error
+        if o.kind is OutcomeKind.RETRY and o.next_attempt_at is not None:
+            values["retry_in_s"] = round(o.next_attempt_at - (a.started_at if a else self.clock()), 1)
+        if o.reason:
+            values["reason"] = o.reason
+        level = 30 if o.kind is OutcomeKind.DEAD else 20
+        log.log(level, f"delivery.{o.kind.value}", extra=fields(**values))
+
+    def _callback_sender(self) -> None:
+        while True:
+            item = self._callbacks.get()
+            if item is None:
+                return
+            url, timeout, payload = item
+            record = self.client.post_json(url, payload, timeout)
+            ok = record.status_code is not None and 200 <= record.status_code < 300
+            self.metrics.callbacks.labels("ok" if ok else "failed").inc()
+            if not ok:
+                log.warning(
+                    "callback.failed",
+                    extra=fields(
+                        webhook=payload["webhook"], status_code=record.status_code, error=record.error
+                    ),
+                )

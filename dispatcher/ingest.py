@@ -1,0 +1,241 @@
+"""Ingest: NDJSON lines from a stream, durably committed in groups, acknowledged in order.
+
+A reader turns whatever bytes are available into complete lines, parses and routes each one, and hands the
+batch to the ``Committer``. The committer merges every batch waiting at that moment into one store
+transaction (group commit), then answers each batch. The reader writes the acknowledgements in input order.
+So a pipelining client gets one transaction per burst, and a one-at-a-time client one per line.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dispatcher.config import Snapshot
+from dispatcher.errors import StoreError
+from dispatcher.logs import fields, get_logger
+from dispatcher.metrics import Metrics
+from dispatcher.protocol import (
+    BadLine,
+    ParsedEvent,
+    ack_accepted,
+    ack_duplicate,
+    ack_rejected,
+    parse_line,
+)
+from dispatcher.store.base import EnqueueResult, Lease, NewEvent, Store
+
+log = get_logger("ingest")
+
+
+def route_event(event: ParsedEvent, snapshot: Snapshot, line_no: int) -> NewEvent | BadLine:
+    """Which webhooks get a delivery: the named one (``webhook``), else every active match."""
+    if event.webhook is not None:
+        if snapshot.webhook(event.webhook) is None:
+            return BadLine(line_no, f"unknown webhook {event.webhook!r}")
+        names: tuple[str, ...] = (event.webhook,)
+    else:
+        names = tuple(h.name for h in snapshot.table.route(event.type, event.filter))
+    return NewEvent(uuid=event.uuid, type=event.type, body=event.body, webhooks=names)
+
+
+@dataclass
+class _Batch:
+    events: list[NewEvent]
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list[EnqueueResult] | None = None
+    error: str | None = None
+
+
+class Committer:
+    """One thread that group-commits batches of events and hands new deliveries to the engine."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float],
+        on_committed: Callable[[list[Lease]], None],
+        room: Callable[[], int],
+        lease_seconds: float,
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._on_committed = on_committed
+        self._room = room
+        self._lease_seconds = lease_seconds
+        self._metrics = metrics
+        self._queue: queue.Queue[_Batch | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="dispatch-committer", daemon=True)
+        self._thread.start()
+
+    def commit(self, events: list[NewEvent]) -> _Batch:
+        """Commit events durably (blocks until done); results are in input order."""
+        batch = _Batch(events)
+        if events:
+            self._queue.put(batch)
+            batch.done.wait()
+        else:
+            batch.results = []
+        return batch
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batches = [first]
+            size = len(first.events)
+            stop = False
+            while size < 5000:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batches.append(more)
+                size += len(more.events)
+            self._commit(batches)
+            if stop:
+                return
+
+    def _commit(self, batches: list[_Batch]) -> None:
+        events = [e for b in batches for e in b.events]
+        deliveries = sum(len(e.webhooks) for e in events)
+        # Hand new deliveries straight to the engine when it has room; otherwise the scheduler leases them.
+        lease_seconds = self._lease_seconds if self._room() >= deliveries else None
+        try:
+            results = self._store.enqueue(events, self._clock(), lease_seconds)
+        except StoreError as exc:
+            log.error("ingest.store_error", extra=fields(events=len(events), error=str(exc)))
+            for b in batches:
+                b.error = "not stored: the store failed; retry this event"
+                b.done.set()
+            return
+        offset = 0
+        for b in batches:
+            b.results = results[offset : offset + len(b.events)]
+            offset += len(b.events)
+            b.done.set()
+        if lease_seconds is not None:
+            ids = [i for r in results for i in r.delivery_ids]
+            if ids:
+                self._on_committed(self._store.lease_for(ids))
+
+
+class LineReader:
+    """Splits a byte stream into lines, enforcing a maximum line length without buffering past it."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self._max = max_line_bytes
+        self._buffer = bytearray()
+        self._discarding = False  # inside an over-long line: drop bytes until its newline
+        self.line_no = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes | None]]:
+        """Complete lines in ``data`` as (line number, bytes); bytes None for an over-long line."""
+        out: list[tuple[int, bytes | None]] = []
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            chunk = data[start:nl]
+            start = nl + 1
+            self.line_no += 1
+            if self._discarding or len(self._buffer) + len(chunk) > self._max:
+                out.append((self.line_no, None))
+            else:
+                out.append((self.line_no, bytes(self._buffer + chunk) if self._buffer else bytes(chunk)))
+            self._buffer.clear()
+            self._discarding = False
+        rest = data[start:]
+        if not self._discarding:
+            if len(self._buffer) + len(rest) > self._max:
+                self._buffer.clear()
+                self._discarding = True
+            else:
+                self._buffer += rest
+        return out
+
+    def finish(self) -> list[tuple[int, bytes | None]]:
+        """At EOF: a last line without a newline still counts."""
+        if self._discarding:
+            self._discarding = False
+            self.line_no += 1
+            return [(self.line_no, None)]
+        if self._buffer.strip():
+            self.line_no += 1
+            line = bytes(self._buffer)
+            self._buffer.clear()
+            return [(self.line_no, line)]
+        return []
+
+
+class Ingestor:
+    """Turns lines into acknowledgements: parse, route, commit, answer. Shared by every connection."""
+
+    def __init__(
+        self,
+        committer: Committer,
+        config: Callable[[], Snapshot],
+        metrics: Metrics,
+        max_line_bytes: int,
+    ) -> None:
+        self._committer = committer
+        self._config = config
+        self._metrics = metrics
+        self.max_line_bytes = max_line_bytes
+
+    def handle(self, lines: list[tuple[int, bytes | None]]) -> bytes:
+        """Acknowledgement lines for these input lines, in order, after their events are durable."""
+        snapshot = self._config()
+        answers: list[bytes | None] = []
+        events: list[NewEvent] = []
+        slots: list[int] = []
+        for line_no, raw in lines:
+            if raw is None:
+                answers.append(
+                    ack_rejected(line_no, f"line too long (more than {self.max_line_bytes} bytes)")
+                )
+                continue
+            if not raw.strip():
+                answers.append(ack_rejected(line_no, "empty line"))
+                continue
+            parsed = parse_line(raw, line_no)
+            routed = parsed if isinstance(parsed, BadLine) else route_event(parsed, snapshot, line_no)
+            if isinstance(routed, BadLine):
+                answers.append(ack_rejected(routed.line, routed.error))
+                continue
+            slots.append(len(answers))
+            answers.append(None)
+            events.append(routed)
+        rejected = len(answers) - len(events)
+        if rejected:
+            self._metrics.events_rejected.inc(rejected)
+        batch = self._committer.commit(events)
+        if batch.error is not None:
+            for slot in slots:  # answers[i] answers lines[i]
+                answers[slot] = ack_rejected(lines[slot][0], batch.error)
+            self._metrics.events_rejected.inc(len(slots))
+        else:
+            assert batch.results is not None
+            duplicates = 0
+            for slot, result in zip(slots, batch.results, strict=True):
+                if result.duplicate:
+                    duplicates += 1
+                    answers[slot] = ack_duplicate(result.uuid)
+                else:
+                    answers[slot] = ack_accepted(result.uuid, len(result.delivery_ids))
+            self._metrics.events_accepted.inc(len(slots) - duplicates)
+            if duplicates:
+                self._metrics.events_duplicate.inc(duplicates)
+        return b"".join(a for a in answers if a is not None)

@@ -1,0 +1,148 @@
+"""Event sources: a Unix stream socket (many clients at once) and standard input.
+
+Both run the same loop: read what is available, split into lines, let the ``Ingestor`` commit and answer,
+write the acknowledgements. Socket creation is safe: mode 0660 from the first instant (umask around bind), a
+stale socket left by a dead process is replaced, and anything else at the path is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from dispatcher.errors import SocketPathError
+from dispatcher.ingest import Ingestor, LineReader
+from dispatcher.logs import fields, get_logger
+
+log = get_logger("server")
+
+_READ_SIZE = 1 << 16
+
+
+def serve_stream(read: Callable[[], bytes], write: Callable[[bytes], None], ingestor: Ingestor) -> int:
+    """Serve one NDJSON stream until EOF; returns the number of lines handled."""
+    reader = LineReader(ingestor.max_line_bytes)
+    while True:
+        data = read()
+        lines = reader.feed(data) if data else reader.finish()
+        if lines:
+            write(ingestor.handle(lines))
+        if not data:
+            return reader.line_no
+
+
+def _prepare_path(path: Path) -> None:
+    """Remove a stale socket at ``path``; refuse a live one or any other kind of file."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # nobody listens: left by a process that died
+        log.info("socket.stale_removed", extra=fields(path=str(path)))
+        return
+    finally:
+        probe.close()
+    raise SocketPathError(f"another process is already listening on {path}")
+
+
+def bind_unix_socket(path: str | Path, mode: int = 0o660) -> socket.socket:
+    """A listening Unix stream socket at ``path`` with ``mode``, never briefly wider."""
+    target = Path(path)
+    _prepare_path(target)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(target))
+    except OSError as exc:
+        sock.close()
+        raise SocketPathError(f"cannot bind {target}: {exc.strerror}") from exc
+    finally:
+        os.umask(old)
+    os.chmod(target, mode)
+    sock.listen(128)
+    return sock
+
+
+class SocketServer:
+    """Accepts clients on a Unix socket; one thread per client. ``close()`` stops accepting and reading."""
+
+    def __init__(self, path: str | Path, ingestor: Ingestor) -> None:
+        self.path = Path(path)
+        self._ingestor = ingestor
+        self._sock = bind_unix_socket(self.path)
+        self._clients: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._accepter = threading.Thread(target=self._accept_loop, name="dispatch-accept", daemon=True)
+        self._handlers: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._accepter.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self._clients.add(conn)
+                handler = threading.Thread(
+                    target=self._serve, args=(conn,), name="dispatch-client", daemon=True
+                )
+                self._handlers = [t for t in self._handlers if t.is_alive()]
+                self._handlers.append(handler)
+            handler.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            serve_stream(lambda: conn.recv(_READ_SIZE), conn.sendall, self._ingestor)
+        except OSError as exc:
+            log.info("client.disconnected", extra=fields(error=exc.strerror or str(exc)))
+        finally:
+            with self._lock:
+                self._clients.discard(conn)
+            conn.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, stop reading from clients (acks for lines already read are still written)."""
+        with self._lock:
+            self._closed = True
+            clients = list(self._clients)
+            handlers = list(self._handlers)
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        for conn in clients:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
+        for handler in handlers:
+            handler.join(timeout)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def serve_stdin(ingestor: Ingestor, fd_in: int = 0, fd_out: int = 1) -> int:
+    """Serve standard input until EOF; acknowledgements go to standard output."""
+
+    def write(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd_out, view)
+            view = view[n:]
+
+    return serve_stream(lambda: os.read(fd_in, _READ_SIZE), write, ingestor)

@@ -1,0 +1,115 @@
+"""``--metrics HOST:PORT``: ``/metrics`` (Prometheus text), ``/healthz`` and ``/status`` (JSON)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from dispatcher.live import LiveConfig
+from dispatcher.metrics import Metrics
+from dispatcher.store.base import Store
+
+
+def _public_endpoint(url: str) -> str:
+    """scheme://host[:port] only: paths and queries can carry tokens, so /status never shows them."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}"
+
+
+def build_status(live: LiveConfig, store: Store, now: float) -> dict[str, Any]:
+    """The /status document: revisions, last reload, webhooks, queue depth, oldest pending age."""
+    s = live.status
+    snapshot = live.current()
+    oldest = store.oldest_open_created_at()
+    return {
+        "active_revision": s.active_revision,
+        "active_git_commit": s.active_git_commit,
+        "attempted_revision": s.attempted_revision,
+        "last_reload": {
+            "successful": s.last_reload_ok,
+            "at": s.last_reload_at,
+            "error": s.last_error,
+        },
+        "last_reload_success_at": s.last_success_at,
+        "webhooks": [
+            {
+                "name": h.name,
+                "status": "active" if h.active else "inactive",
+                "event_types": list(h.event_types),
+                "endpoint": _public_endpoint(h.target_url),
+                "source": f"{h.source.file}:{h.source.line}",
+                "secrets_resolved": all(r in snapshot.secrets for r in h.secret_refs()),
+            }
+            for h in sorted(snapshot.table.webhooks.values(), key=lambda h: h.name)
+        ],
+        "queue": {status.value: n for status, n in store.counts().items()},
+        "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
+    }
+
+
+class StatusServer:
+    """A small HTTP server in a thread. ``close()`` stops it."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        metrics: Metrics,
+        status: Callable[[], dict[str, Any]],
+        healthy: Callable[[], bool],
+    ) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = urlsplit(self.path).path
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, outer.metrics.render())
+                elif path == "/healthz":
+                    ok = outer.healthy()
+                    self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+                elif path == "/status":
+                    body = json.dumps(outer.status(), indent=2).encode() + b"\n"
+                    self._send(200, "application/json", body)
+                else:
+                    self._send(404, "text/plain", b"not found\n")
+
+            def _send(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes every few seconds would drown the log
+
+        self.metrics = metrics
+        self.status = status
+        self.healthy = healthy
+        self._server = ThreadingHTTPServer(address, Handler)
+        self._server.daemon_threads = True
+        self.address = self._server.server_address
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="dispatch-status", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def status_provider(
+    live: LiveConfig, store: Store, clock: Callable[[], float] = time.time
+) -> Callable[[], dict[str, Any]]:
+    return lambda: build_status(live, store, clock())

@@ -1,0 +1,1 @@
+"""Durable storage of events and deliveries behind one ``Store`` contract."""

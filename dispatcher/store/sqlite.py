@@ -1,0 +1,616 @@
+"""The SQLite backend: one WAL-mode file, the dispatcher's default store (the only module importing sqlite3).
+
+Decisions worth knowing:
+
+- Ids (events, deliveries, lease tokens) come from one ``counters`` row read and bumped inside the write
+  transaction, so a batch is inserted with ``executemany`` without a round trip per row, and delivery ids are
+  never reused after a prune (``deliveries show 42`` keeps meaning one delivery).
+- A lease token is one per ``lease()``/``enqueue()`` call and strictly increasing: the same delivery leased
+  twice always gets two tokens, so an outcome from the first holder (after a reclaim) is recognised as stale.
+- ``deliveries.attempts`` counts attempts in the *current schedule* (the retry policy reads it; a requeue
+  resets it to 0). ``AttemptLog.number`` is the attempt row's ordinal and continues across requeues, so
+  ``deliveries show`` keeps the whole history.
+- Newest first means ``created_at DESC, id DESC``.
+- ``prune`` works in chunks of ``PRUNE_CHUNK`` rows, one short transaction each, so ingest is never blocked
+  for long; a crash midway leaves a consistent, partly pruned store. Events are scanned in acceptance order
+  and the scan stops at the first event inside the window, so after the wall clock stepped back a few events
+  may outlive the window until a later prune.
+- Memory: the page cache is bounded (``cache_size``) and no method loads more than one batch of rows, so a
+  million pending deliveries cost disk, not RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from dispatcher.errors import StoreError
+from dispatcher.store.base import (
+    AttemptLog,
+    Delivery,
+    DeliveryDetail,
+    DeliveryQuery,
+    DeliveryStatus,
+    EnqueueResult,
+    Lease,
+    NewEvent,
+    Outcome,
+    OutcomeKind,
+)
+
+SCHEMA_VERSION = 1
+PRUNE_CHUNK = 1000
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_WRITER_CACHE_KIB = 8000
+_READER_CACHE_KIB = 4000
+_FRESH_LEASES_MAX = 10_000  # leases created by enqueue and not yet collected by lease_for; beyond, re-read
+
+# The partial index ``deliveries_due`` is only used when a query repeats its WHERE terms verbatim.
+_DUE = "status IN ('pending', 'failed') AND held = 0 AND lease_id IS NULL"
+
+_SCHEMA = f"""
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    uuid NOT NULL UNIQUE,  -- see _uuid_key
+    type TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE deliveries (
+    id INTEGER PRIMARY KEY,
+    event_id INTEGER NOT NULL REFERENCES events (id),
+    webhook TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'failed', 'delivered', 'dead')),
+    held INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL CHECK (status NOT IN ('pending', 'failed') OR next_attempt_at IS NOT NULL),
+    lease_id INTEGER,
+    lease_expires_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_status_code INTEGER,
+    last_error TEXT,
+    dead_reason TEXT
+);
+CREATE UNIQUE INDEX deliveries_event ON deliveries (event_id, webhook);
+CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE {_DUE};
+CREATE INDEX deliveries_leased ON deliveries (lease_expires_at) WHERE lease_id IS NOT NULL;
+CREATE INDEX deliveries_status ON deliveries (status, created_at);
+CREATE INDEX deliveries_webhook ON deliveries (webhook, status, created_at);
+CREATE INDEX deliveries_created ON deliveries (created_at);
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+    number INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    duration_seconds REAL NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    response_headers TEXT NOT NULL,
+    response_excerpt TEXT NOT NULL,
+    UNIQUE (delivery_id, number)
+);
+CREATE TABLE counters (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    next_event_id INTEGER NOT NULL,
+    next_delivery_id INTEGER NOT NULL,
+    next_lease_id INTEGER NOT NULL
+);
+INSERT INTO counters VALUES (1, 1, 1, 1);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_DELIVERY_COLUMNS = (
+    "d.id, e.uuid, e.type, d.webhook, d.status, d.attempts, d.created_at, d.updated_at, d.next_attempt_at,"
+    " d.last_status_code, d.last_error, d.dead_reason"
+)
+_LEASE_DUE = (
+    "SELECT d.id, e.uuid, e.type, d.webhook, e.body, d.attempts, d.created_at"
+    " FROM deliveries AS d INDEXED BY deliveries_due JOIN events AS e ON e.id = d.event_id"
+    f" WHERE d.{_DUE.replace(' AND ', ' AND d.')} AND d.next_attempt_at <= ?"
+    " ORDER BY d.next_attempt_at, d.id LIMIT ?"
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (id, uuid, type, created_at, body) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (uuid) DO NOTHING"
+)
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (id, event_id, webhook, next_attempt_at, lease_id, lease_expires_at, created_at,"
+    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# Inserted only while the lease still matches; numbered after existing rows (history kept on requeue).
+_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (delivery_id, number, started_at, duration_seconds, status_code, error,"
+    " response_headers, response_excerpt)"
+    " SELECT d.id, (SELECT COALESCE(MAX(number), 0) + 1 FROM attempts WHERE delivery_id = d.id),"
+    " ?, ?, ?, ?, ?, ? FROM deliveries AS d WHERE d.id = ? AND d.lease_id = ?"
+)
+_SETTLE = (
+    "UPDATE deliveries SET status = ?1, attempts = attempts + ?2, next_attempt_at = ?3, dead_reason = ?4,"
+    " last_status_code = IIF(?2, ?5, last_status_code), last_error = IIF(?2, ?6, last_error), held = 0,"
+    " lease_id = NULL, lease_expires_at = NULL, updated_at = ?7 WHERE id = ?8 AND lease_id = ?9"
+)
+_GIVE_BACK = (
+    "UPDATE deliveries SET held = ?1, next_attempt_at = COALESCE(?2, next_attempt_at), lease_id = NULL,"
+    " lease_expires_at = NULL, updated_at = ?3 WHERE id = ?4 AND lease_id = ?5"
+)
+_REQUEUE = (
+    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?1, held = 0,"
+    " dead_reason = NULL, updated_at = ?1"
+)
+
+
+@contextmanager
+def _translated(action: str, path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"store {action} failed ({path}): {exc}") from exc
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        event_uuid=_uuid_text(row[1]),
+        event_type=row[2],
+        webhook=row[3],
+        status=DeliveryStatus(row[4]),
+        attempts=row[5],
+        created_at=row[6],
+        updated_at=row[7],
+        next_attempt_at=row[8],
+        last_status_code=row[9],
+        last_error=row[10],
+        dead_reason=row[11],
+    )
+
+
+def _uuid_key(uuid: str) -> bytes | str:
+    """16 bytes for a normalised uuid: half the size of the hex text in the dedupe index, which is written
+    at random places and is the main cost of an enqueue. Anything else stays text (never equal to a blob)."""
+    if len(uuid) == 32:
+        with suppress(ValueError):
+            return bytes.fromhex(uuid)
+    return uuid
+
+
+def _uuid_text(key: bytes | str) -> str:
+    return key.hex() if isinstance(key, bytes) else key
+
+
+def _json_list(values: Sequence[object]) -> str:
+    return json.dumps(list(values))
+
+
+class SQLiteStore:
+    """``Store`` in one SQLite file. Thread-safe: one writer connection and one reader connection, each
+    behind a lock; other processes (``dispatch deliveries``) may open the same file at the same time."""
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "FULL", busy_timeout_seconds: float = 5.0
+    ) -> None:
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}")
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"cannot open store {self.path}: it is a directory, expected a database file")
+        if not self.path.parent.is_dir():
+            raise StoreError(f"cannot open store {self.path}: directory {self.path.parent} does not exist")
+        self._busy_ms = int(busy_timeout_seconds * 1000)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._fresh_lock = threading.Lock()
+        self._fresh: dict[int, Lease] = {}
+        self._writer = self._connect(synchronous.upper(), _WRITER_CACHE_KIB, writer=True)
+        try:
+            self._create_schema()
+            self._reader = self._connect(synchronous.upper(), _READER_CACHE_KIB, writer=False)
+        except BaseException:
+            self._writer.close()
+            raise
+
+    def _connect(self, synchronous: str, cache_kib: int, *, writer: bool) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_ms / 1000, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            if writer:
+                # WAL is persistent in the file; asking again while another process has it open is a no-op.
+                (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                if mode != "wal":
+                    raise StoreError(f"cannot open store {self.path}: WAL mode refused (journal mode {mode})")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            conn.execute(f"PRAGMA cache_size = -{cache_kib}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA journal_size_limit = 67108864")  # truncate the WAL back after checkpoints
+            if not writer:
+                conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            conn.close()
+            if exc.sqlite_errorname in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+                raise StoreError(f"cannot open store {self.path}: not a SQLite database or corrupt") from exc
+            raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_schema(self) -> None:
+        with _translated("schema check", self.path):
+            (version,) = self._writer.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                # Re-checked under the write lock: two processes may open a new file at the same moment.
+                with self._write("schema creation") as conn:
+                    (version,) = conn.execute("PRAGMA user_version").fetchone()
+                    if version == 0:
+                        (tables,) = conn.execute("SELECT COUNT(*) FROM sqlite_schema").fetchone()
+                        if tables:
+                            raise StoreError(
+                                f"cannot open store {self.path}: a SQLite file of something else"
+                            )
+                        for statement in _SCHEMA.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                        version = SCHEMA_VERSION
+            if version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"cannot open store {self.path}: schema version {version}, this dispatcher knows "
+                    f"{SCHEMA_VERSION}"
+                )
+
+    @contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front (IMMEDIATE) so it never fails half-way on a lock upgrade."""
+        with self._write_lock, _translated(action, self.path):
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One read transaction on the reader connection: a consistent snapshot that never blocks writers."""
+        with self._read_lock, _translated(action, self.path):
+            conn = self._reader
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                with suppress(sqlite3.Error):
+                    conn.execute("COMMIT")
+
+    @staticmethod
+    def _counters(conn: sqlite3.Connection) -> tuple[int, int, int]:
+        row = conn.execute("SELECT next_event_id, next_delivery_id, next_lease_id FROM counters").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def enqueue(
+        self, events: Sequence[NewEvent], now: float, lease_seconds: float | None = None
+    ) -> list[EnqueueResult]:
+        first_of: dict[str, NewEvent] = {}
+        for event in events:
+            first_of.setdefault(event.uuid, event)  # a later copy in the same batch is a duplicate
+        unique = list(first_of.values())
+        if not unique:
+            return []
+        fresh: list[tuple[int, NewEvent, str]] = []  # deliveries created leased, handed out by lease_for
+        ids: dict[str, tuple[int, ...]] = {}
+        with self._write("enqueue") as conn:
+            first_event, delivery_id, token = self._counters(conn)
+            event_rows = [
+                (first_event + i, _uuid_key(e.uuid), e.type, now, e.body) for i, e in enumerate(unique)
+            ]
+            # The common case has no duplicates: insert blindly, look at what was skipped only when needed.
+            kept: set[int] | None = None
+            if conn.executemany(_INSERT_EVENT, event_rows).rowcount < len(unique):
+                end = first_event + len(unique)
+                kept = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM events WHERE id >= ? AND id < ?", (first_event, end)
+                    )
+                }
+            expires_at = None if lease_seconds is None else now + lease_seconds
+            lease_id = None if lease_seconds is None else token
+            delivery_rows: list[tuple[object, ...]] = []
+            for event_id, event in enumerate(unique, start=first_event):
+                if kept is not None and event_id not in kept:
+                    continue
+                webhooks = tuple(dict.fromkeys(event.webhooks))  # one delivery per (event, webhook)
+                ids[event.uuid] = tuple(range(delivery_id, delivery_id + len(webhooks)))
+                for webhook in webhooks:
+                    if lease_id is not None:
+                        fresh.append((delivery_id, event, webhook))
+                    delivery_rows.append(
+                        (delivery_id, event_id, webhook, now, lease_id, expires_at, now, now)
+                    )
+                    delivery_id += 1
+            conn.executemany(_INSERT_DELIVERY, delivery_rows)
+            conn.execute(
+                "UPDATE counters SET next_event_id = ?, next_delivery_id = ?, next_lease_id = ?",
+                (first_event + len(unique), delivery_id, token + (lease_id is not None)),
+            )
+        if lease_id is not None and expires_at is not None:
+            with self._fresh_lock:
+                for delivery_id, event, webhook in fresh:
+                    self._fresh[delivery_id] = Lease(
+                        delivery_id, lease_id, expires_at, event.uuid, event.type, webhook, event.body, 0, now
+                    )
+                # Bounded in case the caller never collects them: the oldest are re-read from the file.
+                while len(self._fresh) > _FRESH_LEASES_MAX:
+                    del self._fresh[next(iter(self._fresh))]
+        return [
+            EnqueueResult(e.uuid, duplicate=False, delivery_ids=ids.pop(e.uuid))
+            if e.uuid in ids
+            else EnqueueResult(e.uuid, duplicate=True)
+            for e in events
+        ]
+
+    def lease_for(self, delivery_ids: Sequence[int]) -> list[Lease]:
+        found: dict[int, Lease] = {}
+        with self._fresh_lock:
+            for delivery_id in delivery_ids:
+                lease = self._fresh.pop(delivery_id, None)
+                if lease is not None:
+                    found[delivery_id] = lease
+        missing = [delivery_id for delivery_id in delivery_ids if delivery_id not in found]
+        if missing:
+            with self._read("lease_for") as conn:
+                for row in conn.execute(
+                    "SELECT d.id, d.lease_id, d.lease_expires_at, e.uuid, e.type, d.webhook, e.body,"
+                    " d.attempts, d.created_at FROM deliveries AS d JOIN events AS e ON e.id = d.event_id"
+                    " WHERE d.id IN (SELECT value FROM json_each(?)) AND d.lease_id IS NOT NULL",
+                    (_json_list(missing),),
+                ):
+                    found[row[0]] = Lease(row[0], row[1], row[2], _uuid_text(row[3]), *row[4:])
+        return [found[delivery_id] for delivery_id in dict.fromkeys(delivery_ids) if delivery_id in found]
+
+    def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]:
+        if limit <= 0:
+            return []
+        with self._write("lease") as conn:
+            rows = conn.execute(_LEASE_DUE, (now, limit)).fetchall()
+            if not rows:
+                return []
+            _, _, token = self._counters(conn)
+            conn.execute("UPDATE counters SET next_lease_id = ?", (token + 1,))
+            expires_at = now + lease_seconds
+            conn.executemany(
+                "UPDATE deliveries SET lease_id = ?, lease_expires_at = ? WHERE id = ?",
+                [(token, expires_at, row[0]) for row in rows],
+            )
+        return [Lease(row[0], token, expires_at, _uuid_text(row[1]), *row[2:]) for row in rows]
+
+    def record(self, outcomes: Sequence[Outcome], now: float) -> int:
+        first: dict[tuple[int, int], Outcome] = {}
+        for outcome in outcomes:  # a second outcome for one lease could only be stale: the first clears it
+            first.setdefault((outcome.delivery_id, outcome.lease_id), outcome)
+        attempt_rows: list[tuple[object, ...]] = []
+        settle_rows: list[tuple[object, ...]] = []
+        give_back_rows: list[tuple[object, ...]] = []
+        for o in first.values():
+            if o.kind is OutcomeKind.HOLD:  # parked until release_held; its due time does not matter
+                give_back_rows.append((1, o.next_attempt_at, now, o.delivery_id, o.lease_id))
+                continue
+            if o.kind is OutcomeKind.RELEASE:
+                due = now if o.next_attempt_at is None else o.next_attempt_at
+                give_back_rows.append((0, due, now, o.delivery_id, o.lease_id))
+                continue
+            a = o.attempt
+            code, error = (None, None) if a is None else (a.status_code, a.error)
+            if a is not None:
+                headers = json.dumps(a.response_headers) if a.response_headers else "{}"
+                excerpt = a.response_excerpt
+                key = (o.delivery_id, o.lease_id)
+                attempt_rows.append((a.started_at, a.duration_seconds, code, error, headers, excerpt, *key))
+            retry_at: float | None = None
+            reason: str | None = None
+            if o.kind is OutcomeKind.RETRY:
+                status, retry_at = "failed", now if o.next_attempt_at is None else o.next_attempt_at
+            elif o.kind is OutcomeKind.DELIVERED:
+                status = "delivered"
+            else:
+                status, reason = "dead", o.reason
+            settle_rows.append(
+                (status, int(a is not None), retry_at, reason, code, error, now, o.delivery_id, o.lease_id)
+            )
+        if not first:
+            return 0
+        with self._write("record") as conn:
+            if attempt_rows:  # before the updates: they clear the lease this insert checks
+                conn.executemany(_INSERT_ATTEMPT, attempt_rows)
+            applied = conn.executemany(_SETTLE, settle_rows).rowcount if settle_rows else 0
+            if give_back_rows:
+                applied += conn.executemany(_GIVE_BACK, give_back_rows).rowcount
+        return applied
+
+    def reclaim_expired(self, now: float) -> int:
+        with self._write("reclaim") as conn:
+            return conn.execute(
+                "UPDATE deliveries SET lease_id = NULL, lease_expires_at = NULL"
+                " WHERE lease_id IS NOT NULL AND lease_expires_at <= ?",
+                (now,),
+            ).rowcount
+
+    def next_due_at(self) -> float | None:
+        with self._read("next_due_at") as conn:
+            row = conn.execute(
+                f"SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due WHERE {_DUE}"
+                " ORDER BY next_attempt_at LIMIT 1"
+            ).fetchone()
+        return None if row is None else float(row[0])
+
+    def requeue(self, delivery_ids: Sequence[int], now: float) -> int:
+        if not delivery_ids:
+            return 0
+        with self._write("requeue") as conn:
+            return conn.execute(
+                f"{_REQUEUE} WHERE id IN (SELECT value FROM json_each(?2))"
+                " AND status != 'delivered' AND lease_id IS NULL",
+                (now, _json_list(list(dict.fromkeys(delivery_ids)))),
+            ).rowcount
+
+    def requeue_dead(self, now: float, webhook: str | None = None, since: float | None = None) -> int:
+        with self._write("requeue") as conn:
+            return conn.execute(
+                f"{_REQUEUE} WHERE status = 'dead' AND lease_id IS NULL AND (?2 IS NULL OR webhook = ?2)"
+                " AND (?3 IS NULL OR created_at >= ?3)",
+                (now, webhook, since),
+            ).rowcount
+
+    def release_held(self, webhook: str, now: float) -> int:
+        with self._write("release_held") as conn:
+            return conn.execute(
+                "UPDATE deliveries SET held = 0, next_attempt_at = ?1, updated_at = ?1"
+                " WHERE webhook = ?2 AND status IN ('pending', 'failed') AND held = 1 AND lease_id IS NULL",
+                (now, webhook),
+            ).rowcount
+
+    def bury_webhook(self, webhook: str, reason: str, now: float) -> int:
+        with self._write("bury_webhook") as conn:
+            return conn.execute(
+                "UPDATE deliveries SET status = 'dead', dead_reason = ?1, held = 0, next_attempt_at = NULL,"
+                " updated_at = ?2 WHERE webhook = ?3 AND status IN ('pending', 'failed')"
+                " AND lease_id IS NULL",
+                (reason, now, webhook),
+            ).rowcount
+
+    def open_webhooks(self) -> set[str]:
+        # A skip scan over the webhook index: one seek per distinct name instead of reading every delivery.
+        with self._read("open_webhooks") as conn:
+            rows = conn.execute(
+                "WITH RECURSIVE names (webhook) AS ("
+                " SELECT (SELECT webhook FROM deliveries ORDER BY webhook LIMIT 1)"
+                " UNION ALL SELECT (SELECT d.webhook FROM deliveries AS d WHERE d.webhook > names.webhook"
+                " ORDER BY d.webhook LIMIT 1) FROM names WHERE names.webhook IS NOT NULL)"
+                " SELECT webhook FROM names WHERE webhook IS NOT NULL AND EXISTS ("
+                " SELECT 1 FROM deliveries AS d WHERE d.webhook = names.webhook"
+                " AND d.status IN ('pending', 'failed'))"
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
+        where: list[str] = []
+        params: list[object] = []
+        if query.status is not None:
+            where.append("d.status = ?")
+            params.append(DeliveryStatus(query.status).value)
+        if query.webhook is not None:
+            where.append("d.webhook = ?")
+            params.append(query.webhook)
+        if query.since is not None:
+            where.append("d.created_at >= ?")
+            params.append(query.since)
+        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries AS d JOIN events AS e ON e.id = d.event_id"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
+        with self._read("list") as conn:
+            rows = conn.execute(sql, (*params, max(query.limit, 0))).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
+        with self._read("show") as conn:
+            row = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS}, e.body"
+                " FROM deliveries AS d JOIN events AS e ON e.id = d.event_id WHERE d.id = ?",
+                (delivery_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            attempts = conn.execute(
+                "SELECT number, started_at, duration_seconds, status_code, error, response_headers,"
+                " response_excerpt FROM attempts WHERE delivery_id = ? ORDER BY number",
+                (delivery_id,),
+            ).fetchall()
+        logs = tuple(
+            AttemptLog(n, s, d, code, err, json.loads(h), x) for n, s, d, code, err, h, x in attempts
+        )
+        return DeliveryDetail(_delivery(row), bytes(row[12]), logs)
+
+    def counts(self) -> dict[DeliveryStatus, int]:
+        result = dict.fromkeys(DeliveryStatus, 0)
+        with self._read("counts") as conn:
+            for status, count in conn.execute("SELECT status, COUNT(*) FROM deliveries GROUP BY status"):
+                result[DeliveryStatus(status)] = count
+        return result
+
+    def oldest_open_created_at(self) -> float | None:
+        # One index seek per open status (aggregate MIN skips the NULL of a status without deliveries).
+        with self._read("oldest_open_created_at") as conn:
+            (oldest,) = conn.execute(
+                "SELECT MIN(m) FROM (SELECT MIN(created_at) AS m FROM deliveries WHERE status = 'pending'"
+                " UNION ALL SELECT MIN(created_at) FROM deliveries WHERE status = 'failed')"
+            ).fetchone()
+        return None if oldest is None else float(oldest)
+
+    def prune(self, now: float, delivered_older_than_seconds: float) -> int:
+        cutoff = now - delivered_older_than_seconds
+        removed = 0
+        while True:
+            # created_at <= updated_at, so the created_at bound only narrows the index range.
+            with self._write("prune") as conn:
+                ids = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT id FROM deliveries WHERE status = 'delivered' AND created_at < ?1"
+                        " AND updated_at < ?1 LIMIT ?2",
+                        (cutoff, PRUNE_CHUNK),
+                    )
+                ]
+                if ids:
+                    param = _json_list(ids)
+                    conn.execute(
+                        "DELETE FROM attempts WHERE delivery_id IN (SELECT value FROM json_each(?))", (param,)
+                    )
+                    conn.execute(
+                        "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))", (param,)
+                    )
+            removed += len(ids)
+            if len(ids) < PRUNE_CHUNK:
+                break
+        after = 0
+        while True:
+            with self._write("prune") as conn:
+                rows = conn.execute(
+                    "SELECT id, created_at FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, PRUNE_CHUNK)
+                ).fetchall()
+                old = [event_id for event_id, created_at in rows if created_at < cutoff]
+                conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)",
+                    (_json_list(old),),
+                )
+            if len(old) < len(rows) or len(rows) < PRUNE_CHUNK:
+                break
+            after = rows[-1][0]
+        return removed
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            self._reader.close()
+            self._writer.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

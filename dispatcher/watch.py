@@ -1,0 +1,143 @@
+"""Watching ``--config DIR``: the only module that talks to watchdog.
+
+File events (inotify through watchdog, or watchdog's polling observer where inotify is unavailable) only
+mark the tree dirty; a debounce thread calls ``on_change`` once a burst has been quiet for the debounce
+interval. A directory that is a symlink swapped atomically (a Kubernetes ConfigMap, git-sync) is followed:
+the link's target is checked on every tick, and a new target re-arms the observer and triggers a reload.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from dispatcher.logs import fields, get_logger
+
+log = get_logger("watch")
+
+
+class _Mark(FileSystemEventHandler):
+    def __init__(self, mark: Callable[[], None]) -> None:
+        self._mark = mark
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return  # reads (our own loader's included) change nothing
+        self._mark()
+
+
+class ConfigWatcher:
+    """Calls ``on_change`` after changes under ``directory`` settle. ``start()``, then ``close()``."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        on_change: Callable[[], None],
+        *,
+        debounce_seconds: float = 0.2,
+        link_check_seconds: float = 0.5,
+        polling: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        self._on_change = on_change
+        self._debounce = debounce_seconds
+        self._link_check = link_check_seconds
+        self._polling = polling
+        self._cond = threading.Condition()
+        self._dirty_at: float | None = None
+        self._closed = False
+        self._observer: BaseObserver | None = None
+        self._target = self._resolve()
+        self._thread = threading.Thread(target=self._run, name="dispatch-watch", daemon=True)
+
+    def _resolve(self) -> str:
+        return os.path.realpath(self.directory)
+
+    def start(self) -> None:
+        self._observer = self._observe()
+        self._thread.start()
+
+    def _observe(self) -> BaseObserver:
+        handler = _Mark(self.mark)
+        observer: BaseObserver = PollingObserver(timeout=1.0) if self._polling else Observer()
+        try:
+            observer.schedule(handler, self._target, recursive=True)
+            observer.start()
+        except OSError as exc:
+            if self._polling:
+                raise
+            # e.g. inotify watch limit reached: fall back to polling rather than not watching at all
+            log.warning("watch.polling_fallback", extra=fields(error=str(exc)))
+            observer = PollingObserver(timeout=1.0)
+            observer.schedule(handler, self._target, recursive=True)
+            observer.start()
+        log.info(
+            "watch.started",
+            extra=fields(
+                directory=str(self.directory), target=self._target, observer=type(observer).__name__
+            ),
+        )
+        return observer
+
+    def mark(self) -> None:
+        """Something changed: (re)start the debounce interval."""
+        with self._cond:
+            self._dirty_at = time.monotonic()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                if self._dirty_at is None:
+                    self._cond.wait(self._link_check)
+                else:
+                    quiet_for = time.monotonic() - self._dirty_at
+                    if quiet_for < self._debounce:
+                        self._cond.wait(self._debounce - quiet_for)
+                if self._closed:
+                    return
+                fire = self._dirty_at is not None and time.monotonic() - self._dirty_at >= self._debounce
+                if fire:
+                    self._dirty_at = None
+            self._check_link()
+            if fire:
+                try:
+                    self._on_change()
+                except Exception:
+                    log.exception("watch.reload_failed")
+
+    def _check_link(self) -> None:
+        target = self._resolve()
+        if target == self._target:
+            return
+        log.info("watch.target_changed", extra=fields(old=self._target, new=target))
+        self._target = target
+        old = self._observer
+        if old is not None:
+            old.stop()
+        try:
+            self._observer = self._observe()
+        except OSError as exc:
+            log.error("watch.rearm_failed", extra=fields(error=str(exc)))
+            self._observer = None
+        self.mark()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)

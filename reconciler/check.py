@@ -1,0 +1,111 @@
+"""One ``reconcile`` run: load the tree, plan against REF and test a route if asked, report, exit code.
+
+The CLI builds a ``Checker`` from its options and returns ``Checker.run()``. Collaborators (the tree loader,
+the baseline loader, the output stream) are constructor arguments so tests can swap them.
+
+Exit codes (SPEC section 2; terraform-style ``--detailed-exitcode``)::
+
+    0  valid (warnings allowed unless --strict)
+    1  invalid: at least one error, or a warning under --strict
+    2  valid, and the plan against REF is not empty (only with --detailed-exitcode)
+    3  usage or internal error (also: REF names neither a directory nor a git revision)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any, TextIO
+
+from reconciler.errors import ReconcilerError
+from reconciler.explain import explain_route
+from reconciler.gitrev import Baseline, load_baseline
+from reconciler.loader import TreeResult, load_tree
+from reconciler.model import Webhook
+from reconciler.plan import build_plan
+from reconciler.report import RENDERERS, PlanSection, Report
+from reconciler.routing import build_routing_table
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INVALID = 1
+    CHANGES = 2
+    ERROR = 3
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    directory: Path
+    output_format: str = "text"  # a key of reconciler.report.RENDERERS
+    strict: bool = False
+    against: str | None = None
+    detailed_exitcode: bool = False
+    route_event: str | None = None
+    route_filter: Mapping[str, Any] | None = None  # None: the event carries no filter
+
+
+def exit_code(report: Report, *, detailed: bool) -> ExitCode:
+    """The exit code for a rendered report (pure)."""
+    if not report.passed:
+        return ExitCode.INVALID
+    plan = report.plan.plan if report.plan is not None else None
+    if detailed and plan is not None and not plan.is_empty:
+        return ExitCode.CHANGES
+    return ExitCode.OK
+
+
+class Checker:
+    """One run of ``reconcile`` over one directory, with its collaborators injected."""
+
+    def __init__(
+        self,
+        options: CheckOptions,
+        *,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        load: Callable[[Path], TreeResult] = load_tree,
+        load_against: Callable[[str, Path], Baseline] = load_baseline,
+    ) -> None:
+        self.options = options
+        self._out = out if out is not None else sys.stdout
+        self._err = err if err is not None else sys.stderr
+        self._load = load
+        self._load_against = load_against
+
+    def run(self) -> int:
+        """Check, print the report to ``out``, and return the exit code; expected failures go to ``err``."""
+        try:
+            report = self.build_report()
+        except ReconcilerError as exc:
+            self._err.write(f"reconcile: {exc}\n")
+            return ExitCode.ERROR
+        self._out.write(RENDERERS[self.options.output_format](report))
+        self._out.flush()
+        return exit_code(report, detailed=self.options.detailed_exitcode)
+
+    def build_report(self) -> Report:
+        """Load and check the tree, then add the plan and route test the options ask for."""
+        opts = self.options
+        tree = self._load(opts.directory)
+        # Build the routing table exactly as the dispatcher would for a valid tree (part of --check); for an
+        # invalid tree, the valid documents still answer a route test.
+        table = tree.table() if tree.valid else build_routing_table(tree.webhooks, tree.revision)
+        plan = self._plan(tree) if opts.against is not None else None
+        route = explain_route(table, opts.route_event, opts.route_filter) if opts.route_event else None
+        return Report(tree, strict=opts.strict, plan=plan, route=route)
+
+    def _plan(self, tree: TreeResult) -> PlanSection:
+        assert self.options.against is not None
+        baseline = self._load_against(self.options.against, self.options.directory)
+        # No plan for a tree with errors: its invalid documents are missing, so the plan would show them as
+        # removed. Warnings do not block the plan.
+        plan = build_plan(_by_name(baseline.tree.webhooks), _by_name(tree.webhooks)) if tree.valid else None
+        return PlanSection(baseline.ref, baseline.kind, baseline.commit, baseline.tree.error_count, plan)
+
+
+def _by_name(webhooks: Iterable[Webhook]) -> dict[str, Webhook]:
+    return {hook.name: hook for hook in webhooks}

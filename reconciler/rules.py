@@ -1,0 +1,456 @@
+"""Rules beyond the schema: what JSON Schema cannot say, each with a stable rule id.
+
+Every rule is a pure function of parsed documents (data plus positions) and returns diagnostics. Rules
+read the data defensively: they also run on documents the schema rejects, so one load reports every problem
+at once.
+
+Per document: ``unknown-api-version``, ``unknown-kind``, ``literal-secret``, ``url-credentials``,
+``url-query-secret``, ``invalid-url``, ``insecure-url``, ``private-address``, ``reserved-header``,
+``auth-header-conflict``, ``hop-by-hop-header``, ``header-injection``, ``duplicate-header``, ``retry-never``,
+``retry-bounds``.
+Across files: ``duplicate-name``, ``unknown-event-type``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from reconciler.model import API_VERSION, KIND, Diagnostic, Severity
+from reconciler.routing import pattern_matches
+from reconciler.yamlsource import Document, JsonPath, format_json_path
+
+EVENT_TYPES_KIND = "EventTypes"
+KNOWN_KINDS = (KIND, EVENT_TYPES_KIND)
+
+#: Rules whose finding replaces the schema's (less helpful) error at the same path.
+CLAIMING_RULES = frozenset({"literal-secret", "header-injection"})
+
+#: Headers the dispatcher sets on every delivery (SPEC section 5); additional_headers must not override them.
+RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "host", "x-whisperer-event", "x-whisperer-signature"}
+    | {"webhook-id", "webhook-timestamp", "webhook-signature"}
+)
+#: RFC 9110 section 7.6.1: connection-specific headers a client must not forward.
+HOP_BY_HOP_HEADERS = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection"}
+    | {"te", "trailer", "trailers", "transfer-encoding", "upgrade"}
+)
+_CREDENTIAL_NAME_PARTS = (
+    "authorization", "token", "secret", "password", "passwd", "apikey", "api-key", "api_key",
+    "credential", "cookie", "session", "signature", "x-auth",
+)  # fmt: skip
+_CREDENTIAL_VALUE = re.compile(
+    r"^(?:(?:bearer|basic|token|digest|negotiate|apikey)\s+\S|whsec_|sk_(?:live|test)_|gh[pousr]_|xox[abpr]-"
+    r"|eyJ[\w-]+\.[\w-]+\.)",
+    re.IGNORECASE,
+)
+_CREDENTIAL_QUERY_NAMES = frozenset(
+    {"token", "access_token", "api_key", "apikey", "key", "secret", "password", "sig", "signature", "auth"}
+)
+
+MAX_DELAY_SECONDS = 7 * 24 * 3600  # one retry waiting longer than a week is a configuration mistake
+MAX_SCHEDULE_SECONDS = 30 * 24 * 3600  # past a month a delivery is stale for any receiver
+#: Attempts assumed when retry_countdown_config omits max_attempts (the default schedule also has 8).
+DEFAULT_MAX_ATTEMPTS = 8
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``word`` was most likely meant to be, if any is close enough."""
+    options = list(candidates)
+
+    def squash(text: str) -> str:
+        return text.lower().replace("_", "").replace("-", "")
+
+    for option in options:  # targetUrl, target-url, TARGET_URL all mean target_url
+        if squash(option) == squash(word):
+            return option
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _suggestion(word: str, candidates: Iterable[str]) -> str:
+    best = did_you_mean(word, candidates)
+    return f"; did you mean {best!r}?" if best else ""
+
+
+def _get(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+class _Findings:
+    """Collects diagnostics for one document, positioned at keys or values."""
+
+    def __init__(self, doc: Document, file: str) -> None:
+        self.doc = doc
+        self.file = file
+        self.found: list[Diagnostic] = []
+
+    def at_value(self, severity: Severity, rule: str, message: str, path: JsonPath) -> None:
+        line, column = self.doc.value_position(path)
+        self.found.append(
+            Diagnostic(severity, rule, message, self.file, line, column, format_json_path(path))
+        )
+
+    def at_key(self, severity: Severity, rule: str, message: str, path: JsonPath) -> None:
+        line, column = self.doc.key_position(path)
+        self.found.append(
+            Diagnostic(severity, rule, message, self.file, line, column, format_json_path(path))
+        )
+
+
+def check_envelope(doc: Document, file: str) -> list[Diagnostic]:
+    """``unknown-api-version`` / ``unknown-kind``: documents this reconciler does not understand.
+
+    The loader checks nothing else in such a document: its shape belongs to someone else.
+    """
+    out = _Findings(doc, file)
+    api_version, kind = _get(doc.data, "apiVersion"), _get(doc.data, "kind")
+    if isinstance(api_version, str) and api_version != API_VERSION:
+        hint = _suggestion(api_version, [API_VERSION]) or f"; this reconciler reads {API_VERSION!r}"
+        out.at_value(
+            Severity.ERROR,
+            "unknown-api-version",
+            f"unknown apiVersion {api_version!r}{hint}",
+            ("apiVersion",),
+        )
+    if isinstance(kind, str) and kind not in KNOWN_KINDS:
+        hint = _suggestion(kind, KNOWN_KINDS) or f"; expected one of {', '.join(map(repr, KNOWN_KINDS))}"
+        out.at_value(Severity.ERROR, "unknown-kind", f"unknown kind {kind!r}{hint}", ("kind",))
+    return out.found
+
+
+def check_webhook(doc: Document, file: str) -> list[Diagnostic]:
+    """Every per-document rule for a ``kind: Webhook`` document."""
+    out = _Findings(doc, file)
+    spec = _get(doc.data, "spec")
+    if not isinstance(spec, dict):
+        return []
+    _check_secrets(out, spec)
+    for path in (("spec", "target_url"), ("spec", "callback", "url"), ("spec", "config", "auth", "url")):
+        _check_url(out, path, _get(doc.data, *path))
+    headers = spec.get("additional_headers")
+    if isinstance(headers, dict):
+        _check_headers(out, headers, has_auth=isinstance(_get(spec, "config", "auth"), dict))
+    retry = spec.get("retry_countdown_config")
+    if isinstance(retry, dict):
+        _check_retry(out, retry)
+    return out.found
+
+
+def _check_secrets(out: _Findings, spec: Mapping[str, Any]) -> None:
+    for path, field in (
+        (("spec", "secret_key"), "secret_key"),
+        (("spec", "config", "auth", "password"), "password"),
+    ):
+        value = _get(spec, *path[1:])
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            out.at_value(
+                Severity.ERROR,
+                "literal-secret",
+                f"{field} is a literal value; secrets never go into Git: use {{env: NAME}} or {{file: PATH}}",
+                path,
+            )
+
+
+def _looks_like_credential(name: str, value: str) -> bool:
+    lowered = name.lower()
+    return any(part in lowered for part in _CREDENTIAL_NAME_PARTS) or bool(
+        _CREDENTIAL_VALUE.match(value.strip())
+    )
+
+
+def _check_headers(out: _Findings, headers: Mapping[str, Any], *, has_auth: bool) -> None:
+    seen: dict[str, str] = {}
+    for name, value in headers.items():
+        path: JsonPath = ("spec", "additional_headers", name)
+        lowered = name.lower()
+        if any(c in name for c in "\r\n\0"):
+            out.at_key(Severity.ERROR, "header-injection", "header name contains a line break or NUL", path)
+        if isinstance(value, str) and any(c in value for c in "\r\n\0"):
+            message = f"header {name!r}: value contains a line break or NUL, which would inject headers"
+            out.at_value(Severity.ERROR, "header-injection", message, path)
+        if lowered in RESERVED_HEADERS:
+            message = f"header {name!r} is set by the dispatcher on every delivery and cannot be overridden"
+            out.at_key(Severity.ERROR, "reserved-header", message, path)
+        elif lowered == "authorization" and has_auth:
+            # Allowed (SPEC section 1 shows it) but dead: config.auth is applied after the headers.
+            message = (
+                "header 'Authorization' is replaced by config.auth on every delivery; keep only one of them"
+            )
+            out.at_key(Severity.WARNING, "auth-header-conflict", message, path)
+        if lowered in HOP_BY_HOP_HEADERS:
+            message = (
+                f"header {name!r} is a hop-by-hop header; it belongs to a single connection, not to a webhook"
+            )
+            out.at_key(Severity.ERROR, "hop-by-hop-header", message, path)
+        if lowered in seen:
+            message = f"header {name!r} is also given as {seen[lowered]!r}; header names ignore case"
+            out.at_key(Severity.ERROR, "duplicate-header", message, path)
+        seen.setdefault(lowered, name)
+        reported = (
+            lowered in RESERVED_HEADERS or lowered in HOP_BY_HOP_HEADERS
+        )  # already an error: say it once
+        if isinstance(value, str) and not reported and _looks_like_credential(name, value):
+            message = f"header {name!r} carries a literal credential; use {{env: NAME}} or {{file: PATH}}"
+            out.at_value(Severity.ERROR, "literal-secret", message, path)
+
+
+_HTTP_URL = re.compile(r"https?://", re.IGNORECASE)
+# https, a host name (with a letter, so not an address), no port, user info or query: nothing to report.
+_PLAIN_HTTPS_URL = re.compile(r"https://(?=[^/]*[A-Za-z])[A-Za-z0-9.-]+(?:/[^\s?#@\\]*)?")
+
+
+def _check_url(out: _Findings, path: JsonPath, url: Any) -> None:
+    if not isinstance(url, str) or not _HTTP_URL.match(url):
+        return  # absent, or the schema reports it
+    if _PLAIN_HTTPS_URL.fullmatch(url) and "localhost" not in url:
+        return  # the common case, decided without urlsplit
+    field = ".".join(str(p) for p in path[1:])
+    try:
+        parts = urlsplit(url)
+        host, _port = parts.hostname, parts.port  # .port raises on a bad port
+    except ValueError:
+        out.at_value(Severity.ERROR, "invalid-url", f"{field} is not a valid URL", path)
+        return
+    if "@" in parts.netloc:
+        message = f"{field} contains credentials (user:password@host); use config.auth or a secret reference"
+        out.at_value(Severity.ERROR, "url-credentials", message, path)
+    if not host:
+        out.at_value(Severity.ERROR, "invalid-url", f"{field} has no host name", path)
+        return
+    secret_params = sorted({k for k, _ in parse_qsl(parts.query) if k.lower() in _CREDENTIAL_QUERY_NAMES})
+    if secret_params:
+        message = (
+            f"{field} has what looks like a credential in its query ({', '.join(secret_params)}); anyone who "
+            "can read the repository can use it: prefer a header with a secret reference"
+        )
+        out.at_value(Severity.WARNING, "url-query-secret", message, path)
+    if parts.scheme.lower() == "http":
+        what = "sends the password in clear text" if path[-2:] == ("auth", "url") else "is not encrypted"
+        out.at_value(
+            Severity.WARNING, "insecure-url", f"{field} uses http://, which {what}; use https://", path
+        )
+    if _is_private_host(host):
+        message = (
+            f"{field} points at a loopback or private address; the dispatcher refuses it unless started "
+            "with --allow-cidr"
+        )
+        out.at_value(Severity.WARNING, "private-address", message, path)
+
+
+def _is_private_host(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    if not (host[0].isdigit() or ":" in host):
+        return False  # a name (only the dispatcher can resolve and check it), not an address literal
+    try:
+        return not ipaddress.ip_address(host).is_global
+    except ValueError:
+        return False  # a name: only the dispatcher can resolve and check it
+
+
+def _check_retry(out: _Findings, retry: Mapping[str, Any]) -> None:
+    base: JsonPath = ("spec", "retry_countdown_config")
+    attempts = retry.get("max_attempts")
+    if attempts == 1 and not isinstance(attempts, bool):
+        message = "max_attempts is 1: a delivery is never retried and goes dead after one failed attempt"
+        out.at_value(Severity.WARNING, "retry-never", message, (*base, "max_attempts"))
+    kwargs = retry.get("kwargs")
+    if not isinstance(kwargs, dict) or not _numbers_only(kwargs):
+        return  # the schema reports the shape
+    choice = retry.get("choice")
+    if choice == "random":
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        if isinstance(low, int) and isinstance(high, int) and low > high:
+            message = f"random retry: min_value ({low}) is greater than max_value ({high})"
+            out.at_value(Severity.ERROR, "retry-bounds", message, (*base, "kwargs", "min_value"))
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        delays_given = kwargs.get("delays")
+        attempts = len(delays_given) + 1 if isinstance(delays_given, list) else DEFAULT_MAX_ATTEMPTS
+    largest = _largest_delay(str(choice), kwargs, attempts)
+    if largest <= MAX_DELAY_SECONDS and largest * (attempts - 1) <= MAX_SCHEDULE_SECONDS:
+        return  # no delay, nor all of them together, can exceed a bound: skip computing them
+    delays = list(build_retry_delays(str(choice), kwargs, attempts))
+    for n, delay in enumerate(delays):
+        if delay > MAX_DELAY_SECONDS:
+            where = ("delays", min(n, len(kwargs.get("delays") or [0]) - 1)) if choice == "schedule" else ()
+            message = (
+                f"{choice} retry {n + 1} would wait {_duration(delay)}; no single delay may exceed "
+                f"{_duration(MAX_DELAY_SECONDS)}"
+                + ("" if choice in ("fixed", "random", "schedule") else " (add a limit)")
+            )
+            out.at_value(Severity.ERROR, "retry-bounds", message, (*base, "kwargs", *where))
+            return
+    if sum(delays) > MAX_SCHEDULE_SECONDS:
+        message = (
+            f"the retries span {_duration(sum(delays))} in total; a delivery must end within "
+            f"{_duration(MAX_SCHEDULE_SECONDS)}: lower max_attempts or the delays"
+        )
+        out.at_value(Severity.ERROR, "retry-bounds", message, (*base, "kwargs"))
+
+
+def _largest_delay(choice: str, kwargs: Mapping[str, Any], max_attempts: int) -> float:
+    """A cheap upper bound of any one delay (infinite when only the full computation can tell)."""
+    limit = kwargs.get("limit")
+    if choice == "fixed":
+        return float(kwargs.get("seconds", 0))
+    if choice == "linear":
+        largest = float(kwargs.get("base", 0)) * max(max_attempts - 2, 0)
+        return largest if limit is None else min(largest, float(limit))
+    if choice == "exponential" and limit is not None:
+        return float(limit)
+    if choice == "random":
+        return float(kwargs.get("max_value", 0))
+    if choice == "schedule":
+        return float(max(kwargs.get("delays") or [0]))
+    return float("inf")
+
+
+def _numbers_only(kwargs: Mapping[str, Any]) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+
+    return all(all(map(number, v)) if isinstance(v, list) else number(v) for v in kwargs.values())
+
+
+def build_retry_delays(choice: str, kwargs: Mapping[str, Any], max_attempts: int) -> Iterator[float]:
+    """The delay before each retry (``max_attempts - 1`` of them), admin-screen semantics, largest for random.
+
+    Values are capped far above ``MAX_DELAY_SECONDS`` so that ``base ** n`` never grows without bound.
+    """
+    cap = MAX_DELAY_SECONDS * 1000
+    limit = kwargs.get("limit")
+    for n in range(max_attempts - 1):
+        if choice == "fixed":
+            delay = float(kwargs.get("seconds", 0))
+        elif choice == "linear":
+            delay = float(kwargs.get("base", 0)) * n
+        elif choice == "exponential":
+            base, factor = float(kwargs.get("base", 0)), float(kwargs.get("factor", 1))
+            delay = cap if base > 1 and n * _log(base) + _log(factor) > _log(cap) else base**n * factor
+        elif choice == "random":
+            delay = float(kwargs.get("max_value", 0))
+        elif choice == "schedule":
+            delays = kwargs.get("delays") or [0]
+            delay = float(delays[min(n, len(delays) - 1)])
+        else:
+            return
+        if limit is not None and choice in ("linear", "exponential"):
+            delay = min(delay, float(limit))
+        yield min(delay, cap)
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 else float("-inf")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}" if seconds <= 1000 * size else f"more than 1000 {unit}"
+    return f"{seconds:.3g} seconds"
+
+
+# --- across files -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NameSite:
+    """Where a document's ``metadata.name`` is written."""
+
+    kind: str
+    name: str
+    file: str
+    line: int
+    column: int
+    json_path: str = "$.metadata.name"
+
+
+@dataclass(frozen=True)
+class PatternSite:
+    """Where one ``event_type`` pattern is written."""
+
+    pattern: str
+    file: str
+    line: int
+    column: int
+    json_path: str
+
+
+def check_duplicate_names(sites: Iterable[NameSite]) -> list[Diagnostic]:
+    """``duplicate-name``: a name used again (per kind), reported at every later use, naming the first."""
+    first: dict[tuple[str, str], NameSite] = {}
+    found: list[Diagnostic] = []
+    for site in sites:
+        original = first.setdefault((site.kind, site.name), site)
+        if original is not site:
+            message = (
+                f"{site.kind} name {site.name!r} is already defined at {original.file}:{original.line}; "
+                "names must be unique across the directory"
+            )
+            found.append(
+                Diagnostic(
+                    Severity.ERROR,
+                    "duplicate-name",
+                    message,
+                    site.file,
+                    site.line,
+                    site.column,
+                    site.json_path,
+                )
+            )
+    return found
+
+
+def check_event_types(sites: Iterable[PatternSite], catalogue: frozenset[str]) -> list[Diagnostic]:
+    """``unknown-event-type`` (warning): patterns that match no event type of the catalogue."""
+    known = sorted(catalogue)
+    matched: dict[str, bool] = {}
+    found: list[Diagnostic] = []
+    candidates: list[str] | None = None
+    for site in sites:
+        hit = matched.get(site.pattern)
+        if hit is None:
+            hit = matched[site.pattern] = any(pattern_matches(site.pattern, name) for name in known)
+        if hit:
+            continue
+        if candidates is None:
+            candidates = _pattern_candidates(known)
+        message = (
+            f"event type {site.pattern!r} matches no known event type{_suggestion(site.pattern, candidates)} "
+            "(if it is new, list it in an EventTypes document)"
+        )
+        found.append(
+            Diagnostic(
+                Severity.WARNING,
+                "unknown-event-type",
+                message,
+                site.file,
+                site.line,
+                site.column,
+                site.json_path,
+            )
+        )
+    return found
+
+
+def _pattern_candidates(names: list[str]) -> list[str]:
+    # Suggestions keep the shape of what was written: names, and the wildcard forms built from them.
+    out = set(names)
+    for name in names:
+        segments = name.split(".")
+        for i in range(1, len(segments)):
+            out.add(".".join(segments[:i]) + ".**")
+        out.add(".".join([*segments[:-1], "*"]))
+    return sorted(out)

@@ -1,0 +1,390 @@
+"""Parse YAML into plain JSON-like data plus the source position of every key and value.
+
+PyYAML's ``compose_all`` keeps marks on nodes. The data is built from the node tree in one walk, and the tree
+is kept with it: the position of any JSON path is found by following the path through the nodes, only for
+the few paths a diagnostic needs. libyaml (``CSafeLoader``) does the parsing when available because it is many
+times faster than the pure-Python parser.
+
+Scalars are resolved with the YAML 1.2 core schema, as editors (yaml-language-server) and
+check-jsonschema (ruamel.yaml) do: ``on``, ``yes`` and ``no`` stay strings, only ``true``/``false`` are
+booleans, and timestamps stay strings. Mapping keys are always strings, taken from their source text
+(``200:`` is the key ``"200"``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from reconciler.model import Diagnostic, Severity
+
+PathElement = str | int
+JsonPath = tuple[PathElement, ...]
+
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc]
+    """Composes without PyYAML's YAML 1.1 implicit typing: plain scalars are typed later, YAML 1.2 style.
+
+    Typing plain scalars in the walk rather than in ``resolve`` also skips the work for mapping keys, which
+    are always text in our format.
+    """
+
+    def resolve(self, kind: type[Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        if kind is ScalarNode:
+            return _PLAIN if implicit[0] else _STR
+        return _SEQ if kind is SequenceNode else _MAP
+
+    # The composer calls these for every node, for path resolvers we never register. C builtins that accept
+    # the same arguments and do nothing cost a fraction of the Python no-ops they replace.
+    descend_resolver = staticmethod(slice)
+    ascend_resolver = staticmethod(tuple)
+
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL, _MAP, _SEQ = (
+    _TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq")
+)
+_PLAIN = "!plain"  # an untagged plain scalar, typed by _resolve_plain
+_MERGE = "<<"
+_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_NULLS = {"~", "null", "Null", "NULL"}
+_INT_RE = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_FLOAT_RE = re.compile(
+    r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+)
+_KEPT_AS_TEXT = {_TAG + "timestamp", _TAG + "binary"}  # safe and JSON-compatible as their source text
+_MAPPING_TAGS = {_TAG + "map", _TAG + "omap", _TAG + "set"}
+_SEQUENCE_TAGS = {_TAG + "seq", _TAG + "pairs"}
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def format_json_path(path: JsonPath) -> str:
+    """Render a path as ``$.spec.additional_headers['X Y'][0]`` (dots for plain keys, brackets otherwise)."""
+    out = ["$"]
+    for element in path:
+        if isinstance(element, int):
+            out.append(f"[{element}]")
+        elif _PLAIN_KEY.match(element):
+            out.append(f".{element}")
+        else:
+            out.append("[" + repr(element) + "]")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One YAML document: plain data, and its node tree to find where each part is written."""
+
+    index: int
+    data: Any
+    root: Node = field(repr=False)
+    diagnostics: tuple[Diagnostic, ...]  # problems found while building it (duplicate keys, tags)
+
+    @property
+    def line(self) -> int:
+        """Where the document's content starts, 1-based."""
+        return int(self.root.start_mark.line) + 1
+
+    @property
+    def column(self) -> int:
+        return int(self.root.start_mark.column) + 1
+
+    def key_position(self, path: JsonPath) -> tuple[int, int]:
+        """Line and column (1-based) of the key (or list item) at ``path``; the document start for the root.
+
+        A path that does not exist (a missing key) resolves to the closest existing parent.
+        """
+        return _position(_locate(self.root, path)[0])
+
+    def value_position(self, path: JsonPath) -> tuple[int, int]:
+        """Line and column (1-based) where the value at ``path`` starts (or its closest existing parent)."""
+        return _position(_locate(self.root, path)[1])
+
+
+def _position(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _locate(root: Node, path: JsonPath) -> tuple[Node, Node]:
+    # Positions are looked up only for the few paths a diagnostic needs, so nothing is recorded while building
+    # the data: the path is followed through the node tree instead (the last of duplicate keys wins, as in
+    # the data; keys brought in by a merge key are found in the merged mapping).
+    key_node = node = root
+    for part in path:
+        found: tuple[Node, Node] | None = None
+        if isinstance(node, MappingNode) and isinstance(part, str):
+            found = _find_key(node, part)
+        elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            found = (node.value[part], node.value[part])
+        if found is None:
+            break
+        key_node, node = found
+    return key_node, node
+
+
+def _find_key(node: MappingNode, key: str, depth: int = 0) -> tuple[Node, Node] | None:
+    found: tuple[Node, Node] | None = None
+    merged: list[Node] = []
+    for key_node, value_node in node.value:
+        if isinstance(key_node, ScalarNode):
+            if key_node.tag == _PLAIN and key_node.value == _MERGE:
+                merged.extend(value_node.value if isinstance(value_node, SequenceNode) else [value_node])
+            elif key_node.value == key:
+                found = (key_node, value_node)
+    if found is None and depth < 10:  # merges nest; the bound guards against a merge cycle
+        for source in merged:
+            if isinstance(source, MappingNode):
+                found = _find_key(source, key, depth + 1)
+                if found is not None:
+                    break
+    return found
+
+
+@dataclass(frozen=True)
+class ParsedSource:
+    """Every document of a file, and the problems that stopped parsing (a syntax error ends the stream)."""
+
+    documents: tuple[Document, ...]
+    diagnostics: tuple[Diagnostic, ...]
+
+
+def decode_source(data: bytes, file: str) -> str | Diagnostic:
+    """Decode UTF-8 (an optional BOM is dropped), or say where the first invalid byte is."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line, column = _offset_position(data, exc.start)
+        return Diagnostic(
+            Severity.ERROR,
+            "encoding",
+            "file is not valid UTF-8 (invalid byte sequence here)",
+            file,
+            line,
+            column,
+        )
+
+
+def _offset_position(data: bytes, offset: int) -> tuple[int, int]:
+    head = data[:offset]
+    line_start = head.rfind(b"\n") + 1
+    column = len(head[line_start:].decode("utf-8", errors="replace")) + 1
+    return head.count(b"\n") + 1, column
+
+
+def parse_source(text: str, file: str) -> ParsedSource:
+    """Parse every document of ``text``; never raises for bad input (problems come back as diagnostics)."""
+    documents: list[Document] = []
+    problems: list[Diagnostic] = []
+    try:
+        for index, root in enumerate(yaml.compose_all(text, Loader=_Loader)):
+            documents.append(_Builder(file, index).document(root))
+    except yaml.reader.ReaderError as exc:
+        # libyaml reports a byte offset into the UTF-8 stream; the pure-Python reader a character offset.
+        encoded = text.encode("utf-8")
+        if _BaseLoader is yaml.SafeLoader:
+            line, column = _offset_position(encoded, len(text[: exc.position].encode("utf-8")))
+        else:
+            line, column = _offset_position(encoded, exc.position)
+        message = f"invalid character #x{exc.character:04x}: {exc.reason}"
+        problems.append(Diagnostic(Severity.ERROR, "yaml-syntax", message, file, line, column))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+        message = exc.problem or "invalid YAML"
+        if exc.context:
+            message = f"{message} ({exc.context}"
+            if exc.context_mark is not None and exc.context_mark is not mark:
+                message += f" started at line {exc.context_mark.line + 1}"
+            message += ")"
+        if _char_at(text, line, column) == "\t":
+            message += "; a tab cannot indent YAML, use spaces"
+        problems.append(Diagnostic(Severity.ERROR, "yaml-syntax", message, file, line, column))
+    except yaml.YAMLError as exc:  # defensive: any other parser failure is still a diagnostic
+        problems.append(Diagnostic(Severity.ERROR, "yaml-syntax", type(exc).__name__, file, 1, 1))
+    return ParsedSource(tuple(documents), tuple(problems))
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    lines = text.split("\n", line)
+    return lines[line - 1][column - 1 : column] if line <= len(lines) else ""
+
+
+class _Builder:
+    """Builds one document's data from its node tree."""
+
+    def __init__(self, file: str, index: int) -> None:
+        self.file = file
+        self.index = index
+        self.problems: list[Diagnostic] = []
+        self.built: dict[int, Any] = {}  # id(node) -> data: an alias reuses the anchor's data
+        self.building: set[int] = set()
+
+    def document(self, root: Node) -> Document:
+        data = self.build(root, ())
+        return Document(self.index, data, root, tuple(self.problems))
+
+    def problem(self, rule: str, message: str, node: Node, path: JsonPath) -> None:
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        self.problems.append(
+            Diagnostic(Severity.ERROR, rule, message, self.file, line, column, format_json_path(path))
+        )
+
+    def build(self, node: Node, path: JsonPath) -> Any:
+        if isinstance(node, ScalarNode):
+            return self.scalar(node, path)
+        key = id(node)
+        if key in self.built:
+            return self.built[key]
+        if key in self.building:
+            self.problem("yaml-syntax", "recursive alias (a node that contains itself)", node, path)
+            return None
+        self.building.add(key)
+        try:
+            if isinstance(node, MappingNode):
+                if node.tag not in _MAPPING_TAGS:
+                    self.problem("yaml-tag", f"unsupported tag {node.tag}", node, path)
+                data: Any = self.mapping(node, path)
+            elif isinstance(node, SequenceNode):
+                if node.tag not in _SEQUENCE_TAGS:
+                    self.problem("yaml-tag", f"unsupported tag {node.tag}", node, path)
+                data = self.sequence(node, path)
+            else:  # pragma: no cover - the composer only makes the three node kinds
+                data = None
+        finally:
+            self.building.discard(key)
+        self.built[key] = data
+        return data
+
+    def scalar(self, node: ScalarNode, path: JsonPath) -> Any:
+        tag, value = node.tag, node.value
+        if tag == _PLAIN:
+            data = _resolve_plain(value)
+            return self.finite(data, node, path) if isinstance(data, float) else data
+        if tag == _STR:
+            return value
+        try:
+            if tag == _NULL:
+                return None
+            if tag == _BOOL:
+                return _BOOLS[value]
+            if tag == _INT:
+                return _to_int(value)
+            if tag == _FLOAT:
+                return self.finite(_to_float(value), node, path)
+        except (KeyError, ValueError):
+            tag_name = tag.replace(_TAG, "!!")
+            self.problem("yaml-tag", f"the value cannot be read as {tag_name}", node, path)
+            return value
+        if tag not in _KEPT_AS_TEXT:
+            self.problem("yaml-tag", f"unsupported tag {tag.replace(_TAG, '!!')}", node, path)
+        return value
+
+    def finite(self, number: float, node: ScalarNode, path: JsonPath) -> float:
+        # JSON has no infinity or NaN, and NaN slips through every minimum/maximum check.
+        if math.isinf(number) or math.isnan(number):
+            self.problem(
+                "invalid-number", "numbers must be finite (.inf and .nan are not allowed)", node, path
+            )
+        return number
+
+    def sequence(self, node: SequenceNode, path: JsonPath) -> list[Any]:
+        return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+
+    def mapping(self, node: MappingNode, path: JsonPath) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        explicit: dict[str, Node] = {}  # key -> its first key node
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key_node.tag is _PLAIN and key == _MERGE:
+                self.merge(value_node, path, result, explicit)
+                continue
+            if key_node.__class__ is not ScalarNode:
+                self.problem(
+                    "yaml-syntax", "mapping keys must be plain text, not lists or mappings", key_node, path
+                )
+                continue
+            # Keys are always strings in our format: take the source text, so `on:` and `200:` stay text.
+            first = explicit.setdefault(key, key_node)
+            if first is not key_node:
+                line = _position(first)[0]
+                message = f"duplicate key {key!r} (first defined at line {line}); only one may be given"
+                self.problem("duplicate-key", message, key_node, (*path, key))
+            # The common scalars inline (this loop runs for every key of every file); the rest via build().
+            tag = value_node.tag
+            if tag is _STR and value_node.__class__ is ScalarNode:
+                result[key] = value_node.value
+            elif tag is _PLAIN and value_node.__class__ is ScalarNode:
+                data = _resolve_plain(value_node.value)
+                result[key] = self.finite(data, value_node, (*path, key)) if data.__class__ is float else data
+            else:
+                result[key] = self.build(value_node, (*path, key))
+        return result
+
+    def merge(
+        self, value_node: Node, path: JsonPath, result: dict[str, Any], explicit: dict[str, Node]
+    ) -> None:
+        # `<<: *base` or `<<: [*a, *b]`: keys written in this mapping win, then earlier merged mappings.
+        sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+        for source in sources:
+            if not isinstance(source, MappingNode):
+                self.problem(
+                    "yaml-syntax", "a merge key ('<<') needs a mapping or a list of mappings", source, path
+                )
+                continue
+            merged = self.build(source, path)
+            for key, value in merged.items():
+                if key not in explicit and key not in result:
+                    result[key] = value
+
+
+def _resolve_plain(text: str) -> Any:
+    """Type an untagged plain scalar by the YAML 1.2 core schema."""
+    if not text:
+        return None
+    first = text[0]
+    if first in "tTfF":
+        return _BOOLS.get(text, text)
+    if first in "nN~":
+        return None if text in _NULLS else text
+    if first in "-+0123456789.":
+        if _INT_RE.fullmatch(text):
+            return _to_int(text)
+        if _FLOAT_RE.fullmatch(text):
+            return _to_float(text)
+    return text
+
+
+def _to_int(text: str) -> int:
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text)
+
+
+def _to_float(text: str) -> float:
+    lowered = text.lower()
+    if lowered.endswith(".inf"):
+        return float("-inf") if lowered.startswith("-") else float("inf")
+    if lowered == ".nan":
+        return float("nan")
+    return float(text)
+
+
+def iter_paths(data: Any, path: JsonPath = ()) -> Iterator[tuple[JsonPath, Any]]:
+    """Every (path, value) pair of plain data, depth first, the root included."""
+    yield path, data
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from iter_paths(value, (*path, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from iter_paths(value, (*path, i))

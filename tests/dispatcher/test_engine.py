@@ -1,0 +1,232 @@
+"""The delivery engine, driven with a fake transport and the in-memory store (no threads where avoidable)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dispatcher.attempt import endpoint_key
+from dispatcher.config import Snapshot
+from dispatcher.engine import EndpointQueues, Engine, EngineSettings
+from dispatcher.http import OutboundRequest
+from dispatcher.store.base import AttemptRecord, DeliveryQuery, DeliveryStatus, Lease, NewEvent
+from dispatcher.store.memory import MemoryStore
+from reconciler.model import Callback, RetryConfig, TokenAuth, Webhook
+from reconciler.routing import build_routing_table
+
+
+class FakeClient:
+    """Answers from a per-URL script of status codes; records every request. Optionally slow per URL."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, list[int]] = {}
+        self.slow: dict[str, threading.Event] = {}
+        self.sent: list[OutboundRequest] = []
+        self.callbacks: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def send(self, request: OutboundRequest) -> AttemptRecord:
+        gate = self.slow.get(request.url)
+        if gate is not None:
+            gate.wait(10)
+        with self.lock:
+            self.sent.append(request)
+            codes = self.scripts.get(request.url, [200])
+            code = codes.pop(0) if len(codes) > 1 else codes[0]
+        return AttemptRecord(started_at=time.time(), duration_seconds=0.001, status_code=code)
+
+    def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
+        return "tok-123"
+
+    def post_json(self, url: str, payload: dict[str, Any], timeout_seconds: float) -> AttemptRecord:
+        with self.lock:
+            self.callbacks.append((url, payload))
+        return AttemptRecord(started_at=time.time(), duration_seconds=0.001, status_code=204)
+
+
+def _lease(i: int, webhook: str = "a") -> Lease:
+    return Lease(i, i, time.time() + 60, f"{i:032x}", "t", webhook, b"{}", 0, time.time())
+
+
+def _snapshot(*hooks: Webhook) -> Snapshot:
+    return Snapshot(build_routing_table(hooks, "rev-1"), {}, "rev-1")
+
+
+@pytest.fixture
+def client() -> FakeClient:
+    return FakeClient()
+
+
+@pytest.fixture
+def store() -> Iterator[MemoryStore]:
+    s = MemoryStore()
+    yield s
+    s.close()
+
+
+def _engine(store: MemoryStore, client: FakeClient, snapshot: list[Snapshot], **settings: Any) -> Engine:
+    return Engine(
+        store,
+        client,
+        lambda: snapshot[0],
+        settings=EngineSettings(workers=4, per_endpoint=2, **settings),
+        rng=random.Random(7),
+    )
+
+
+def _enqueue(store: MemoryStore, engine: Engine, *webhooks: str, uuid: str = "ab" * 16) -> None:
+    [result] = store.enqueue([NewEvent(uuid, "package.created", b'{"x":1}', webhooks)], time.time(), 60)
+    engine.submit(store.lease_for(result.delivery_ids))
+
+
+def _wait(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)
+
+
+def _statuses(store: MemoryStore) -> dict[str, DeliveryStatus]:
+    return {d.webhook: d.status for d in store.list_deliveries(DeliveryQuery())}
+
+
+def test_endpoint_queues_never_exceed_the_per_endpoint_limit() -> None:
+    """A worker is never handed a lease of an endpoint already at its in-flight limit."""
+    queues = EndpointQueues(per_endpoint=2)
+    for i in range(5):
+        queues.put("slow", _lease(i))
+    queues.put("fast", _lease(99))
+    taken = [queues.take(0.01) for _ in range(3)]
+    keys = [t[0] for t in taken if t is not None]
+    assert sorted(keys) == ["fast", "slow", "slow"]
+    assert queues.take(0.01) is None  # slow is at its limit, fast is empty
+    queues.done("slow")
+    again = queues.take(0.01)
+    assert again is not None and again[0] == "slow"
+
+
+def test_endpoint_key_groups_by_scheme_host_and_port() -> None:
+    """Endpoints are scheme, host and port: paths and default ports do not split them."""
+    assert endpoint_key("https://ERP.example.com/a") == endpoint_key("https://erp.example.com:443/b")
+    assert endpoint_key("http://erp.example.com/a") != endpoint_key("https://erp.example.com/a")
+
+
+def test_new_delivery_is_attempted_without_waiting_for_the_scheduler(
+    store: MemoryStore, client: FakeClient
+) -> None:
+    """A submitted lease is delivered at once and recorded delivered, with the signed headers."""
+    hook = Webhook(name="a", target_url="https://a.example.com/h", event_types=("package.created",))
+    engine = _engine(store, client, [_snapshot(hook)])
+    engine.start()
+    try:
+        _enqueue(store, engine, "a")
+        _wait(lambda: _statuses(store).get("a") is DeliveryStatus.DELIVERED)
+    finally:
+        engine.stop(1)
+    [request] = client.sent
+    assert request.headers["X-Whisperer-Event"] == "package.created"
+    assert request.headers["webhook-id"] == "ab" * 16
+    assert request.body == b'{"x":1}'
+
+
+def test_slow_endpoint_does_not_hold_up_another(store: MemoryStore, client: FakeClient) -> None:
+    """While every slot of one endpoint hangs, deliveries to another endpoint still complete."""
+    slow = Webhook(name="slow", target_url="https://slow.example.com/h", event_types=("*",))
+    fast = Webhook(name="fast", target_url="https://fast.example.com/h", event_types=("*",))
+    gate = threading.Event()
+    client.slow["https://slow.example.com/h"] = gate
+    engine = _engine(store, client, [_snapshot(slow, fast)])
+    engine.start()
+    try:
+        for i in range(6):
+            _enqueue(store, engine, "slow", uuid=f"{i:032x}")
+        for i in range(6, 12):
+            _enqueue(store, engine, "fast", uuid=f"{i:032x}")
+        _wait(lambda: sum(1 for r in client.sent if "fast" in r.url) == 6)
+        assert not any("slow" in r.url for r in client.sent)
+    finally:
+        gate.set()
+        engine.stop(2)
+
+
+def test_failed_attempt_is_rescheduled_and_retried_by_the_scheduler(
+    store: MemoryStore, client: FakeClient
+) -> None:
+    """A 500 reschedules the delivery per its policy; a scheduler step at the due time attempts it again."""
+    retry = RetryConfig(choice="fixed", kwargs={"seconds": 30}, max_attempts=3)
+    hook = Webhook(name="a", target_url="https://a.example.com/h", event_types=("*",), retry=retry)
+    client.scripts[hook.target_url] = [500, 200]
+    engine = _engine(store, client, [_snapshot(hook)])
+    engine.start()
+    try:
+        _enqueue(store, engine, "a")
+        _wait(lambda: _statuses(store).get("a") is DeliveryStatus.FAILED)
+        [row] = store.list_deliveries(DeliveryQuery())
+        assert row.next_attempt_at is not None
+        assert 29 <= row.next_attempt_at - time.time() <= 31
+        assert engine.run_once(time.time()) == pytest.approx(row.next_attempt_at)  # not due yet: sleeps until
+        engine.run_once(row.next_attempt_at + 0.01)
+        _wait(lambda: _statuses(store).get("a") is DeliveryStatus.DELIVERED)
+    finally:
+        engine.stop(1)
+    assert len(client.sent) == 2
+
+
+def test_inactive_webhook_holds_and_removed_webhook_buries(store: MemoryStore, client: FakeClient) -> None:
+    """An inactive webhook's delivery is held without an attempt; one of a removed webhook becomes dead."""
+    inactive = Webhook(name="off", target_url="https://off.example.com/h", event_types=("*",), active=False)
+    engine = _engine(store, client, [_snapshot(inactive)])
+    engine.start()
+    try:
+        _enqueue(store, engine, "off", "gone")
+        _wait(lambda: _statuses(store).get("gone") is DeliveryStatus.DEAD)
+        _wait(lambda: not store.lease(time.time() + 1, 10, 60) and engine.is_idle())
+    finally:
+        engine.stop(1)
+    rows = {d.webhook: d for d in store.list_deliveries(DeliveryQuery())}
+    assert rows["gone"].dead_reason == "webhook removed"
+    assert rows["off"].status is DeliveryStatus.PENDING and rows["off"].attempts == 0
+    assert client.sent == []
+    assert store.release_held("off", time.time()) == 1
+
+
+def test_callback_receives_the_configured_outcomes_only(store: MemoryStore, client: FakeClient) -> None:
+    """A callback with on: [dead] is POSTed for a 410 and carries the outcome record, not the body."""
+    hook = Webhook(
+        name="a",
+        target_url="https://a.example.com/h",
+        event_types=("*",),
+        callback=Callback(url="https://oms.example.com/outcomes", on=frozenset({"dead"})),
+    )
+    client.scripts[hook.target_url] = [410]
+    engine = _engine(store, client, [_snapshot(hook)])
+    engine.start()
+    try:
+        _enqueue(store, engine, "a")
+        _wait(lambda: len(client.callbacks) == 1)
+    finally:
+        engine.stop(1)
+    url, payload = client.callbacks[0]
+    assert url == "https://oms.example.com/outcomes"
+    assert payload["outcome"] == "dead" and payload["reason"] == "410 Gone"
+    assert payload["event"] == {"type": "package.created", "uuid": "ab" * 16}
+    assert "body" not in payload
+
+
+def test_stop_releases_queued_leases_for_the_next_run(store: MemoryStore, client: FakeClient) -> None:
+    """Leases still queued at shutdown are released, so they are due again at once for the next process."""
+    hook = Webhook(name="a", target_url="https://a.example.com/h", event_types=("*",))
+    gate = threading.Event()
+    client.slow[hook.target_url] = gate
+    engine = _engine(store, client, [_snapshot(hook)])
+    engine.start()
+    for i in range(5):
+        _enqueue(store, engine, "a", uuid=f"{i:032x}")
+    threading.Timer(0.3, gate.set).start()
+    engine.stop(5)
+    assert len(store.lease(time.time(), 10, 60)) == 3  # 2 were in flight and finished; 3 were released

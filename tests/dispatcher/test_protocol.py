@@ -1,0 +1,95 @@
+"""The event protocol: parsing NDJSON lines and formatting acknowledgements (SPEC section 4)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dispatcher.protocol import (
+    BadLine,
+    ParsedEvent,
+    ack_accepted,
+    ack_duplicate,
+    ack_rejected,
+    normalise_uuid,
+    parse_line,
+)
+
+
+def test_valid_envelope_keeps_uuid_type_and_payload() -> None:
+    """A valid envelope yields its type, normalised uuid and a body holding the same event and payload."""
+    line = (
+        b'{"event": {"type": "package.created", "uuid": "C9591F0D1C1D4DA58ADE880921BD7E93"}, '
+        b'"payload": {"id": 73}}'
+    )
+    parsed = parse_line(line, 1)
+    assert isinstance(parsed, ParsedEvent)
+    assert parsed.type == "package.created"
+    assert parsed.uuid == "c9591f0d1c1d4da58ade880921bd7e93"
+    body = json.loads(parsed.body)
+    assert body == {
+        "event": {"type": "package.created", "uuid": "C9591F0D1C1D4DA58ADE880921BD7E93"},
+        "payload": {"id": 73},
+    }
+
+
+def test_missing_uuid_is_generated_and_written_into_the_body() -> None:
+    """An event without a uuid gets a fresh 32-hex one, and the delivered body carries it."""
+    first = parse_line(b'{"event": {"type": "a.b"}, "payload": {}}', 1)
+    second = parse_line(b'{"event": {"type": "a.b"}, "payload": {}}', 2)
+    assert isinstance(first, ParsedEvent) and isinstance(second, ParsedEvent)
+    assert first.uuid != second.uuid
+    assert normalise_uuid(first.uuid) == first.uuid
+    assert json.loads(first.body)["event"]["uuid"] == first.uuid
+
+
+def test_dashed_uuid_is_accepted_and_normalised() -> None:
+    """A dashed UUID is accepted; its identity is the 32-hex form."""
+    parsed = parse_line(b'{"event": {"type": "a", "uuid": "c9591f0d-1c1d-4da5-8ade-880921bd7e93"}}', 1)
+    assert isinstance(parsed, ParsedEvent)
+    assert parsed.uuid == "c9591f0d1c1d4da58ade880921bd7e93"
+
+
+def test_routing_keys_are_read_but_not_delivered() -> None:
+    """``filter`` and ``webhook`` steer routing and are removed from the delivered body."""
+    parsed = parse_line(
+        b'{"event": {"type": "a"}, "payload": 1, "filter": {"channel_id": 3}, "webhook": "erp"}', 1
+    )
+    assert isinstance(parsed, ParsedEvent)
+    assert parsed.filter == {"channel_id": 3}
+    assert parsed.webhook == "erp"
+    assert set(json.loads(parsed.body)) == {"event", "payload"}
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        (b"not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1, 2]", "expected a JSON object, got an array"),
+        (b'"text"', "expected a JSON object, got a string"),
+        (b'{"payload": {}}', "missing 'event' object"),
+        (b'{"event": {"uuid": "c9591f0d1c1d4da58ade880921bd7e93"}}', "missing 'event.type'"),
+        (b'{"event": {"type": ""}}', "missing 'event.type'"),
+        (b'{"event": {"type": "a b"}}', "without whitespace"),
+        (b'{"event": {"type": "a", "uuid": "nope"}}', "'event.uuid' must be"),
+        (b'{"event": {"type": "a"}, "filter": [1]}', "'filter' must be a JSON object"),
+        (b'{"event": {"type": "a"}, "webhook": 7}', "'webhook' must be a webhook name"),
+    ],
+)
+def test_bad_lines_are_rejected_with_their_line_number_and_reason(line: bytes, fragment: str) -> None:
+    """Each kind of bad line is rejected with its line number and a reason naming the problem."""
+    parsed = parse_line(line, 17)
+    assert isinstance(parsed, BadLine)
+    assert parsed.line == 17
+    assert fragment in parsed.error
+
+
+def test_acknowledgements_are_single_json_lines() -> None:
+    """Acks are one JSON object per line, in the shapes SPEC section 4 gives."""
+    assert json.loads(ack_accepted("ab" * 16, 2)) == {"ok": True, "uuid": "ab" * 16, "deliveries": 2}
+    assert json.loads(ack_duplicate("ab" * 16)) == {"ok": True, "uuid": "ab" * 16, "duplicate": True}
+    rejected = ack_rejected(17, 'bad "thing"\nhere')
+    assert rejected.endswith(b"\n") and rejected.count(b"\n") == 1
+    assert json.loads(rejected) == {"ok": False, "line": 17, "error": 'bad "thing"\nhere'}

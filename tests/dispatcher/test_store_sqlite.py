@@ -1,0 +1,223 @@
+"""What only the SQLite backend promises: durability across crashes, a shared file, clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dispatcher.errors import StoreError
+from dispatcher.store import sqlite as sqlite_module
+from dispatcher.store.base import AttemptRecord, DeliveryQuery, DeliveryStatus, NewEvent, Outcome, OutcomeKind
+from dispatcher.store.sqlite import SQLiteStore
+
+T0 = 1_000.0
+
+
+def events(first: int, count: int, *webhooks: str) -> list[NewEvent]:
+    return [
+        NewEvent(f"{n:032x}", "package.created", b'{"n": %d}' % n, webhooks or ("erp",))
+        for n in range(first, first + count)
+    ]
+
+
+def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    """Events, deliveries and attempts are all there after reopening; new ids continue after the old ones."""
+    path = tmp_path / "store.db"
+    with SQLiteStore(path) as store:
+        (first,) = store.enqueue(events(1, 1), T0)
+        (lease,) = store.lease(T0, 1, 30)
+        attempt = AttemptRecord(T0, 0.5, 503, None, {"retry-after": "5"}, "busy")
+        store.record([Outcome(lease.delivery_id, lease.lease_id, OutcomeKind.RETRY, attempt, T0 + 5)], T0)
+    with SQLiteStore(path) as store:
+        detail = store.get_delivery(first.delivery_ids[0])
+        assert detail is not None
+        assert (detail.delivery.status, detail.delivery.attempts, detail.body) == (
+            DeliveryStatus.FAILED,
+            1,
+            b'{"n": 1}',
+        )
+        assert detail.attempts[0].response_headers == {"retry-after": "5"}
+        assert store.enqueue(events(1, 1), T0)[0].duplicate
+        (second,) = store.enqueue(events(2, 1), T0)
+        assert second.delivery_ids[0] > first.delivery_ids[0]
+        (again,) = store.lease(T0 + 5, 1, 30)
+        assert again.lease_id > lease.lease_id
+
+
+def test_acknowledged_events_survive_kill_9(tmp_path: Path) -> None:
+    """A process killed with SIGKILL right after enqueue returned loses nothing; its leases are reclaimed."""
+    path = tmp_path / "store.db"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import sys
+                from dispatcher.store.base import NewEvent
+                from dispatcher.store.sqlite import SQLiteStore
+                store = SQLiteStore(sys.argv[1])
+                batch = [NewEvent(f"{n:032x}", "package.created", b"{}", ("erp",)) for n in range(1, 101)]
+                results = store.enqueue(batch, 1000.0, lease_seconds=30.0)
+                print(sum(len(r.delivery_ids) for r in results), flush=True)
+                sys.stdin.read()  # hold the store open until killed
+                """
+            ),
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "100"
+        assert Path(f"{path}-wal").exists()  # the commit sits in the WAL, not yet checkpointed
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    with SQLiteStore(path) as store:
+        assert store.counts()[DeliveryStatus.PENDING] == 100
+        assert store.lease(T0, 200, 30) == []  # still leased by the dead process...
+        assert store.reclaim_expired(T0 + 30) == 100  # ...until the leases are reclaimed
+        assert len(store.lease(T0 + 30, 200, 30)) == 100
+        assert all(r.duplicate for r in store.enqueue(events(1, 100), T0 + 30))
+
+
+def test_another_connection_and_process_read_while_a_write_is_open(tmp_path: Path) -> None:
+    """While one connection holds the write lock, others still read the last commit and writers time out."""
+    path = tmp_path / "store.db"
+    with SQLiteStore(path) as writer:
+        writer.enqueue(events(1, 3), T0)
+        with writer._write("test") as conn:  # hold the write lock, as a long enqueue would
+            conn.execute("UPDATE deliveries SET status = 'dead'")  # not committed: invisible to readers
+            result = run_python(
+                """
+                import sys
+                from dispatcher.store.base import DeliveryStatus
+                from dispatcher.store.sqlite import SQLiteStore
+                with SQLiteStore(sys.argv[1]) as store:
+                    print(store.counts()[DeliveryStatus.PENDING])
+                """,
+                str(path),
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout.strip() == "3"
+            with SQLiteStore(path, busy_timeout_seconds=0.05) as other:
+                assert other.counts()[DeliveryStatus.PENDING] == 3
+                assert len(other.list_deliveries(DeliveryQuery())) == 3
+                with pytest.raises(StoreError, match="locked"):
+                    other.enqueue(events(10, 1), T0)
+            conn.execute("UPDATE deliveries SET status = 'pending'")
+        with SQLiteStore(path) as other:
+            other.enqueue(events(10, 1), T0)
+        assert writer.counts()[DeliveryStatus.PENDING] == 4
+
+
+def test_lease_for_reads_the_file_when_the_leases_are_not_in_memory(tmp_path: Path) -> None:
+    """lease_for falls back to the file, e.g. for deliveries leased by enqueue through another connection."""
+    path = tmp_path / "store.db"
+    with SQLiteStore(path) as first, SQLiteStore(path) as second:
+        results = first.enqueue(events(1, 2, "a", "b"), T0, lease_seconds=30)
+        ids = [i for r in results for i in r.delivery_ids]
+        leases = second.lease_for(ids)
+        assert [lease.delivery_id for lease in leases] == ids
+        assert leases == first.lease_for(ids)
+        assert leases[3].event_uuid == f"{2:032x}" and leases[3].body == b'{"n": 2}'
+
+
+def test_prune_works_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prune removes every old delivered delivery and unrouted event across several chunks."""
+    monkeypatch.setattr(sqlite_module, "PRUNE_CHUNK", 2)
+    with SQLiteStore(tmp_path / "store.db") as store:
+        store.enqueue(events(1, 5) + [NewEvent(f"{n:032x}", "x", b"{}", ()) for n in range(6, 10)], T0)
+        leases = store.lease(T0, 10, 30)
+        done = [Outcome(lease.delivery_id, lease.lease_id, OutcomeKind.DELIVERED) for lease in leases]
+        assert store.record(done, T0) == 5
+        store.enqueue(events(20, 1), T0 + 900)
+        assert store.prune(T0 + 1000, 600) == 5
+        assert store.counts()[DeliveryStatus.PENDING] == 1
+        assert not any(r.duplicate for r in store.enqueue(events(1, 9), T0 + 1000))
+
+
+def test_uuids_that_are_not_normalised_still_dedupe(tmp_path: Path) -> None:
+    """A uuid that is not 32 hex digits is stored as given and still accepted only once."""
+    with SQLiteStore(tmp_path / "store.db") as store:
+        odd = NewEvent("not-a-uuid", "x", b"{}", ("erp",))
+        assert [r.duplicate for r in store.enqueue([odd, odd], T0)] == [False, True]
+        assert store.enqueue([odd], T0)[0].duplicate
+        assert store.list_deliveries(DeliveryQuery())[0].event_uuid == "not-a-uuid"
+
+
+def test_the_file_is_in_wal_mode(tmp_path: Path) -> None:
+    """The database header says WAL (format versions 2), so readers never block the writer."""
+    path = tmp_path / "store.db"
+    SQLiteStore(path).close()
+    assert path.read_bytes()[18:20] == b"\x02\x02"
+
+
+def test_opening_a_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """A directory where the database file should be is refused with a message naming it."""
+    with pytest.raises(StoreError, match="is a directory"):
+        SQLiteStore(tmp_path)
+
+
+def test_opening_in_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """The store does not invent directories: a missing parent is reported."""
+    with pytest.raises(StoreError, match="does not exist"):
+        SQLiteStore(tmp_path / "missing" / "store.db")
+
+
+def test_opening_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    """A file that is not a SQLite database is refused, not overwritten."""
+    path = tmp_path / "store.db"
+    path.write_bytes(b"certainly not a database\n" * 200)
+    with pytest.raises(StoreError, match="not a SQLite database"):
+        SQLiteStore(path)
+    assert path.read_bytes().startswith(b"certainly not")
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A store written by a newer dispatcher (higher user_version) is refused rather than misread."""
+    path = tmp_path / "store.db"
+    SQLiteStore(path).close()
+    header = bytearray(path.read_bytes())
+    header[60:64] = (sqlite_module.SCHEMA_VERSION + 1).to_bytes(4, "big")  # the user_version field
+    path.write_bytes(bytes(header))
+    with pytest.raises(StoreError, match="schema version 2"):
+        SQLiteStore(path)
+
+
+def test_a_closed_store_raises_store_error(tmp_path: Path) -> None:
+    """Using a store after close raises StoreError, never a sqlite3 exception."""
+    store = SQLiteStore(tmp_path / "store.db")
+    store.close()
+    with pytest.raises(StoreError):
+        store.counts()
+    with pytest.raises(StoreError):
+        store.enqueue(events(1, 1), T0)
+
+
+def test_synchronous_must_be_a_sqlite_level() -> None:
+    """A misspelt synchronous level is a ValueError before any file is touched."""
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore("unused.db", synchronous="SOMETIMES")
