@@ -97,7 +97,8 @@ class EndpointQueues:
             else:
                 del self._inflight[key]
             self._mark_ready(key)
-            self._cond.notify_all()
+            if not self._busy:
+                self._cond.notify_all()  # wait_idle(); otherwise waking every worker is a thundering herd
 
     def _mark_ready(self, key: str) -> None:
         if key not in self._is_ready and key in self._queues and self._inflight.get(key, 0) < self._limit:
@@ -188,6 +189,7 @@ class Engine:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_reclaim = 0.0
+        self._debug = log.isEnabledFor(10)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -418,7 +420,7 @@ class Engine:
 
     def _log_outcome(self, done: _Done) -> None:
         o = done.outcome
-        if o.kind is OutcomeKind.RELEASE:
+        if o.kind is OutcomeKind.RELEASE or (o.kind is OutcomeKind.DELIVERED and not self._debug):
             return
         a = o.attempt
         values = {
@@ -434,7 +436,8 @@ class Engine:
             values["retry_in_s"] = round(o.next_attempt_at - (a.started_at if a else self.clock()), 1)
         if o.reason:
             values["reason"] = o.reason
-        level = 30 if o.kind is OutcomeKind.DEAD else 20
+        # Successes are routine (debug: thousands a second would drown the log); failures are news.
+        level = {OutcomeKind.DEAD: 30, OutcomeKind.DELIVERED: 10}.get(o.kind, 20)
         log.log(level, f"delivery.{o.kind.value}", extra=fields(**values))
 
     def _callback_sender(self) -> None:

@@ -13,7 +13,6 @@ Pure functions: the timestamp and ``now`` are arguments.
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 
 WHSEC_PREFIX = "whsec_"
@@ -21,7 +20,8 @@ WHSEC_PREFIX = "whsec_"
 
 def whisperer_signature(secret: str, body: bytes) -> str:
     """``sha256=`` + hex HMAC-SHA256 of the body keyed with the secret's UTF-8 bytes."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    # hmac.digest is OpenSSL's one-shot HMAC: several times cheaper than building an hmac.HMAC object.
+    return "sha256=" + hmac.digest(secret.encode("utf-8"), body, "sha256").hex()
 
 
 def standard_key(secret: str) -> bytes:
@@ -43,7 +43,7 @@ def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) ->
 
 def _standard_digest(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    return base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
+    return base64.b64encode(hmac.digest(key, signed, "sha256")).decode("ascii")
 
 
 def delivery_headers(
