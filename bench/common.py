@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,11 @@ STORE_FILE = "dispatch.sqlite3"  # dispatcher.app.STORE_FILE
 
 
 def parser(doc: str, *, rounds: int) -> argparse.ArgumentParser:
-    """The options every benchmark has: ``--rounds``, ``--quick`` and ``--out``."""
+    """The options every benchmark has: ``--rounds``, ``--quick`` and ``--out``.
+
+    Also makes SIGTERM exit through ``SystemExit``, so the ``with`` blocks stop every process started.
+    """
+    exit_on_sigterm()
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--rounds", type=int, default=rounds, help=f"rounds; medians are reported (default {rounds})"
@@ -56,6 +60,13 @@ def parser(doc: str, *, rounds: int) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="JSON results file (default bench/results/<name>.json)")
     return p
+
+
+def exit_on_sigterm() -> None:
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def add_receiver_option(p: argparse.ArgumentParser) -> None:
@@ -311,6 +322,7 @@ class _Process:
     """A child process stopped with SIGTERM (then SIGKILL) by ``close()``."""
 
     proc: subprocess.Popen[bytes]
+    killed = False  # it had to be killed: it did not exit within the timeout after SIGTERM
 
     def close(self, timeout_seconds: float = 10.0) -> None:
         if self.proc.poll() is None:
@@ -318,6 +330,7 @@ class _Process:
             try:
                 self.proc.wait(timeout_seconds)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 self.proc.kill()
                 self.proc.wait(5)
 
@@ -580,8 +593,14 @@ class Dispatcher(_Process):
         return json.loads(http_get(self.metrics_port, "/status", 30.0))  # type: ignore[no-any-return]
 
     def close(self, timeout_seconds: float = 20.0) -> None:
+        """SIGTERM; SIGKILL after ``timeout_seconds`` (said on stdout: the spec wants an exit within the
+        longest webhook timeout)."""
+        if self._log.closed:
+            return
         super().close(timeout_seconds)
         self._log.close()
+        if self.killed:
+            progress(f"  note: dispatch did not exit within {timeout_seconds:g}s of SIGTERM; it was killed")
 
 
 # -- publishing and watching the store -----------------------------------------------------------------------

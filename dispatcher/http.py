@@ -19,8 +19,8 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
@@ -319,7 +319,8 @@ class HttpClient:
             # What requests' prepare_headers checks; a resolved secret may carry a newline.
             if _UNSAFE.intersection(name) or _UNSAFE.intersection(value):
                 raise requests.exceptions.InvalidHeader("invalid header")
-        merged = requests.structures.CaseInsensitiveDict(self._session.headers)
+        merged: requests.structures.CaseInsensitiveDict[str] = requests.structures.CaseInsensitiveDict()
+        merged.update({k: v for k, v in self._session.headers.items() if isinstance(v, str)})
         merged.update(headers)
         merged["Content-Length"] = str(len(body))
         if basic_auth is not None:

@@ -4,6 +4,7 @@
                             ├─ rules.check_envelope / check_webhook   (semantic rules, per document)
                             └─ schema.check_schema                    (shape; fast path first)
                   ──▶ FileResult (webhooks, catalogue entries, per-file diagnostics), cached per file
+                    (filecheck: checked in worker processes for a large cold load)
     all files     ──▶ rules.check_duplicate_names / check_event_types (need the whole tree)
                   ──▶ TreeResult (webhooks, diagnostics sorted by place, revision)
 
@@ -13,55 +14,50 @@ A document with an error contributes nothing, but the other documents of its fil
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import multiprocessing
 import os
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from reconciler.errors import SchemaError
-from reconciler.model import (
-    KIND,
-    BasicAuth,
-    Callback,
-    Diagnostic,
-    RetryConfig,
-    SecretRef,
-    Severity,
-    Source,
-    TokenAuth,
-    Webhook,
+from reconciler.filecheck import (
+    FileRecord,
+    FileResult,
+    LoadedFile,
+    build_file,
+    build_loaded,
+    build_webhook,
+    load_file,
+    read_and_check,
 )
-from reconciler.routing import RoutingTable, build_routing_table, pattern_matches
-from reconciler.rules import (
-    CLAIMING_RULES,
-    EVENT_TYPES_KIND,
-    NameSite,
-    PatternSite,
-    check_duplicate_names,
-    check_envelope,
-    check_event_types,
-    check_webhook,
-)
-from reconciler.schema import CATALOGUE_PATH, check_schema, is_valid, load_json
-from reconciler.yamlsource import Document, JsonPath, decode_source, format_json_path, parse_source
+from reconciler.model import Diagnostic, Severity, Webhook
+from reconciler.routing import RoutingTable, build_routing_table
+from reconciler.rules import check_duplicate_names, check_event_types
+from reconciler.schema import load_catalogue
+
+__all__ = [
+    "FileResult",
+    "LoadedFile",
+    "TreeLoader",
+    "TreeResult",
+    "build_file",
+    "build_webhook",
+    "load_catalogue",
+    "load_file",
+    "load_tree",
+]
 
 YAML_SUFFIXES = (".yaml", ".yml")
 # A file changed twice within one tick of a coarse filesystem clock keeps its (size, mtime); entries read that
 # soon after their mtime are re-hashed on the next load instead of trusted (git's "racily clean" problem).
 _RACY_NS = 2_000_000_000
-
-
-@dataclass(frozen=True)
-class FileResult:
-    path: str  # as displayed in diagnostics (relative to cwd when under it, else as given)
-    digest: str  # sha256 hex of the file bytes
-    webhooks: tuple[Webhook, ...]
-    event_types: tuple[str, ...]  # extra catalogue entries from EventTypes documents
-    diagnostics: tuple[Diagnostic, ...]  # per-file problems only
+_PARALLEL_MIN_FILES = 1000  # a cold load of this many files is checked in worker processes
+_MAX_WORKERS = 8
 
 
 @dataclass(frozen=True)
@@ -88,168 +84,9 @@ class TreeResult:
         return build_routing_table(self.webhooks, self.revision)
 
 
-@dataclass(frozen=True)
-class LoadedFile:
-    """A file's result plus what the tree-level rules need from it (kept in the per-file cache)."""
-
-    result: FileResult
-    names: tuple[NameSite, ...]
-    patterns: tuple[PatternSite, ...]
-
-
-@functools.cache
-def load_catalogue() -> frozenset[str]:
-    """Event type names of the bundled catalogue (``schemas/events.v1.json``)."""
-    document = load_json(CATALOGUE_PATH)
-    if not is_valid(document) or document.get("kind") != EVENT_TYPES_KIND:
-        raise SchemaError(f"bundled {CATALOGUE_PATH.name} is not a valid EventTypes document")
-    return frozenset(entry["name"] for entry in document["spec"]["event_types"])
-
-
 def load_tree(directory: str | Path) -> TreeResult:
     """Load and check a directory once (see ``TreeLoader`` to reload it cheaply)."""
     return TreeLoader(directory).load()
-
-
-def load_file(path: Path, display: str) -> LoadedFile:
-    """Read one file and check it on its own (no cross-file rules)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        problem = Diagnostic(Severity.ERROR, "io", f"cannot read file: {exc.strerror or exc}", display, 1, 1)
-        return LoadedFile(FileResult(display, "", (), (), (problem,)), (), ())
-    return build_file(data, display)
-
-
-def build_file(data: bytes, display: str) -> LoadedFile:
-    """Check one file's bytes on their own (no cross-file rules)."""
-    digest = hashlib.sha256(data).hexdigest()
-    text = decode_source(data, display)
-    if isinstance(text, Diagnostic):
-        return LoadedFile(FileResult(display, digest, (), (), (text,)), (), ())
-    parsed = parse_source(text, display)
-    diagnostics = list(parsed.diagnostics)
-    webhooks: list[Webhook] = []
-    event_types: list[str] = []
-    names: list[NameSite] = []
-    patterns: list[PatternSite] = []
-    if not parsed.documents and not parsed.diagnostics:
-        diagnostics.append(
-            Diagnostic(Severity.WARNING, "empty-document", "file holds no YAML document", display, 1, 1)
-        )
-    for doc in parsed.documents:
-        found, ours = _check_document(doc, display)
-        diagnostics.extend(found)
-        if not ours or not isinstance(doc.data, dict):
-            continue
-        kind = EVENT_TYPES_KIND if doc.data.get("kind") == EVENT_TYPES_KIND else KIND
-        name = _get(_get(doc.data, "metadata"), "name")
-        if isinstance(name, str):  # kept even for a broken document, so that duplicates are still found
-            line, column = doc.value_position(("metadata", "name"))
-            names.append(NameSite(kind, name, display, line, column))
-        if kind == KIND:
-            patterns.extend(_pattern_sites(doc, display, {d.json_path for d in found if d.rule == "schema"}))
-        if any(d.is_error for d in found):
-            continue
-        if kind == KIND:
-            webhooks.append(build_webhook(doc.data, Source(display, doc.line, doc.index)))
-        else:
-            event_types.extend(entry["name"] for entry in doc.data["spec"]["event_types"])
-    result = FileResult(display, digest, tuple(webhooks), tuple(event_types), tuple(diagnostics))
-    return LoadedFile(result, tuple(names), tuple(patterns))
-
-
-def _check_document(doc: Document, file: str) -> tuple[list[Diagnostic], bool]:
-    """The document's diagnostics, and whether it is one of ours (not empty, not another apiVersion/kind)."""
-    found = list(doc.diagnostics)
-    if doc.data is None:
-        found.append(
-            Diagnostic(Severity.WARNING, "empty-document", "empty YAML document", file, doc.line, doc.column)
-        )
-        return found, False
-    envelope = check_envelope(doc, file)
-    if envelope:
-        return found + envelope, False  # someone else's document: its shape is not ours to judge
-    rules = check_webhook(doc, file) if _get(doc.data, "kind") != EVENT_TYPES_KIND else []
-    claimed = {d.json_path for d in rules if d.rule in CLAIMING_RULES}
-    return found + rules + check_schema(doc, file, claimed), True
-
-
-def _get(data: Any, key: str) -> Any:
-    return data.get(key) if isinstance(data, dict) else None
-
-
-def _pattern_sites(doc: Document, file: str, rejected: set[str]) -> Iterator[PatternSite]:
-    spec = _get(doc.data, "spec")
-    value = _get(spec, "event_type")
-    items: list[tuple[JsonPath, Any]]
-    if isinstance(value, list):
-        items = [(("spec", "event_type", i), v) for i, v in enumerate(value)]
-    else:
-        items = [(("spec", "event_type"), value)]
-    for path, pattern in items:
-        # A pattern matching the bundled catalogue can never be unknown (the tree only adds event types), so
-        # only the others are kept for the tree-level check, and only they need their position looked up.
-        if not isinstance(pattern, str) or _matches_bundled(pattern):
-            continue
-        json_path = format_json_path(path)
-        if json_path not in rejected:  # a malformed pattern is reported once, by the schema
-            line, column = doc.value_position(path)
-            yield PatternSite(pattern, file, line, column, json_path)
-
-
-@functools.lru_cache(maxsize=4096)
-def _matches_bundled(pattern: str) -> bool:
-    return any(pattern_matches(pattern, name) for name in load_catalogue())
-
-
-def build_webhook(document: dict[str, Any], source: Source) -> Webhook:
-    """Turn one schema-valid ``kind: Webhook`` document into a ``Webhook`` (defaults per SPEC section 1)."""
-    metadata, spec = document["metadata"], document["spec"]
-    event_type = spec["event_type"]
-    config = spec.get("config") or {}
-    retry = spec.get("retry_countdown_config")
-    callback = spec.get("callback")
-    return Webhook(
-        name=metadata["name"],
-        target_url=spec["target_url"],
-        event_types=(event_type,) if isinstance(event_type, str) else tuple(event_type),
-        active=spec.get("status", "active") == "active",
-        secret_key=_secret(spec["secret_key"]) if "secret_key" in spec else None,
-        additional_headers={
-            name: _secret(value) if isinstance(value, dict) else value
-            for name, value in (spec.get("additional_headers") or {}).items()
-        },
-        timeout_seconds=float(config.get("timeout", 10.0)),
-        auth=_auth(config["auth"]) if "auth" in config else None,
-        match=dict(config.get("match") or {}),
-        retry=RetryConfig(
-            choice=retry["choice"],
-            kwargs=dict(retry["kwargs"]),
-            max_attempts=retry.get("max_attempts"),
-            jitter=float(retry.get("jitter", 0.0)),
-        )
-        if retry is not None
-        else None,
-        callback=Callback(callback["url"], frozenset(callback.get("on", ("dead",)))) if callback else None,
-        labels=dict(metadata.get("labels") or {}),
-        source=source,
-    )
-
-
-def _secret(ref: dict[str, str]) -> SecretRef:
-    ((source, name),) = ref.items()
-    return SecretRef("env" if source == "env" else "file", name)
-
-
-def _auth(auth: dict[str, Any]) -> BasicAuth | TokenAuth:
-    password = _secret(auth["password"])
-    if auth["type"] == "basic":
-        return BasicAuth(username=auth["username"], password=password)
-    options = {
-        k: auth[k] for k in ("username_field", "password_field", "token_key", "header_format") if k in auth
-    }
-    return TokenAuth(url=auth["url"], username=auth["username"], password=password, **options)
 
 
 @dataclass(frozen=True)
@@ -285,33 +122,81 @@ class TreeLoader:
         prefix = "" if shown_dir == "." else shown_dir.rstrip("/") + "/"
         now = time.time_ns()
         cache: dict[str, _Entry] = {}
-        loaded: list[tuple[str, LoadedFile]] = []
+        stale: list[tuple[str, str, tuple[int, ...], bool]] = []  # (path, shown, signature, racy)
         for path, relative in found:
             shown = prefix + relative
-            entry = cache[shown] = self._refresh(path, shown, self._cache.get(shown), now)
-            loaded.append((relative, entry.loaded))
+            entry = _reuse(path, self._cache.get(shown), now)
+            if isinstance(entry, _Entry):
+                cache[shown] = entry
+            else:
+                stale.append((path, shown, *entry))
+        for (_path, shown, signature, racy), loaded in zip(stale, _load_many(stale), strict=True):
+            cache[shown] = _Entry(signature, racy, loaded)
         self._cache = cache
-        return _assemble(shown_dir, loaded, problems)
+        loaded_files = [(relative, cache[prefix + relative].loaded) for _path, relative in found]
+        return _assemble(shown_dir, loaded_files, problems)
 
-    @staticmethod
-    def _refresh(path: str, shown: str, entry: _Entry | None, now: int) -> _Entry:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return _Entry((), False, load_file(Path(path), shown))
-        signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-        racy = now - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
-        if entry is not None and entry.signature == signature:
-            if not entry.racy:
-                return entry
-            try:
-                with open(path, "rb") as handle:
-                    same = hashlib.sha256(handle.read()).hexdigest() == entry.loaded.result.digest
-            except OSError:
-                same = False
-            if same:
-                return _Entry(signature, racy, entry.loaded)
-        return _Entry(signature, racy, load_file(Path(path), shown))
+
+def _reuse(path: str, entry: _Entry | None, now: int) -> _Entry | tuple[tuple[int, ...], bool]:
+    """The cached entry if the file is unchanged, else the (signature, racy) to store with its new result."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (), False  # vanished or unreadable since discovery: loading it reports why
+    signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    racy = now - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+    if entry is None or entry.signature != signature:
+        return signature, racy
+    if not entry.racy:
+        return entry
+    try:
+        with open(path, "rb") as handle:
+            same = hashlib.sha256(handle.read()).hexdigest() == entry.loaded.result.digest
+    except OSError:
+        same = False
+    return _Entry(signature, racy, entry.loaded) if same else (signature, racy)
+
+
+def _load_many(stale: list[tuple[str, str, tuple[int, ...], bool]]) -> list[LoadedFile]:
+    """``load_file`` for each stale file, in order; shared with forked processes when there are many."""
+    jobs = [(path, shown) for path, shown, _signature, _racy in stale]
+    workers = _worker_count(len(jobs))
+    shared = _load_shared(jobs, workers) if workers > 1 else None
+    return shared if shared is not None else [load_file(Path(path), shown) for path, shown in jobs]
+
+
+def _worker_count(files: int) -> int:
+    # Worker processes are forked, which is only safe in a process without other threads (the reconcile CLI;
+    # the dispatcher's first load at the latest). Below a thousand files the start-up cost is not repaid.
+    if files < _PARALLEL_MIN_FILES or sys.platform != "linux" or threading.active_count() > 1:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, _MAX_WORKERS, files // (_PARALLEL_MIN_FILES // 2)))
+
+
+def _load_shared(jobs: list[tuple[str, str]], workers: int) -> list[LoadedFile] | None:
+    """Check ``jobs`` here and in ``workers - 1`` forked processes; None when processes cannot be had.
+
+    This process takes a share too, so on a machine whose other cores are busy the load costs about what it
+    would sequentially, and on an idle one it takes about 1/workers of that.
+    """
+    load_catalogue()  # compile the schema and read the catalogue once, before forking, for every process
+    size = -(-len(jobs) // workers)
+    own, *others = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    try:
+        with ProcessPoolExecutor(len(others), mp_context=multiprocessing.get_context("fork")) as pool:
+            pending = [pool.submit(_check_chunk, chunk) for chunk in others]
+            mine = [load_file(Path(path), shown) for path, shown in own]
+            return mine + [build_loaded(record) for future in pending for record in future.result()]
+    except (OSError, BrokenProcessPool):
+        return None
+
+
+def _check_chunk(jobs: list[tuple[str, str]]) -> list[FileRecord]:
+    return [read_and_check(path, shown) for path, shown in jobs]
 
 
 def _display(path: Path) -> str:

@@ -292,3 +292,12 @@ def _quote_hint(expected: str | list[str], instance: Any) -> str:
     if "string" in expected and isinstance(instance, bool | int | float):
         return " (quote the value to keep it as text)"
     return ""
+
+
+@functools.cache
+def load_catalogue() -> frozenset[str]:
+    """Event type names of the bundled catalogue (``schemas/events.v1.json``)."""
+    document = load_json(CATALOGUE_PATH)
+    if not is_valid(document) or document.get("kind") != "EventTypes":
+        raise SchemaError(f"bundled {CATALOGUE_PATH.name} is not a valid EventTypes document")
+    return frozenset(entry["name"] for entry in document["spec"]["event_types"])

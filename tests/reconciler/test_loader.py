@@ -12,10 +12,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
-from reconciler import loader
+from reconciler import filecheck, loader
 from reconciler.loader import FileResult, LoadedFile, TreeLoader, TreeResult, build_webhook, load_tree
 from reconciler.model import BasicAuth, Callback, RetryConfig, SecretRef, Source, TokenAuth
 
@@ -253,14 +254,13 @@ def test_unreadable_file_is_an_io_diagnostic(tmp_path: Path, monkeypatch: pytest
     """A file that cannot be read gives an `io` error for that file; the rest of the tree still loads."""
     write(tmp_path / "ok.yaml", "ok")
     broken = write(tmp_path / "secret.yaml", "secret")
-    real = Path.read_bytes
 
-    def read_bytes(self: Path) -> bytes:
-        if self == broken:
+    def fake_open(path: str, mode: str = "r") -> IO[bytes]:
+        if Path(path) == broken:  # as root, permissions cannot make a file unreadable: pretend
             raise PermissionError(13, "Permission denied")
-        return real(self)
+        return open(path, mode)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(filecheck, "open", fake_open, raising=False)
     result = load_tree(tmp_path)
     assert [(Path(d.file).name, d.rule) for d in result.diagnostics] == [("secret.yaml", "io")]
     assert "Permission denied" in result.diagnostics[0].message
@@ -438,3 +438,21 @@ def test_file_result_lists_only_per_file_problems(tmp_path: Path) -> None:
     result = load_tree(tmp_path)
     assert all(isinstance(f, FileResult) and f.diagnostics == () for f in result.files)
     assert [(Path(d.file).name, d.rule) for d in result.diagnostics] == [("b.yaml", "duplicate-name")]
+
+
+def test_a_large_load_shared_with_worker_processes_gives_the_same_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parse_log: list[str]
+) -> None:
+    """Checking files in forked worker processes yields exactly the tree a sequential load yields."""
+    for i in range(9):
+        write(tmp_path / f"hook-{i}.yaml", f"hook-{i}", event="package.created" if i % 3 else "package.lost")
+    write(tmp_path / "dup.yaml", "hook-1")
+    (tmp_path / "broken.yaml").write_text("apiVersion: webhooks/v1\nkind: [\n", encoding="utf-8")
+    sequential = load_tree(tmp_path)
+    parse_log.clear()
+    monkeypatch.setattr(loader, "_worker_count", lambda files: 3)
+    shared = load_tree(tmp_path)
+    assert 0 < len(parse_log) < 11  # this process checked only its share; forked workers did the rest
+    assert shared == sequential
+    assert [h.source for h in shared.webhooks] == [h.source for h in sequential.webhooks]
+    assert {d.rule for d in shared.diagnostics} == {"yaml-syntax", "duplicate-name", "unknown-event-type"}
