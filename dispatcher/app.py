@@ -32,7 +32,7 @@ from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.server import SocketServer, serve_stdin
 from dispatcher.status import StatusServer, status_provider
 from dispatcher.store.sqlite import SQLiteStore
-from dispatcher.watch import ConfigWatcher
+from reconciler.watch import ConfigWatcher
 
 log = get_logger()
 
@@ -209,7 +209,7 @@ class _Services:
     def start(self) -> None:
         o = self.app.options
         if o.watch:
-            self.watcher = ConfigWatcher(o.config_dir, self._reload_from_watch)
+            self.watcher = ConfigWatcher(o.config_dir, self._reload_from_watch, log=get_logger("watch"))
             self.watcher.start()
         if o.metrics_address is not None:
             self.status_server = StatusServer(

@@ -14,6 +14,8 @@ Exit codes (SPEC section 2; terraform-style ``--detailed-exitcode``)::
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
@@ -23,7 +25,7 @@ from typing import Any, TextIO
 from reconciler.errors import ReconcilerError
 from reconciler.explain import explain_route
 from reconciler.gitrev import Baseline, load_baseline
-from reconciler.loader import TreeResult, load_tree
+from reconciler.loader import TreeLoader, TreeResult, load_tree
 from reconciler.model import Webhook
 from reconciler.plan import build_plan
 from reconciler.report import RENDERERS, PlanSection, Report
@@ -105,6 +107,44 @@ class Checker:
         # removed. Warnings do not block the plan.
         plan = build_plan(_by_name(baseline.tree.webhooks), _by_name(tree.webhooks)) if tree.valid else None
         return PlanSection(baseline.ref, baseline.kind, baseline.commit, baseline.tree.error_count, plan)
+
+
+def watch(options: CheckOptions, out: TextIO, stop: threading.Event, debounce_seconds: float = 0.2) -> int:
+    """``reconcile --watch``: check now and after every change settles; print the diagnostics and, for a valid
+    tree, the plan against the last good tree. Runs until ``stop`` is set (Ctrl-C in the CLI)."""
+    from reconciler.watch import ConfigWatcher  # watchdog only when watching
+
+    loader = TreeLoader(options.directory)  # incremental: only changed files are parsed again
+    render = RENDERERS[options.output_format]
+    last_good: TreeResult | None = None
+    changed = threading.Event()
+
+    def check_once() -> None:
+        nonlocal last_good
+        tree = loader.load()
+        section = None
+        if last_good is not None:
+            plan = build_plan(_by_name(last_good.webhooks), _by_name(tree.webhooks)) if tree.valid else None
+            section = PlanSection("the last good tree", "watch", None, 0, plan)
+        stamp = time.strftime("%H:%M:%S")
+        out.write(f"== {stamp} {tree.directory} {tree.revision[:19]}\n")
+        out.write(render(Report(tree, strict=options.strict, plan=section)))
+        out.flush()
+        if tree.valid:
+            last_good = tree
+
+    # Watch first, then check: a change made while the first check runs is not missed.
+    watcher = ConfigWatcher(options.directory, changed.set, debounce_seconds=debounce_seconds)
+    watcher.start()
+    check_once()
+    try:
+        while not stop.is_set():
+            if changed.wait(0.1):
+                changed.clear()
+                check_once()
+    finally:
+        watcher.close()
+    return ExitCode.OK
 
 
 def _by_name(webhooks: Iterable[Webhook]) -> dict[str, Webhook]:

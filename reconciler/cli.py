@@ -11,6 +11,8 @@ with changes" here, so the command class turns every click error into 3.
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any, NoReturn
 
 import click
 
-from reconciler.check import Checker, CheckOptions, ExitCode
+from reconciler.check import Checker, CheckOptions, ExitCode, watch
 from reconciler.report import RENDERERS
 
 #: Ctrl-C: the shell convention (128 + SIGINT), neither "invalid" nor "internal error".
@@ -116,6 +118,12 @@ def _check_event_type(ctx: click.Context, param: click.Parameter, value: str | N
     callback=_parse_filters,
     help="With --route: the event's filter (repeatable; VALUE is JSON when it parses).",
 )
+@click.option(
+    "--watch",
+    "watch_mode",
+    is_flag=True,
+    help="Keep running: on every change re-check, print diagnostics and the plan against the last good tree.",
+)
 @click.version_option(package_name="webhooks-as-code", prog_name="reconcile")
 @click.pass_context
 def reconcile(
@@ -128,6 +136,7 @@ def reconcile(
     detailed_exitcode: bool,
     route_event: str | None,
     route_filter: dict[str, Any] | None,
+    watch_mode: bool,
 ) -> None:
     """Check the webhook definitions in DIR (default ./webhooks.d).
 
@@ -147,6 +156,15 @@ def reconcile(
         route_event=route_event,
         route_filter=route_filter,
     )
+    if watch_mode:
+        if against or route_event or detailed_exitcode:
+            raise click.UsageError("--watch plans against the last good tree: no --against or --route")
+        stop = threading.Event()
+        try:
+            ctx.exit(watch(options, sys.stdout, stop))
+        except KeyboardInterrupt:
+            stop.set()
+            ctx.exit(ExitCode.OK)
     ctx.exit(Checker(options).run())
 
 

@@ -1,4 +1,5 @@
-"""Watching ``--config DIR``: the only module that talks to watchdog.
+"""Watching a webhooks directory (``reconcile --watch``, ``dispatch run``): the only module that talks to
+watchdog.
 
 File events (inotify through watchdog, or watchdog's polling observer where inotify is unavailable) only
 mark the tree dirty; a debounce thread calls ``on_change`` once a burst has been quiet for the debounce
@@ -8,6 +9,7 @@ the link's target is checked on every tick, and a new target re-arms the observe
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,9 +21,12 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from dispatcher.logs import fields, get_logger
+_default_log = logging.getLogger("reconciler.watch")
 
-log = get_logger("watch")
+
+def fields(**values: object) -> dict[str, object]:
+    """``extra=`` in the dispatcher's structured-log convention (plain loggers ignore it)."""
+    return {"fields": values}
 
 
 class _Mark(FileSystemEventHandler):
@@ -45,12 +50,14 @@ class ConfigWatcher:
         debounce_seconds: float = 0.2,
         link_check_seconds: float = 0.5,
         polling: bool = False,
+        log: logging.Logger = _default_log,
     ) -> None:
         self.directory = Path(directory)
         self._on_change = on_change
         self._debounce = debounce_seconds
         self._link_check = link_check_seconds
         self._polling = polling
+        self._log = log
         self._cond = threading.Condition()
         self._dirty_at: float | None = None
         self._closed = False
@@ -75,11 +82,11 @@ class ConfigWatcher:
             if self._polling:
                 raise
             # e.g. inotify watch limit reached: fall back to polling rather than not watching at all
-            log.warning("watch.polling_fallback", extra=fields(error=str(exc)))
+            self._log.warning("watch.polling_fallback", extra=fields(error=str(exc)))
             observer = PollingObserver(timeout=1.0)
             observer.schedule(handler, self._target, recursive=True)
             observer.start()
-        log.info(
+        self._log.info(
             "watch.started",
             extra=fields(
                 directory=str(self.directory), target=self._target, observer=type(observer).__name__
@@ -114,13 +121,13 @@ class ConfigWatcher:
                 try:
                     self._on_change()
                 except Exception:
-                    log.exception("watch.reload_failed")
+                    self._log.exception("watch.reload_failed")
 
     def _check_link(self) -> None:
         target = self._resolve()
         if target == self._target:
             return
-        log.info("watch.target_changed", extra=fields(old=self._target, new=target))
+        self._log.info("watch.target_changed", extra=fields(old=self._target, new=target))
         self._target = target
         old = self._observer
         if old is not None:
@@ -128,7 +135,7 @@ class ConfigWatcher:
         try:
             self._observer = self._observe()
         except OSError as exc:
-            log.error("watch.rearm_failed", extra=fields(error=str(exc)))
+            self._log.error("watch.rearm_failed", extra=fields(error=str(exc)))
             self._observer = None
         self.mark()
 
