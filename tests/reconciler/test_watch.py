@@ -1,4 +1,4 @@
-"""``reconcile --watch``: a real process that re-checks on every change and plans against the last good tree."""
+"""``reconcile --watch``: a real process re-checks on every change and plans against the last good tree."""
 
 from __future__ import annotations
 
