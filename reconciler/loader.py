@@ -166,15 +166,20 @@ def _load_many(stale: list[tuple[str, str, tuple[int, ...], bool]]) -> list[Load
 
 
 def _worker_count(files: int) -> int:
-    # Worker processes are forked, which is only safe in a process without other threads (the reconcile CLI;
-    # the dispatcher's first load at the latest). Below a thousand files the start-up cost is not repaid.
+    """How many processes should share a load of ``files`` files (1: this process alone).
+
+    Worker processes are forked, which is only safe in a process without other threads (the reconcile CLI;
+    the dispatcher's first load at the latest). Below a thousand files the start-up cost is not repaid, and
+    on a machine whose cores are already busy (load average) extra processes only add that cost.
+    """
     if files < _PARALLEL_MIN_FILES or sys.platform != "linux" or threading.active_count() > 1:
         return 1
     try:
         cpus = len(os.sched_getaffinity(0))
     except OSError:
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, _MAX_WORKERS, files // (_PARALLEL_MIN_FILES // 2)))
+    idle = 1 + int(cpus - os.getloadavg()[0])
+    return max(1, min(cpus, idle, _MAX_WORKERS, files // (_PARALLEL_MIN_FILES // 2)))
 
 
 def _load_shared(jobs: list[tuple[str, str]], workers: int) -> list[LoadedFile] | None:

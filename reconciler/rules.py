@@ -75,6 +75,12 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
+def quote(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a message: escaped (no line breaks reach a report) and shortened."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
 def _suggestion(word: str, candidates: Iterable[str]) -> str:
     best = did_you_mean(word, candidates)
     return f"; did you mean {best!r}?" if best else ""
@@ -121,12 +127,12 @@ def check_envelope(doc: Document, file: str) -> list[Diagnostic]:
         out.at_value(
             Severity.ERROR,
             "unknown-api-version",
-            f"unknown apiVersion {api_version!r}{hint}",
+            f"unknown apiVersion {quote(api_version)}{hint}",
             ("apiVersion",),
         )
     if isinstance(kind, str) and kind not in KNOWN_KINDS:
         hint = _suggestion(kind, KNOWN_KINDS) or f"; expected one of {', '.join(map(repr, KNOWN_KINDS))}"
-        out.at_value(Severity.ERROR, "unknown-kind", f"unknown kind {kind!r}{hint}", ("kind",))
+        out.at_value(Severity.ERROR, "unknown-kind", f"unknown kind {quote(kind)}{hint}", ("kind",))
     return out.found
 
 
@@ -178,10 +184,12 @@ def _check_headers(out: _Findings, headers: Mapping[str, Any], *, has_auth: bool
         if any(c in name for c in "\r\n\0"):
             out.at_key(Severity.ERROR, "header-injection", "header name contains a line break or NUL", path)
         if isinstance(value, str) and any(c in value for c in "\r\n\0"):
-            message = f"header {name!r}: value contains a line break or NUL, which would inject headers"
+            message = f"header {quote(name)}: value contains a line break or NUL, which would inject headers"
             out.at_value(Severity.ERROR, "header-injection", message, path)
         if lowered in RESERVED_HEADERS:
-            message = f"header {name!r} is set by the dispatcher on every delivery and cannot be overridden"
+            message = (
+                f"header {quote(name)} is set by the dispatcher on every delivery and cannot be overridden"
+            )
             out.at_key(Severity.ERROR, "reserved-header", message, path)
         elif lowered == "authorization" and has_auth:
             # Allowed (SPEC section 1 shows it) but dead: config.auth is applied after the headers.
@@ -191,18 +199,22 @@ def _check_headers(out: _Findings, headers: Mapping[str, Any], *, has_auth: bool
             out.at_key(Severity.WARNING, "auth-header-conflict", message, path)
         if lowered in HOP_BY_HOP_HEADERS:
             message = (
-                f"header {name!r} is a hop-by-hop header; it belongs to a single connection, not to a webhook"
+                f"header {quote(name)} is a hop-by-hop header: it belongs to one connection, not to a webhook"
             )
             out.at_key(Severity.ERROR, "hop-by-hop-header", message, path)
         if lowered in seen:
-            message = f"header {name!r} is also given as {seen[lowered]!r}; header names ignore case"
+            message = (
+                f"header {quote(name)} is also given as {quote(seen[lowered])}; header names ignore case"
+            )
             out.at_key(Severity.ERROR, "duplicate-header", message, path)
         seen.setdefault(lowered, name)
         reported = (
             lowered in RESERVED_HEADERS or lowered in HOP_BY_HOP_HEADERS
         )  # already an error: say it once
         if isinstance(value, str) and not reported and _looks_like_credential(name, value):
-            message = f"header {name!r} carries a literal credential; use {{env: NAME}} or {{file: PATH}}"
+            message = (
+                f"header {quote(name)} carries a literal credential; use {{env: NAME}} or {{file: PATH}}"
+            )
             out.at_value(Severity.ERROR, "literal-secret", message, path)
 
 
@@ -396,7 +408,7 @@ def check_duplicate_names(sites: Iterable[NameSite]) -> list[Diagnostic]:
         original = first.setdefault((site.kind, site.name), site)
         if original is not site:
             message = (
-                f"{site.kind} name {site.name!r} is already defined at {original.file}:{original.line}; "
+                f"{site.kind} name {quote(site.name)} is already defined at {original.file}:{original.line}; "
                 "names must be unique across the directory"
             )
             found.append(
@@ -427,8 +439,9 @@ def check_event_types(sites: Iterable[PatternSite], catalogue: frozenset[str]) -
             continue
         if candidates is None:
             candidates = _pattern_candidates(known)
+        hint = _suggestion(site.pattern, candidates)
         message = (
-            f"event type {site.pattern!r} matches no known event type{_suggestion(site.pattern, candidates)} "
+            f"event type {quote(site.pattern)} matches no known event type{hint} "
             "(if it is new, list it in an EventTypes document)"
         )
         found.append(

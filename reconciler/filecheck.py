@@ -1,0 +1,236 @@
+"""One file on its own: read, parse, check every document, and turn the valid ones into values.
+
+Checking and building are two steps with a plain record between them (``FileRecord``: tuples, strings and
+the documents' plain data). The loader may run the first step in worker processes for a large cold load; the
+record crosses the process boundary cheaply, and the value objects are built once, in the loading process.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from reconciler.model import (
+    KIND,
+    BasicAuth,
+    Callback,
+    Diagnostic,
+    RetryConfig,
+    SecretRef,
+    Severity,
+    Source,
+    TokenAuth,
+    Webhook,
+)
+from reconciler.routing import pattern_matches
+from reconciler.rules import (
+    CLAIMING_RULES,
+    EVENT_TYPES_KIND,
+    NameSite,
+    PatternSite,
+    check_envelope,
+    check_webhook,
+)
+from reconciler.schema import check_schema, load_catalogue
+from reconciler.yamlsource import Document, JsonPath, decode_source, format_json_path, parse_source
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: str  # as displayed in diagnostics (relative to cwd when under it, else as given)
+    digest: str  # sha256 hex of the file bytes
+    webhooks: tuple[Webhook, ...]
+    event_types: tuple[str, ...]  # extra catalogue entries from EventTypes documents
+    diagnostics: tuple[Diagnostic, ...]  # per-file problems only
+
+
+@dataclass(frozen=True)
+class LoadedFile:
+    """A file's result plus what the tree-level rules need from it (kept in the loader's per-file cache)."""
+
+    result: FileResult
+    names: tuple[NameSite, ...]
+    patterns: tuple[PatternSite, ...]
+
+
+class FileRecord(NamedTuple):
+    """What checking one file found, as plain data (see the module docstring)."""
+
+    path: str
+    digest: str
+    diagnostics: tuple[Diagnostic, ...]
+    names: tuple[tuple[str, str, int, int], ...]  # (kind, name, line, column) of each metadata.name
+    patterns: tuple[PatternSite, ...]  # event types to check against the tree's catalogue
+    webhooks: tuple[tuple[dict[str, Any], int, int], ...]  # (valid document, its line, its index)
+    event_types: tuple[str, ...]
+
+
+def load_file(path: Path, display: str) -> LoadedFile:
+    """Read one file and check it on its own (no cross-file rules)."""
+    return build_loaded(read_and_check(str(path), display))
+
+
+def build_file(data: bytes, display: str) -> LoadedFile:
+    """Check one file's bytes on their own (no cross-file rules)."""
+    return build_loaded(check_file(data, display))
+
+
+def read_and_check(path: str, display: str) -> FileRecord:
+    """Read one file and check it; a file that cannot be read is an ``io`` diagnostic."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        problem = Diagnostic(Severity.ERROR, "io", f"cannot read file: {exc.strerror or exc}", display, 1, 1)
+        return FileRecord(display, "", (problem,), (), (), (), ())
+    return check_file(data, display)
+
+
+def check_file(data: bytes, display: str) -> FileRecord:
+    """Every per-file diagnostic of a file's bytes, and the plain data of its valid documents."""
+    digest = hashlib.sha256(data).hexdigest()
+    text = decode_source(data, display)
+    if isinstance(text, Diagnostic):
+        return FileRecord(display, digest, (text,), (), (), (), ())
+    parsed = parse_source(text, display)
+    diagnostics = list(parsed.diagnostics)
+    names: list[tuple[str, str, int, int]] = []
+    patterns: list[PatternSite] = []
+    webhooks: list[tuple[dict[str, Any], int, int]] = []
+    event_types: list[str] = []
+    if not parsed.documents and not parsed.diagnostics:
+        message = "file holds no YAML document"
+        diagnostics.append(Diagnostic(Severity.WARNING, "empty-document", message, display, 1, 1))
+    for doc in parsed.documents:
+        found, ours = _check_document(doc, display)
+        diagnostics.extend(found)
+        if not ours or not isinstance(doc.data, dict):
+            continue
+        kind = EVENT_TYPES_KIND if doc.data.get("kind") == EVENT_TYPES_KIND else KIND
+        name = _get(_get(doc.data, "metadata"), "name")
+        if isinstance(name, str):  # kept even for a broken document, so that duplicates are still found
+            names.append((kind, name, *doc.value_position(("metadata", "name"))))
+        if kind == KIND:
+            patterns.extend(_pattern_sites(doc, display, {d.json_path for d in found if d.rule == "schema"}))
+        if any(d.is_error for d in found):
+            continue
+        if kind == KIND:
+            webhooks.append((doc.data, doc.line, doc.index))
+        else:
+            event_types.extend(entry["name"] for entry in doc.data["spec"]["event_types"])
+    return FileRecord(
+        display,
+        digest,
+        tuple(diagnostics),
+        tuple(names),
+        tuple(patterns),
+        tuple(webhooks),
+        tuple(event_types),
+    )
+
+
+def build_loaded(record: FileRecord) -> LoadedFile:
+    """The value objects of a checked file."""
+    file = record.path
+    hooks = tuple(build_webhook(data, Source(file, line, index)) for data, line, index in record.webhooks)
+    result = FileResult(file, record.digest, hooks, record.event_types, record.diagnostics)
+    names = tuple(NameSite(kind, name, file, line, column) for kind, name, line, column in record.names)
+    return LoadedFile(result, names, record.patterns)
+
+
+def _check_document(doc: Document, file: str) -> tuple[list[Diagnostic], bool]:
+    """The document's diagnostics, and whether it is one of ours (not empty, not another apiVersion/kind)."""
+    found = list(doc.diagnostics)
+    if doc.data is None:
+        found.append(
+            Diagnostic(Severity.WARNING, "empty-document", "empty YAML document", file, doc.line, doc.column)
+        )
+        return found, False
+    envelope = check_envelope(doc, file)
+    if envelope:
+        return found + envelope, False  # someone else's document: its shape is not ours to judge
+    rules = check_webhook(doc, file) if _get(doc.data, "kind") != EVENT_TYPES_KIND else []
+    claimed = {d.json_path for d in rules if d.rule in CLAIMING_RULES}
+    return found + rules + check_schema(doc, file, claimed), True
+
+
+def _get(data: Any, key: str) -> Any:
+    return data.get(key) if isinstance(data, dict) else None
+
+
+def _pattern_sites(doc: Document, file: str, rejected: set[str]) -> Iterator[PatternSite]:
+    value = _get(_get(doc.data, "spec"), "event_type")
+    items: list[tuple[JsonPath, Any]]
+    if isinstance(value, list):
+        items = [(("spec", "event_type", i), v) for i, v in enumerate(value)]
+    else:
+        items = [(("spec", "event_type"), value)]
+    for path, pattern in items:
+        # A pattern matching the bundled catalogue can never be unknown (the tree only adds event types), so
+        # only the others are kept for the tree-level check, and only they need their position looked up.
+        if not isinstance(pattern, str) or _matches_bundled(pattern):
+            continue
+        json_path = format_json_path(path)
+        if json_path not in rejected:  # a malformed pattern is reported once, by the schema
+            line, column = doc.value_position(path)
+            yield PatternSite(pattern, file, line, column, json_path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _matches_bundled(pattern: str) -> bool:
+    return any(pattern_matches(pattern, name) for name in load_catalogue())
+
+
+def build_webhook(document: dict[str, Any], source: Source) -> Webhook:
+    """Turn one schema-valid ``kind: Webhook`` document into a ``Webhook`` (defaults per SPEC section 1)."""
+    metadata, spec = document["metadata"], document["spec"]
+    event_type = spec["event_type"]
+    config = spec.get("config") or {}
+    retry = spec.get("retry_countdown_config")
+    callback = spec.get("callback")
+    return Webhook(
+        name=metadata["name"],
+        target_url=spec["target_url"],
+        event_types=(event_type,) if isinstance(event_type, str) else tuple(event_type),
+        active=spec.get("status", "active") == "active",
+        secret_key=_secret(spec["secret_key"]) if "secret_key" in spec else None,
+        additional_headers={
+            name: _secret(value) if isinstance(value, dict) else value
+            for name, value in (spec.get("additional_headers") or {}).items()
+        },
+        timeout_seconds=float(config.get("timeout", 10.0)),
+        auth=_auth(config["auth"]) if "auth" in config else None,
+        match=dict(config.get("match") or {}),
+        retry=_retry(retry) if retry is not None else None,
+        callback=Callback(callback["url"], frozenset(callback.get("on", ("dead",)))) if callback else None,
+        labels=dict(metadata.get("labels") or {}),
+        source=source,
+    )
+
+
+def _secret(ref: dict[str, str]) -> SecretRef:
+    ((source, name),) = ref.items()
+    return SecretRef("env" if source == "env" else "file", name)
+
+
+def _auth(auth: dict[str, Any]) -> BasicAuth | TokenAuth:
+    password = _secret(auth["password"])
+    if auth["type"] == "basic":
+        return BasicAuth(username=auth["username"], password=password)
+    options = {
+        k: auth[k] for k in ("username_field", "password_field", "token_key", "header_format") if k in auth
+    }
+    return TokenAuth(url=auth["url"], username=auth["username"], password=password, **options)
+
+
+def _retry(retry: dict[str, Any]) -> RetryConfig:
+    return RetryConfig(
+        choice=retry["choice"],
+        kwargs=dict(retry["kwargs"]),
+        max_attempts=retry.get("max_attempts"),
+        jitter=float(retry.get("jitter", 0.0)),
+    )
