@@ -32,6 +32,7 @@ from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.server import SocketServer, serve_stdin
 from dispatcher.status import StatusServer, status_provider
 from dispatcher.store.sqlite import SQLiteStore
+from dispatcher.transport import ProcessClient
 from reconciler.watch import ConfigWatcher
 
 log = get_logger()
@@ -53,6 +54,7 @@ class RunOptions:
     retention_seconds: float = 7 * DAY
     engine: EngineSettings = field(default_factory=EngineSettings)
     watch: bool = True
+    delivery_processes: int = 1  # 0: attempts in this process's threads
 
 
 def store_path(state_dir: Path) -> Path:
@@ -108,7 +110,7 @@ class Dispatcher:
             live = LiveConfig(
                 source, snapshot, store, metrics, clock=self.clock, on_change=lambda: engine_ref[0].wake()
             )
-            with HttpClient(EgressPolicy(o.allow_cidrs)) as client:
+            with _client(o) as client:
                 engine = Engine(
                     store, client, live.current, settings=o.engine, metrics=metrics, clock=self.clock
                 )
@@ -244,6 +246,16 @@ class _Services:
             self.watcher.close()
         if self.status_server is not None:
             self.status_server.close()
+
+
+def _client(options: RunOptions) -> HttpClient | ProcessClient:
+    if options.delivery_processes <= 0:
+        return HttpClient(EgressPolicy(options.allow_cidrs))
+    return ProcessClient(
+        options.allow_cidrs,
+        processes=options.delivery_processes,
+        threads_per_process=options.engine.workers,
+    )
 
 
 def _age(created_at: float | None, now: float) -> float | None:

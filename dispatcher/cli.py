@@ -21,6 +21,7 @@ from dispatcher.logs import configure
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.store.base import Delivery, DeliveryQuery, DeliveryStatus
 from dispatcher.store.sqlite import SQLiteStore
+from dispatcher.transport import default_processes
 
 DEFAULT_SOCKET = "dispatch.sock"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -76,6 +77,13 @@ def main() -> None:
     show_default=True,
     help="Concurrent attempts per endpoint (scheme, host, port).",
 )
+@click.option(
+    "--delivery-processes",
+    type=click.IntRange(0, 64),
+    default=default_processes(),
+    show_default="one per spare core",
+    help="Child processes making the HTTP attempts (0: threads of this process).",
+)
 @click.option("--retention", default="7d", show_default=True, help="Keep delivered records this long.")
 @click.option(
     "--watch/--no-watch", default=True, show_default=True, help="Reload when files in --config change."
@@ -92,6 +100,7 @@ def run(
     max_line_bytes: int,
     workers: int,
     per_endpoint: int,
+    delivery_processes: int,
     retention: str,
     watch: bool,
     log_format: str,
@@ -116,6 +125,7 @@ def run(
         retention_seconds=now - parse_since(retention, now),
         engine=EngineSettings(workers=workers, per_endpoint=per_endpoint),
         watch=watch,
+        delivery_processes=delivery_processes,
     )
     configure(log_format, log_level)
     try:
