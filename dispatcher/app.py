@@ -11,6 +11,7 @@ import fcntl
 import ipaddress
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -40,6 +41,7 @@ log = get_logger()
 STORE_FILE = "dispatch.sqlite3"
 DEFAULT_STATE_DIR = ".dispatch-state"
 DAY = 86_400.0
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,9 @@ class Dispatcher:
 
     def run(self) -> int:
         o = self.options
+        # Ingest threads mostly wait on sockets and SQLite; a shorter switch interval lets them take the
+        # interpreter lock back from busy delivery threads sooner (acks per second, measured).
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         with state_lock(o.state_dir), SQLiteStore(store_path(o.state_dir)) as store:
             source = ConfigSource(o.config_dir, self.environ)
             snapshot = initial_snapshot(source)
@@ -129,7 +134,7 @@ class Dispatcher:
                 live.sync_store()
                 engine.start()
                 committer = Committer(
-                    store, self.clock, engine.submit, engine.room, o.engine.lease_seconds, metrics
+                    store, self.clock, engine.submit, engine.can_take, o.engine.lease_seconds, metrics
                 )
                 ingestor = Ingestor(committer, live.current, metrics, o.max_line_bytes)
                 services = _Services(self, live, engine, store, metrics)

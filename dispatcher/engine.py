@@ -152,8 +152,8 @@ class EngineSettings:
     per_endpoint: int = 8
     lease_seconds: float = 120.0  # longer than the 60 s timeout ceiling plus queueing
     max_queued: int = 20_000  # leases held in memory at most (bounds memory and lease age)
-    per_endpoint_queued: int = 2_000  # beyond this an endpoint's new leases go back to the store
-    overflow_delay_seconds: float = 1.0
+    per_endpoint_queued: int = 5_000  # beyond this an endpoint's new leases go back to the store
+    overflow_delay_seconds: float = 5.0
     reclaim_interval_seconds: float = 15.0
     lease_batch: int = 500
 
@@ -230,22 +230,41 @@ class Engine:
 
     # -- hot path ----------------------------------------------------------------------------------------
 
+    def can_take(self, webhooks: Iterable[str]) -> bool:
+        """Whether new deliveries to these webhooks fit in memory now. Ingest then hands them over leased;
+        otherwise they wait in the store for the scheduler (free while an endpoint is behind)."""
+        names = set(webhooks)
+        if not names:
+            return True
+        if self.room() < len(names):
+            return False
+        snapshot = self.config()
+        cap = self.settings.per_endpoint_queued
+        for name in names:
+            hook = snapshot.webhook(name)
+            if hook is not None and self.queues.queued(endpoint_key(hook.target_url)) >= cap:
+                return False
+        return True
+
     def room(self) -> int:
         """How many more leases the engine will hold in memory right now."""
         return self.settings.max_queued - self.queues.size
 
-    def submit(self, leases: Iterable[Lease]) -> None:
-        """Queue leased deliveries for attempts now."""
+    def submit(self, leases: Iterable[Lease]) -> int:
+        """Queue leased deliveries for attempts now; returns how many overflowed back to the store."""
         snapshot = self.config()
         now = self.clock()
+        overflowed = 0
         for lease in leases:
             hook = snapshot.webhook(lease.webhook)
             key = endpoint_key(hook.target_url) if hook is not None else _NO_ENDPOINT
             if self.queues.queued(key) >= self.settings.per_endpoint_queued:
                 later = now + self.settings.overflow_delay_seconds
                 self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=later)))
+                overflowed += 1
                 continue
             self.queues.put(key, lease)
+        return overflowed
 
     def wake(self) -> None:
         """Make the scheduler look at the store now (a retry became due sooner, work was requeued)."""
@@ -285,7 +304,9 @@ class Engine:
         if room > 0:
             leases = self.store.lease(now, min(room, s.lease_batch), s.lease_seconds)
             if leases:
-                self.submit(leases)
+                overflowed = self.submit(leases)
+                if overflowed * 2 > len(leases):
+                    return now + 1.0  # endpoints are behind: leasing more now would only be released again
                 if len(leases) == min(room, s.lease_batch):
                     return now  # there may be more due right now
         if self.room() <= 0:

@@ -56,15 +56,15 @@ class Committer:
         self,
         store: Store,
         clock: Callable[[], float],
-        on_committed: Callable[[list[Lease]], None],
-        room: Callable[[], int],
+        on_committed: Callable[[list[Lease]], object],
+        can_take: Callable[[list[str]], bool],
         lease_seconds: float,
         metrics: Metrics,
     ) -> None:
         self._store = store
         self._clock = clock
         self._on_committed = on_committed
-        self._room = room
+        self._can_take = can_take
         self._lease_seconds = lease_seconds
         self._metrics = metrics
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
@@ -109,9 +109,9 @@ class Committer:
 
     def _commit(self, batches: list[_Batch]) -> None:
         events = [e for b in batches for e in b.events]
-        deliveries = sum(len(e.webhooks) for e in events)
         # Hand new deliveries straight to the engine when it has room; otherwise the scheduler leases them.
-        lease_seconds = self._lease_seconds if self._room() >= deliveries else None
+        names = [name for e in events for name in e.webhooks]
+        lease_seconds = self._lease_seconds if self._can_take(names) else None
         try:
             results = self._store.enqueue(events, self._clock(), lease_seconds)
         except StoreError as exc:

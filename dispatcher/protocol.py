@@ -79,13 +79,11 @@ def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
     webhook = obj.get("webhook")
     if webhook is not None and not isinstance(webhook, str):
         return BadLine(line_no, "'webhook' must be a webhook name (a string)")
-    return ParsedEvent(
-        uuid=event_uuid,
-        type=event_type,
-        body=build_body(obj, event_uuid if raw_uuid is None else raw_uuid),
-        filter=event_filter,
-        webhook=webhook,
-    )
+    if raw_uuid is not None and "filter" not in obj and "webhook" not in obj:
+        body = bytes(raw).strip()  # already the envelope as JSON: deliver the producer's own bytes
+    else:
+        body = build_body(obj, event_uuid if raw_uuid is None else raw_uuid)
+    return ParsedEvent(uuid=event_uuid, type=event_type, body=body, filter=event_filter, webhook=webhook)
 
 
 def build_body(envelope: dict[str, Any], event_uuid: str) -> bytes:

@@ -13,6 +13,7 @@ closes, including when the parent is killed.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.connection
@@ -57,9 +58,12 @@ def _child_main(
 
         while True:
             try:
-                request_id, request = conn.recv()
+                message = conn.recv()
             except (EOFError, OSError):
-                return  # the parent closed the pipe or died
+                return  # the parent died
+            if message is None:
+                return  # asked to stop: the pool finishes the attempts in flight first
+            request_id, request = message
             pool.submit(attempt, request_id, request)
 
 
@@ -161,12 +165,16 @@ class ProcessClient:
     def close(self) -> None:
         self._closed = True
         for child in self._children:
-            child.conn.close()
+            # A message, not conn.close(): closing an fd another thread is reading does not wake the reader,
+            # so the child would never see EOF.
+            with child.send_lock, contextlib.suppress(OSError, ValueError):
+                child.conn.send(None)
         for child in self._children:
-            child.process.join(timeout=10)
+            child.process.join(timeout=30)
             if child.process.is_alive():
                 child.process.kill()
                 child.process.join(timeout=5)
+            child.conn.close()
         self._local.close()
 
     def __enter__(self) -> ProcessClient:

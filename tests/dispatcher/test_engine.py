@@ -28,10 +28,13 @@ class FakeClient:
         self.slow: dict[str, threading.Event] = {}
         self.sent: list[OutboundRequest] = []
         self.callbacks: list[tuple[str, dict[str, Any]]] = []
+        self.started = 0
         self.lock = threading.Lock()
 
     def send(self, request: OutboundRequest) -> AttemptRecord:
         gate = self.slow.get(request.url)
+        with self.lock:
+            self.started += 1
         if gate is not None:
             gate.wait(10)
         with self.lock:
@@ -227,6 +230,7 @@ def test_stop_releases_queued_leases_for_the_next_run(store: MemoryStore, client
     engine.start()
     for i in range(5):
         _enqueue(store, engine, "a", uuid=f"{i:032x}")
+    _wait(lambda: client.started == 2)  # both slots of the endpoint are in flight
     threading.Timer(0.3, gate.set).start()
     engine.stop(5)
     assert len(store.lease(time.time(), 10, 60)) == 3  # 2 were in flight and finished; 3 were released

@@ -34,6 +34,16 @@ def test_valid_envelope_keeps_uuid_type_and_payload() -> None:
     }
 
 
+def test_envelope_with_uuid_and_no_routing_keys_is_delivered_byte_for_byte() -> None:
+    """The producer's own bytes are the body when nothing has to change (only a CRLF ending is dropped)."""
+    line = (
+        b'{"payload": {"b": 1, "a": "\\u00e9"},  "event": {"uuid": "ab' + b"cd" * 15 + b'", "type": "x.y"}}'
+    )
+    parsed = parse_line(line + b"\r", 1)
+    assert isinstance(parsed, ParsedEvent)
+    assert parsed.body == line
+
+
 def test_missing_uuid_is_generated_and_written_into_the_body() -> None:
     """An event without a uuid gets a fresh 32-hex one, and the delivered body carries it."""
     first = parse_line(b'{"event": {"type": "a.b"}, "payload": {}}', 1)
