@@ -151,8 +151,8 @@ class EngineSettings:
     workers: int = 32
     per_endpoint: int = 8
     lease_seconds: float = 120.0  # longer than the 60 s timeout ceiling plus queueing
-    max_queued: int = 20_000  # leases held in memory at most (bounds memory and lease age)
-    per_endpoint_queued: int = 5_000  # beyond this an endpoint's new leases go back to the store
+    max_queued: int = 5_000  # leases held in memory at most (bounds memory and lease age)
+    per_endpoint_queued: int = 2_000  # beyond this an endpoint's new leases go back to the store
     overflow_delay_seconds: float = 5.0
     reclaim_interval_seconds: float = 15.0
     lease_batch: int = 500

@@ -68,10 +68,14 @@ class _PatternTrie:
     def __init__(self) -> None:
         self._root = _Node()
         self._everything: list[str] = []
+        self._exact: dict[str, list[str]] = {}  # most patterns have no wildcard: one dict lookup
 
     def add(self, pattern: str, name: str) -> None:
         if pattern in (_ONE, _REST):
             self._everything.append(name)
+            return
+        if "*" not in pattern:
+            self._exact.setdefault(pattern, []).append(name)
             return
         node = self._root
         segments = pattern.split(".")
@@ -84,7 +88,9 @@ class _PatternTrie:
 
     def names(self, event_type: str) -> set[str]:
         found = set(self._everything)
-        self._walk(self._root, event_type.split("."), 0, found)
+        found.update(self._exact.get(event_type, ()))
+        if self._root.children:
+            self._walk(self._root, event_type.split("."), 0, found)
         return found
 
     def _walk(self, node: _Node, segments: list[str], i: int, found: set[str]) -> None:
