@@ -58,7 +58,9 @@ def parser(doc: str, *, rounds: int) -> argparse.ArgumentParser:
     p.add_argument(
         "--quick", action="store_true", help="tiny sizes, one round: keeps the script working in CI"
     )
-    p.add_argument("--out", type=Path, help="JSON results file (default bench/results/<name>.json)")
+    p.add_argument(
+        "--out", type=Path, help="JSON results file (default bench/results/<name>.json; quick/<name>.json)"
+    )
     return p
 
 
@@ -90,6 +92,19 @@ class Target:
     target: str
     met: bool
     ratio: float | None = None
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Target:
+        return cls(
+            what=str(doc["what"]),
+            measured=float(doc["measured"]),
+            unit=str(doc["unit"]),
+            baseline=None if doc.get("baseline") is None else float(doc["baseline"]),
+            baseline_what=str(doc.get("baseline_what", "")),
+            target=str(doc["target"]),
+            met=bool(doc["met"]),
+            ratio=None if doc.get("ratio") is None else float(doc["ratio"]),
+        )
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
@@ -154,15 +169,18 @@ def print_targets(targets: Sequence[Target]) -> None:
 
 
 def write_result(name: str, out: Path | None, args: argparse.Namespace, doc: dict[str, Any]) -> Path:
-    """Write ``doc`` plus the machine and the options to ``out`` (default bench/results/<name>.json)."""
-    path = out or RESULTS_DIR / f"{name}.json"
+    """Write ``doc`` plus the machine and the options to ``out`` (default bench/results/<name>.json, or
+    bench/results/quick/<name>.json for ``--quick``, so a CI-sized run never replaces the real figures)."""
+    quick = bool(getattr(args, "quick", False))
+    path = out or (RESULTS_DIR / "quick" if quick else RESULTS_DIR) / f"{name}.json"
     full = {
         "benchmark": name,
-        "quick": bool(getattr(args, "quick", False)),
+        "quick": quick,
         "rounds": getattr(args, "rounds", None),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         **doc,
         "targets": [asdict(t) for t in doc.get("targets", [])],
+        "code": code_version(),
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
@@ -172,6 +190,19 @@ def write_result(name: str, out: Path | None, args: argparse.Namespace, doc: dic
     path.write_text(json.dumps(full, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {path}", flush=True)
     return path
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether dispatcher/ or reconciler/ had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "dirty": bool(git("status", "--porcelain", "--", "dispatcher", "reconciler", "schemas")),
+    }
 
 
 def median(values: Sequence[float]) -> float:
@@ -564,21 +595,43 @@ class Dispatcher(_Process):
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-limit:]
 
-    def memory_kib(self) -> dict[str, int]:
-        """VmRSS and VmHWM of the process, from /proc/PID/status."""
-        values: dict[str, int] = {}
-        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    values[key] = int(rest.split()[0])
-        return values
+    def processes(self) -> list[int]:
+        """The dispatcher's pid and its descendants' (it may run deliveries in child processes)."""
+        parents: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    parents[int(entry.name)] = int(_proc_stat(int(entry.name))[1])
+        found = [self.pid]
+        for pid in found:  # grows while iterating: breadth-first
+            found.extend(child for child, parent in parents.items() if parent == pid)
+        return found
+
+    def memory_mb(self) -> dict[str, float]:
+        """Memory of the dispatcher's processes: the main one's VmRSS and VmHWM, and over the whole process
+        tree the sum of VmRSS and of PSS (shared pages split among the processes sharing them, so counted
+        once)."""
+        figures = {"main_rss_mb": 0.0, "main_hwm_mb": 0.0, "tree_rss_mb": 0.0, "tree_pss_mb": 0.0}
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                status = _proc_fields(f"/proc/{pid}/status")
+                rollup = _proc_fields(f"/proc/{pid}/smaps_rollup")
+                figures["tree_rss_mb"] += status.get("VmRSS", 0) / 1024
+                figures["tree_pss_mb"] += rollup.get("Pss", 0) / 1024
+                if pid == self.pid:
+                    figures["main_rss_mb"] = status.get("VmRSS", 0) / 1024
+                    figures["main_hwm_mb"] = status.get("VmHWM", 0) / 1024
+        figures["processes"] = float(len(self.processes()))
+        return figures
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU time used so far (from /proc/PID/stat)."""
-        with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU time used so far by the dispatcher's processes (from /proc/PID/stat)."""
+        total = 0
+        for pid in self.processes():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = _proc_stat(pid)
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def metric(self, name: str) -> float | None:
         """One unlabelled sample from /metrics (needs ``metrics=True``)."""
@@ -601,6 +654,24 @@ class Dispatcher(_Process):
         self._log.close()
         if self.killed:
             progress(f"  note: dispatch did not exit within {timeout_seconds:g}s of SIGTERM; it was killed")
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [state, ppid, ...] (field 3 onwards of proc(5))."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _proc_fields(path: str) -> dict[str, int]:
+    """``Name:   123 kB`` lines of /proc/PID/status or smaps_rollup, in kB."""
+    values: dict[str, int] = {}
+    with open(path, encoding="ascii", errors="replace") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+                values[key] = int(parts[0])
+    return values
 
 
 # -- publishing and watching the store -----------------------------------------------------------------------

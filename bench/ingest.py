@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: acknowledged events per second through the socket, acks after durable commit (SPEC section 9).
 
-    python bench/ingest.py --events 100000 --rounds 3
+    python bench/ingest.py --events 50000 --rounds 3
 
 A pipelining client sends N NDJSON lines on one connection from one thread and reads the acks in another;
 the time runs from the first byte sent to the last ack read. Two variants, each on a fresh ``dispatch run``:
@@ -105,11 +105,11 @@ def dispatcher_seconds(workdir: Path, url: str, lines: Sequence[bytes], timeout_
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser(__doc__ or "", rounds=3)
-    p.add_argument("--events", type=int, help="events per round (default 100000; 2000 with --quick)")
+    p.add_argument("--events", type=int, help="events per round (default 50000; 2000 with --quick)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a round may take at most")
     add_receiver_option(p)
     args = p.parse_args(argv)
-    n = args.events or (2000 if args.quick else 100_000)
+    n = args.events or (2000 if args.quick else 50_000)
     rounds = 1 if args.quick else args.rounds
     series = Rounds()
     with (

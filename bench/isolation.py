@@ -13,6 +13,9 @@ one dead partner by default, or several dead partners, each with its own per-end
   healthy rate = N x W/2 healthy deliveries / (last healthy delivery recorded - first byte published).
 - baseline: the same run with only the healthy half configured.
 
+When the healthy deliveries of a round do not all arrive within ``--timeout`` (starvation), the rate counted
+is the healthy deliveries that did arrive divided by the timeout.
+
 Target: healthy rate with the blackhole >= 0.9 x without it (medians of the rounds, interleaved).
 """
 
@@ -67,13 +70,14 @@ def healthy_rate(workdir: Path, lines: Sequence[bytes], healthy: int, timeout_se
         if result.accepted != len(lines):
             raise RuntimeError(f"{result.accepted} of {len(lines)} accepted: {result.first_rejection}")
         with StoreWatch(dispatcher.store_path) as store:
-            if not store.wait_delivered(expected, timeout_seconds):
-                got = store.counts()
-                raise RuntimeError(f"{got}, expected {expected} delivered:\n{dispatcher.log_tail()}")
+            complete = store.wait_delivered(expected, timeout_seconds)
             count, last = store.delivered(HEALTHY)
             counts = store.counts()
-        assert last is not None and count == expected, (count, expected)
         progress(f"  {workdir.name}: acks in {result.last_ack_seconds:.2f}s, deliveries by status {counts}")
+        if not complete:  # starved: the rate is what got through in the time allowed
+            progress(f"  only {count} of {expected} healthy deliveries within {timeout_seconds:g}s")
+            return count / timeout_seconds
+        assert last is not None and count == expected, (count, expected)
         return expected / (float(last) - result.started)
 
 
@@ -82,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--webhooks", type=int, help="webhooks, half of them dead (default 20; 4 with --quick)")
     p.add_argument("--events", type=int, help="events per round (default 2000; 100 with --quick)")
     p.add_argument("--blackhole-ports", type=int, default=1, help="endpoints the dead half is spread over")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds a round may take at most")
+    p.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds allowed for the healthy deliveries of a round"
+    )
     add_receiver_option(p)
     args = p.parse_args(argv)
     webhooks = args.webhooks or (4 if args.quick else 20)
@@ -91,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     healthy, dead = webhooks - webhooks // 2, webhooks // 2
     series = Rounds()
     with tempfile.TemporaryDirectory(prefix="bench-isolation-") as tmp, ExitStack() as stack:
-        receiver = stack.enter_context(fast_receiver(args.receiver, Path(tmp)))
+        receiver = fast_receiver(args.receiver, Path(tmp))
+        stack.enter_context(receiver)
         ports = max(1, min(args.blackhole_ports, dead or 1))
         holes = [stack.enter_context(Blackhole()) for _ in range(ports)]
         healthy_urls = [receiver.url(f"/hook/healthy-{i}") for i in range(healthy)]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: dispatcher RSS with 10,000 webhooks and 1,000,000 pending deliveries (SPEC section 9).
+"""Benchmark: dispatcher memory with 10,000 webhooks and 1,000,000 pending deliveries (SPEC section 9).
 
     python bench/memory.py --webhooks 10000 --deliveries 1000000 --rounds 3
 
@@ -10,12 +10,15 @@ the webhooks, so D pending deliveries, all due now. That is a dispatcher restart
 faster to build than publishing D deliveries through the socket.
 
 Measured. ``dispatch run`` starts on that store and works as it would: the scheduler leases due deliveries
-into its in-memory endpoint queues (bounded by the engine's settings), workers attempt them and time out on
-the blackhole, failures are rescheduled, so the queue stays at about D open deliveries throughout. After a
-settle time, VmRSS is sampled from ``/proc/PID/status`` every 0.5 s; the maximum sample counts, and VmHWM
-(the peak since start, start-up included) and the CPU the process used meanwhile are reported too.
+into its in-memory endpoint queues (bounded by the engine's settings), attempts time out on the blackhole,
+failures are rescheduled, so the queue stays at about D open deliveries throughout. After a settle time the
+memory of the dispatcher's processes (the main one and any child it runs deliveries in) is sampled from /proc
+every 0.5 s, and the maximum sample counts. The figure held against the target is the PSS summed over those
+processes (shared pages split among the processes sharing them: the memory they take together, counted
+once); the plain sum of VmRSS, the main process's VmRSS and VmHWM (its peak since start, start-up included)
+and the CPU the processes used meanwhile are reported too.
 
-Baseline: the same dispatcher and the same W webhooks with an empty store. Target: RSS <= 100 MB.
+Baseline: the same dispatcher and the same W webhooks with an empty store. Target: <= 100 MB.
 """
 
 from __future__ import annotations
@@ -96,12 +99,11 @@ def measure(
     with Dispatcher(workdir, config, name=name) as dispatcher:
         time.sleep(settle_seconds)
         cpu_before, wall_before = dispatcher.cpu_seconds(), time.monotonic()
-        samples: list[int] = []
+        samples: list[dict[str, float]] = []
         end = time.monotonic() + sample_seconds
         while time.monotonic() < end:
-            samples.append(dispatcher.memory_kib()["VmRSS"])
+            samples.append(dispatcher.memory_mb())
             time.sleep(0.5)
-        memory = dispatcher.memory_kib()
         cpu = (dispatcher.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
         with StoreWatch(dispatcher.store_path) as store:
             counts = store.counts()
@@ -109,9 +111,13 @@ def measure(
             raise RuntimeError(f"dispatch exited:\n{dispatcher.log_tail()}")
         ready = dispatcher.ready_seconds
     open_deliveries = counts.get("pending", 0) + counts.get("failed", 0)
+    peak = {key: max(sample[key] for sample in samples) for key in samples[0]}
     return {
-        "rss_mb": max(samples) / 1024,
-        "hwm_mb": memory["VmHWM"] / 1024,
+        "pss_mb": peak["tree_pss_mb"],
+        "tree_rss_mb": peak["tree_rss_mb"],
+        "main_rss_mb": peak["main_rss_mb"],
+        "main_hwm_mb": samples[-1]["main_hwm_mb"],
+        "processes": peak["processes"],
         "cpu_share": cpu,
         "ready_seconds": ready,
         "open_deliveries": float(open_deliveries),
@@ -148,24 +154,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for key, value in figures.items():
                     series.add(f"{side}_{key}", value)
                 progress(
-                    f"round {r + 1}/{rounds} {side}: RSS {figures['rss_mb']:.1f} MB, "
-                    f"HWM {figures['hwm_mb']:.1f} MB, CPU {figures['cpu_share']:.0%}, "
+                    f"round {r + 1}/{rounds} {side}: {figures['pss_mb']:.1f} MB over "
+                    f"{figures['processes']:.0f} process(es) (main RSS {figures['main_rss_mb']:.1f} MB, "
+                    f"HWM {figures['main_hwm_mb']:.1f} MB), CPU {figures['cpu_share']:.0%}, "
                     f"{figures['open_deliveries']:,.0f} open deliveries"
                 )
     print()
     print_table(
-        ["webhooks", "pending deliveries", "RSS MB", "VmHWM MB", "CPU", "ready s"],
+        ["webhooks", "pending", "PSS MB (all)", "RSS MB (all)", "RSS MB (main)", "HWM MB (main)", "CPU",
+         "ready s"],
         [
-            [webhooks, series.median(f"{side}_open_deliveries"), series.median(f"{side}_rss_mb"),
-             series.median(f"{side}_hwm_mb"), f"{series.median(f'{side}_cpu_share'):.0%}",
+            [webhooks, series.median(f"{side}_open_deliveries"), series.median(f"{side}_pss_mb"),
+             series.median(f"{side}_tree_rss_mb"), series.median(f"{side}_main_rss_mb"),
+             series.median(f"{side}_main_hwm_mb"), f"{series.median(f'{side}_cpu_share'):.0%}",
              series.median(f"{side}_ready_seconds")]
             for side in ("measured", "baseline")
         ],
     )  # fmt: skip
-    rss, base = series.median("measured_rss_mb"), series.median("baseline_rss_mb")
+    rss, base = series.median("measured_pss_mb"), series.median("baseline_pss_mb")
     targets = [
         Target(
-            what="memory (RSS)",
+            what="memory (PSS, all processes)",
             measured=rss,
             unit="MB",
             baseline=base,
@@ -175,9 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     ]
     print_targets(targets)
-    hwm = series.median("measured_hwm_mb")
-    if hwm > TARGET_MB:
-        print(f"note: the peak (VmHWM, start-up included) is {hwm:.1f} MB, above the target")
+    for key, label in (
+        ("tree_rss_mb", "the plain sum of VmRSS"),
+        ("main_hwm_mb", "the main process's VmHWM"),
+    ):
+        if series.median(f"measured_{key}") > TARGET_MB:
+            print(f"note: {label} is {series.median(f'measured_{key}'):.1f} MB, above the target")
     write_result(
         "memory",
         args.out,
