@@ -68,7 +68,7 @@ def main() -> None:
     "--max-line-bytes", type=click.IntRange(1024), default=DEFAULT_MAX_LINE_BYTES, show_default=True
 )
 @click.option(
-    "--workers", type=click.IntRange(1, 1024), default=32, show_default=True, help="Delivery threads."
+    "--workers", type=click.IntRange(1, 1024), default=64, show_default=True, help="Delivery threads."
 )
 @click.option(
     "--per-endpoint",

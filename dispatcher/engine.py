@@ -46,10 +46,16 @@ _NO_ENDPOINT = "-"
 
 
 class EndpointQueues:
-    """Per-endpoint FIFO queues with a per-endpoint in-flight limit, taken round robin by workers."""
+    """Per-endpoint FIFO queues with a per-endpoint in-flight limit, taken round robin by workers.
+
+    An endpoint whose last attempt failed without a useful answer (timeout, connection error, 5xx, 429) is
+    limited to one attempt at a time until an attempt succeeds: a dead endpoint then holds one worker, not
+    ``per_endpoint`` of them, so many dead endpoints cannot take every worker from the healthy ones.
+    """
 
     def __init__(self, per_endpoint: int) -> None:
         self._limit = per_endpoint
+        self._failing: set[str] = set()
         self._cond = threading.Condition()
         self._queues: dict[str, deque[Lease]] = {}
         self._inflight: dict[str, int] = {}
@@ -59,11 +65,15 @@ class EndpointQueues:
         self._busy = 0
         self._closed = False
 
-    def put(self, key: str, lease: Lease) -> None:
+    def put(self, key: str, lease: Lease) -> bool:
+        """Queue a lease; False once closed (the caller releases it)."""
         with self._cond:
+            if self._closed:
+                return False
             self._queues.setdefault(key, deque()).append(lease)
             self._size += 1
             self._mark_ready(key)
+            return True
 
     def queued(self, key: str) -> int:
         with self._cond:
@@ -73,7 +83,7 @@ class EndpointQueues:
     def take(self, timeout: float | None = None) -> tuple[str, Lease] | None:
         """The next lease whose endpoint has a free slot; None when closed (or on timeout)."""
         with self._cond:
-            while not self._ready:
+            while not self._ready or self._closed:
                 if self._closed or not self._cond.wait(timeout):
                     return None
             key = self._ready.popleft()
@@ -88,8 +98,12 @@ class EndpointQueues:
             self._mark_ready(key)
             return key, lease
 
-    def done(self, key: str) -> None:
+    def done(self, key: str, healthy: bool = True) -> None:
         with self._cond:
+            if healthy:
+                self._failing.discard(key)
+            else:
+                self._failing.add(key)
             self._busy -= 1
             left = self._inflight[key] - 1
             if left:
@@ -101,7 +115,8 @@ class EndpointQueues:
                 self._cond.notify_all()  # wait_idle(); otherwise waking every worker is a thundering herd
 
     def _mark_ready(self, key: str) -> None:
-        if key not in self._is_ready and key in self._queues and self._inflight.get(key, 0) < self._limit:
+        limit = 1 if key in self._failing else self._limit
+        if key not in self._is_ready and key in self._queues and self._inflight.get(key, 0) < limit:
             self._ready.append(key)
             self._is_ready.add(key)
             self._cond.notify()
@@ -148,7 +163,7 @@ class _Done:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    workers: int = 32
+    workers: int = 64
     per_endpoint: int = 8
     lease_seconds: float = 120.0  # longer than the 60 s timeout ceiling plus queueing
     max_queued: int = 5_000  # leases held in memory at most (bounds memory and lease age)
@@ -189,6 +204,9 @@ class Engine:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_reclaim = 0.0
+        self._full: set[str] = set()  # endpoints whose queue overflowed at the last lease
+        self._full_until = 0.0
+        self._overflowed_keys: set[str] = set()
         self._debug = log.isEnabledFor(10)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -224,8 +242,9 @@ class Engine:
             )
         self._outcomes.put(None)
         self._callbacks.put(None)
+        deadline = time.monotonic() + 5.0  # one shared deadline, not one per thread
         for thread in self._threads:
-            thread.join(timeout=max(1.0, grace_seconds))
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
     # -- hot path ----------------------------------------------------------------------------------------
@@ -255,6 +274,7 @@ class Engine:
         snapshot = self.config()
         now = self.clock()
         overflowed = 0
+        self._overflowed_keys.clear()
         for lease in leases:
             hook = snapshot.webhook(lease.webhook)
             key = endpoint_key(hook.target_url) if hook is not None else _NO_ENDPOINT
@@ -262,8 +282,10 @@ class Engine:
                 later = now + self.settings.overflow_delay_seconds
                 self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=later)))
                 overflowed += 1
+                self._overflowed_keys.add(key)
                 continue
-            self.queues.put(key, lease)
+            if not self.queues.put(key, lease):  # stopping: due again at once for the next process
+                self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=now)))
         return overflowed
 
     def wake(self) -> None:
@@ -300,13 +322,22 @@ class Engine:
             if n:
                 log.info("leases.reclaimed", extra=fields(count=n))
             self._next_reclaim = now + s.reclaim_interval_seconds
+        if self._full and now < self._full_until:
+            # Endpoints that overflowed are still at least half full: leasing now would only release again.
+            # Checked without touching the store; given up after a while so other endpoints' retries flow.
+            half = s.per_endpoint_queued // 2
+            if any(self.queues.queued(key) >= half for key in self._full):
+                return min(self._full_until, now + 0.05)
+        self._full = set()
         room = self.room()
         if room > 0:
             leases = self.store.lease(now, min(room, s.lease_batch), s.lease_seconds)
             if leases:
                 overflowed = self.submit(leases)
-                if overflowed * 2 > len(leases):
-                    return now + 1.0  # endpoints are behind: leasing more now would only be released again
+                if overflowed:
+                    self._full = set(self._overflowed_keys)
+                    self._full_until = now + 2.0
+                    return now + 0.05
                 if len(leases) == min(room, s.lease_batch):
                     return now  # there may be more due right now
         if self.room() <= 0:
@@ -338,30 +369,34 @@ class Engine:
             if item is None:
                 return
             key, lease = item
+            healthy = True
             try:
-                self._handle(lease)
+                healthy = self._handle(lease)
             except Exception:
                 # A bug must not kill the worker; the lease expires and the delivery is retried.
                 log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
             finally:
-                self.queues.done(key)
+                self.queues.done(key, healthy)
 
-    def _handle(self, lease: Lease) -> None:
+    def _handle(self, lease: Lease) -> bool:
+        """Handle one lease; returns whether the endpoint looked healthy (answered, and not 5xx/429)."""
         now = self.clock()
         if lease.expires_at <= now:
-            return  # the store will reclaim it; attempting now could race another holder
+            return True  # the store will reclaim it; attempting now could race another holder
         snapshot = self.config()
         hook = snapshot.webhook(lease.webhook)
         if hook is None:
             self._put(_Done(without_attempt(lease, OutcomeKind.DEAD, reason="webhook removed"), lease=lease))
-            return
+            return True
         if not hook.active:
             self._put(_Done(without_attempt(lease, OutcomeKind.HOLD), hook, lease))
-            return
+            return True
         record = self._attempt(lease, hook, snapshot, now)
         self.metrics.attempt_duration.observe(record.duration_seconds)
         decision = decide(lease, hook, record, self.rng, self.clock())
         self._put(_Done(decision.outcome, hook, lease, decision))
+        code = record.status_code
+        return code is not None and code < 500 and code != 429
 
     def _attempt(self, lease: Lease, hook: Webhook, snapshot: Snapshot, now: float) -> AttemptRecord:
         token: str | None = None

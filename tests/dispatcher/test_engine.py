@@ -234,3 +234,26 @@ def test_stop_releases_queued_leases_for_the_next_run(store: MemoryStore, client
     threading.Timer(0.3, gate.set).start()
     engine.stop(5)
     assert len(store.lease(time.time(), 10, 60)) == 3  # 2 were in flight and finished; 3 were released
+
+
+def test_failing_endpoint_is_limited_to_one_slot_until_it_answers() -> None:
+    """After a failed attempt an endpoint gets one slot at a time; a success restores its full limit."""
+    queues = EndpointQueues(per_endpoint=3)
+    for i in range(6):
+        queues.put("dead", _lease(i))
+    first = queues.take(0.01)
+    assert first is not None
+    queues.done("dead", healthy=False)
+    assert queues.take(0.01) is not None
+    assert queues.take(0.01) is None  # one in flight: the failing endpoint's limit
+    queues.done("dead", healthy=True)
+    assert queues.take(0.01) is not None and queues.take(0.01) is not None
+
+
+def test_closed_queues_refuse_new_leases_and_hand_out_nothing() -> None:
+    """Once closed, put() refuses (the caller releases the lease) and take() returns None at once."""
+    queues = EndpointQueues(per_endpoint=2)
+    queues.put("a", _lease(1))
+    assert [lease.delivery_id for lease in queues.close()] == [1]
+    assert queues.put("a", _lease(2)) is False
+    assert queues.take(5) is None
