@@ -134,7 +134,13 @@ class Dispatcher:
                 live.sync_store()
                 engine.start()
                 committer = Committer(
-                    store, self.clock, engine.submit, engine.can_take, o.engine.lease_seconds, metrics
+                    store,
+                    self.clock,
+                    engine.submit,
+                    engine.room,
+                    engine.behind,
+                    o.engine.lease_seconds,
+                    metrics,
                 )
                 ingestor = Ingestor(committer, live.current, metrics, o.max_line_bytes)
                 services = _Services(self, live, engine, store, metrics)

@@ -75,6 +75,9 @@ class EndpointQueues:
             self._mark_ready(key)
             return True
 
+    def is_failing(self, key: str) -> bool:
+        return key in self._failing
+
     def queued(self, key: str) -> int:
         with self._cond:
             q = self._queues.get(key)
@@ -166,8 +169,9 @@ class EngineSettings:
     workers: int = 64
     per_endpoint: int = 8
     lease_seconds: float = 120.0  # longer than the 60 s timeout ceiling plus queueing
-    max_queued: int = 5_000  # leases held in memory at most (bounds memory and lease age)
+    max_queued: int = 20_000  # leases held in memory at most (bounds memory and lease age)
     per_endpoint_queued: int = 2_000  # beyond this an endpoint's new leases go back to the store
+    failing_endpoint_queued: int = 100  # the same for an endpoint whose last attempt failed (one slot)
     overflow_delay_seconds: float = 5.0
     reclaim_interval_seconds: float = 15.0
     lease_batch: int = 500
@@ -249,21 +253,22 @@ class Engine:
 
     # -- hot path ----------------------------------------------------------------------------------------
 
-    def can_take(self, webhooks: Iterable[str]) -> bool:
-        """Whether new deliveries to these webhooks fit in memory now. Ingest then hands them over leased;
-        otherwise they wait in the store for the scheduler (free while an endpoint is behind)."""
-        names = set(webhooks)
-        if not names:
-            return True
-        if self.room() < len(names):
-            return False
+    def behind(self, webhooks: Iterable[str]) -> set[str]:
+        """Those of these webhooks whose endpoint queue is full: ingest creates their new deliveries
+        unleased (they wait in the store for the scheduler) and hands the others over leased."""
         snapshot = self.config()
-        cap = self.settings.per_endpoint_queued
-        for name in names:
+        full: set[str] = set()
+        for name in set(webhooks):
             hook = snapshot.webhook(name)
-            if hook is not None and self.queues.queued(endpoint_key(hook.target_url)) >= cap:
-                return False
-        return True
+            if hook is not None and self._queued_fraction(endpoint_key(hook.target_url)) >= 1.0:
+                full.add(name)
+        return full
+
+    def _queued_fraction(self, key: str) -> float:
+        """How full an endpoint's queue is: a failing endpoint (one slot) needs far fewer leases waiting."""
+        s = self.settings
+        cap = s.failing_endpoint_queued if self.queues.is_failing(key) else s.per_endpoint_queued
+        return self.queues.queued(key) / cap
 
     def room(self) -> int:
         """How many more leases the engine will hold in memory right now."""
@@ -278,8 +283,10 @@ class Engine:
         for lease in leases:
             hook = snapshot.webhook(lease.webhook)
             key = endpoint_key(hook.target_url) if hook is not None else _NO_ENDPOINT
-            if self.queues.queued(key) >= self.settings.per_endpoint_queued:
-                later = now + self.settings.overflow_delay_seconds
+            if self._queued_fraction(key) >= 1.0:
+                # Behind the rest of the due work: a failing endpoint much further, it takes one at a time.
+                failing = self.queues.is_failing(key)
+                later = now + self.settings.overflow_delay_seconds * (12 if failing else 1)
                 self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=later)))
                 overflowed += 1
                 self._overflowed_keys.add(key)
@@ -322,19 +329,21 @@ class Engine:
             if n:
                 log.info("leases.reclaimed", extra=fields(count=n))
             self._next_reclaim = now + s.reclaim_interval_seconds
-        if self._full and now < self._full_until:
-            # Endpoints that overflowed are still at least half full: leasing now would only release again.
-            # Checked without touching the store; given up after a while so other endpoints' retries flow.
-            half = s.per_endpoint_queued // 2
-            if any(self.queues.queued(key) >= half for key in self._full):
-                return min(self._full_until, now + 0.05)
+        # Endpoints that overflowed are still at least half full: leasing now would only release again.
+        # Checked without touching the store; given up after a while so other endpoints' retries flow.
+        if (
+            self._full
+            and now < self._full_until
+            and any(self._queued_fraction(key) >= 0.5 for key in self._full)
+        ):
+            return min(self._full_until, now + 0.05)
         self._full = set()
         room = self.room()
         if room > 0:
             leases = self.store.lease(now, min(room, s.lease_batch), s.lease_seconds)
             if leases:
                 overflowed = self.submit(leases)
-                if overflowed:
+                if overflowed == len(leases):  # nothing useful in this batch: wait for the queues to drain
                     self._full = set(self._overflowed_keys)
                     self._full_until = now + 2.0
                     return now + 0.05

@@ -57,14 +57,16 @@ class Committer:
         store: Store,
         clock: Callable[[], float],
         on_committed: Callable[[list[Lease]], object],
-        can_take: Callable[[list[str]], bool],
+        room: Callable[[], int],
+        behind: Callable[[list[str]], set[str]],
         lease_seconds: float,
         metrics: Metrics,
     ) -> None:
         self._store = store
         self._clock = clock
         self._on_committed = on_committed
-        self._can_take = can_take
+        self._room = room
+        self._behind = behind
         self._lease_seconds = lease_seconds
         self._metrics = metrics
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
@@ -111,9 +113,10 @@ class Committer:
         events = [e for b in batches for e in b.events]
         # Hand new deliveries straight to the engine when it has room; otherwise the scheduler leases them.
         names = [name for e in events for name in e.webhooks]
-        lease_seconds = self._lease_seconds if self._can_take(names) else None
+        lease_seconds = self._lease_seconds if self._room() >= len(names) else None
+        unleased = self._behind(names) if lease_seconds is not None and names else set()
         try:
-            results = self._store.enqueue(events, self._clock(), lease_seconds)
+            results = self._store.enqueue(events, self._clock(), lease_seconds, unleased)
         except StoreError as exc:
             log.error("ingest.store_error", extra=fields(events=len(events), error=str(exc)))
             for b in batches:

@@ -10,7 +10,7 @@ Times are unix seconds (float) passed in by the caller: the store never reads th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -139,13 +139,18 @@ class Store(Protocol):
     """Durable queue of events and their deliveries. Every method is atomic and thread-safe."""
 
     def enqueue(
-        self, events: Sequence[NewEvent], now: float, lease_seconds: float | None = None
+        self,
+        events: Sequence[NewEvent],
+        now: float,
+        lease_seconds: float | None = None,
+        unleased: Collection[str] = (),
     ) -> list[EnqueueResult]:
         """Store events and one delivery per routed webhook in one durable transaction.
 
         Duplicates (uuid already stored) are reported and store nothing. With ``lease_seconds`` the new
         deliveries are created already leased to the caller (hot path: no second write to lease them);
-        ``lease_for`` then returns those leases.
+        ``lease_for`` then returns those leases. Deliveries to the webhooks in ``unleased`` are created
+        unleased even then (their endpoint is behind: the scheduler leases them when it has room).
         """
         ...
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -106,7 +106,11 @@ class MemoryStore:
         self._lease_ids = itertools.count(1)
 
     def enqueue(
-        self, events: Sequence[NewEvent], now: float, lease_seconds: float | None = None
+        self,
+        events: Sequence[NewEvent],
+        now: float,
+        lease_seconds: float | None = None,
+        unleased: Collection[str] = (),
     ) -> list[EnqueueResult]:
         results: list[EnqueueResult] = []
         with self._lock:
@@ -119,7 +123,7 @@ class MemoryStore:
                 ids: list[int] = []
                 for webhook in dict.fromkeys(new.webhooks):
                     row = _Row(next(self._delivery_ids), event, webhook, now, now, next_attempt_at=now)
-                    if token is not None and lease_seconds is not None:
+                    if token is not None and lease_seconds is not None and webhook not in unleased:
                         row.lease(token, now + lease_seconds)
                     self._rows[row.id] = row
                     ids.append(row.id)

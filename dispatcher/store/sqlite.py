@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import TracebackType
@@ -301,7 +301,11 @@ class SQLiteStore:
         return int(row[0]), int(row[1]), int(row[2])
 
     def enqueue(
-        self, events: Sequence[NewEvent], now: float, lease_seconds: float | None = None
+        self,
+        events: Sequence[NewEvent],
+        now: float,
+        lease_seconds: float | None = None,
+        unleased: Collection[str] = (),
     ) -> list[EnqueueResult]:
         first_of: dict[str, NewEvent] = {}
         for event in events:
@@ -335,10 +339,20 @@ class SQLiteStore:
                 webhooks = tuple(dict.fromkeys(event.webhooks))  # one delivery per (event, webhook)
                 ids[event.uuid] = tuple(range(delivery_id, delivery_id + len(webhooks)))
                 for webhook in webhooks:
-                    if lease_id is not None:
+                    leased = lease_id is not None and webhook not in unleased
+                    if leased:
                         fresh.append((delivery_id, event, webhook))
                     delivery_rows.append(
-                        (delivery_id, event_id, webhook, now, lease_id, expires_at, now, now)
+                        (
+                            delivery_id,
+                            event_id,
+                            webhook,
+                            now,
+                            lease_id if leased else None,
+                            expires_at if leased else None,
+                            now,
+                            now,
+                        )
                     )
                     delivery_id += 1
             conn.executemany(_INSERT_DELIVERY, delivery_rows)

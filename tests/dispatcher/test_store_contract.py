@@ -149,6 +149,15 @@ def test_enqueue_with_lease_seconds_then_lease_for(store: Store) -> None:
     assert applied == 3
 
 
+def test_enqueue_leaves_deliveries_to_unleased_webhooks_for_the_scheduler(store: Store) -> None:
+    """With lease_seconds, deliveries to webhooks named in ``unleased`` are created due, not leased."""
+    [result] = store.enqueue([event(1, "fast", "slow")], T0, lease_seconds=LEASE, unleased={"slow"})
+    leases = store.lease_for(result.delivery_ids)
+    assert [lease.webhook for lease in leases] == ["fast"]
+    [due] = store.lease(T0, 10, LEASE)
+    assert due.webhook == "slow"
+
+
 def test_lease_excludes_leased_held_not_yet_due_delivered_and_dead(store: Store) -> None:
     """Only open, unheld, unleased deliveries whose time has come are leased."""
     for n in range(1, 5):
