@@ -210,7 +210,6 @@ class Engine:
         self._next_reclaim = 0.0
         self._full: set[str] = set()  # endpoints whose queue overflowed at the last lease
         self._full_until = 0.0
-        self._overflowed_keys: set[str] = set()
         self._debug = log.isEnabledFor(10)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -274,12 +273,13 @@ class Engine:
         """How many more leases the engine will hold in memory right now."""
         return self.settings.max_queued - self.queues.size
 
-    def submit(self, leases: Iterable[Lease]) -> int:
-        """Queue leased deliveries for attempts now; returns how many overflowed back to the store."""
+    def submit(self, leases: Iterable[Lease]) -> tuple[int, set[str]]:
+        """Queue leased deliveries for attempts now; returns how many were queued, and the endpoints whose
+        queue was full (their leases went back to the store)."""
         snapshot = self.config()
         now = self.clock()
-        overflowed = 0
-        self._overflowed_keys.clear()
+        overflowed: set[str] = set()
+        queued = 0
         for lease in leases:
             hook = snapshot.webhook(lease.webhook)
             key = endpoint_key(hook.target_url) if hook is not None else _NO_ENDPOINT
@@ -288,12 +288,13 @@ class Engine:
                 failing = self.queues.is_failing(key)
                 later = now + self.settings.overflow_delay_seconds * (12 if failing else 1)
                 self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=later)))
-                overflowed += 1
-                self._overflowed_keys.add(key)
+                overflowed.add(key)
                 continue
-            if not self.queues.put(key, lease):  # stopping: due again at once for the next process
+            if self.queues.put(key, lease):
+                queued += 1
+            else:  # stopping: due again at once for the next process
                 self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=now)))
-        return overflowed
+        return queued, overflowed
 
     def wake(self) -> None:
         """Make the scheduler look at the store now (a retry became due sooner, work was requeued)."""
@@ -342,9 +343,9 @@ class Engine:
         if room > 0:
             leases = self.store.lease(now, min(room, s.lease_batch), s.lease_seconds)
             if leases:
-                overflowed = self.submit(leases)
-                if overflowed == len(leases):  # nothing useful in this batch: wait for the queues to drain
-                    self._full = set(self._overflowed_keys)
+                queued, overflowed = self.submit(leases)
+                if overflowed and not queued:  # nothing useful in this batch: wait for the queues to drain
+                    self._full = overflowed
                     self._full_until = now + 2.0
                     return now + 0.05
                 if len(leases) == min(room, s.lease_batch):
