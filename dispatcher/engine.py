@@ -43,6 +43,10 @@ class Client(Protocol):
 
 #: Where a lease goes when its webhook no longer exists (it is buried, not sent).
 _NO_ENDPOINT = "-"
+#: How long the scheduler waits, at first and at most, for a full endpoint to drain when the only due work is
+#: theirs (each lease then steps over their backlog in the store: not free when it is large).
+_HOLD_MIN_SECONDS = 1.0
+_HOLD_MAX_SECONDS = 5.0
 
 
 class EndpointQueues:
@@ -82,6 +86,11 @@ class EndpointQueues:
         with self._cond:
             q = self._queues.get(key)
             return len(q) if q else 0
+
+    def queued_by_endpoint(self) -> dict[str, int]:
+        """How many leases wait, per endpoint that has any."""
+        with self._cond:
+            return {key: len(q) for key, q in self._queues.items()}
 
     def take(self, timeout: float | None = None) -> tuple[str, Lease] | None:
         """The next lease whose endpoint has a free slot; None when closed (or on timeout)."""
@@ -208,8 +217,12 @@ class Engine:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_reclaim = 0.0
-        self._full: set[str] = set()  # endpoints whose queue overflowed at the last lease
-        self._full_until = 0.0
+        self._wakes = 0  # how many times wake() was called: new due work may exist
+        # After a lease that found nothing but the due work of endpoints with enough queued: those endpoints,
+        # the wake count then, and until when to wait for one of them to drain before leasing again.
+        self._hold: tuple[frozenset[str], int, float] | None = None
+        self._hold_seconds = _HOLD_MIN_SECONDS
+        self._endpoint_hooks: tuple[Snapshot | None, dict[str, list[str]]] = (None, {})
         self._debug = log.isEnabledFor(10)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -263,11 +276,26 @@ class Engine:
                 full.add(name)
         return full
 
-    def _queued_fraction(self, key: str) -> float:
-        """How full an endpoint's queue is: a failing endpoint (one slot) needs far fewer leases waiting."""
+    def _queue_cap(self, key: str) -> int:
+        """An endpoint's queue size: a failing endpoint (one slot) needs far fewer leases waiting."""
         s = self.settings
-        cap = s.failing_endpoint_queued if self.queues.is_failing(key) else s.per_endpoint_queued
-        return self.queues.queued(key) / cap
+        return s.failing_endpoint_queued if self.queues.is_failing(key) else s.per_endpoint_queued
+
+    def _queued_fraction(self, key: str) -> float:
+        return self.queues.queued(key) / self._queue_cap(key)
+
+    def _webhooks_at(self, endpoints: frozenset[str]) -> list[str]:
+        """The names of the current webhooks that deliver to these endpoints."""
+        if not endpoints:
+            return []
+        snapshot = self.config()
+        cached, by_endpoint = self._endpoint_hooks
+        if cached is not snapshot:
+            by_endpoint = {}
+            for name, hook in snapshot.table.webhooks.items():
+                by_endpoint.setdefault(endpoint_key(hook.target_url), []).append(name)
+            self._endpoint_hooks = (snapshot, by_endpoint)
+        return [name for key in endpoints for name in by_endpoint.get(key, ())]
 
     def room(self) -> int:
         """How many more leases the engine will hold in memory right now."""
@@ -275,7 +303,7 @@ class Engine:
 
     def submit(self, leases: Iterable[Lease]) -> tuple[int, set[str]]:
         """Queue leased deliveries for attempts now; returns how many were queued, and the endpoints whose
-        queue was full (their leases went back to the store)."""
+        queue was full (their leases went back to the store, due a little later)."""
         snapshot = self.config()
         now = self.clock()
         overflowed: set[str] = set()
@@ -300,6 +328,7 @@ class Engine:
         """Make the scheduler look at the store now (a retry became due sooner, work was requeued)."""
         with self._wake:
             self._woken = True
+            self._wakes += 1
             self._wake.notify()
 
     def is_running(self) -> bool:
@@ -330,28 +359,36 @@ class Engine:
             if n:
                 log.info("leases.reclaimed", extra=fields(count=n))
             self._next_reclaim = now + s.reclaim_interval_seconds
-        # Endpoints that overflowed are still at least half full: leasing now would only release again.
-        # Checked without touching the store; given up after a while so other endpoints' retries flow.
-        if (
-            self._full
-            and now < self._full_until
-            and any(self._queued_fraction(key) >= 0.5 for key in self._full)
-        ):
-            return min(self._full_until, now + 0.05)
-        self._full = set()
+        # Endpoints with at least half their queue's worth waiting in memory are passed over by the lease:
+        # their backlog stays in the store, so a dead endpoint's thousands of due deliveries are neither
+        # leased and released again and again, nor in the way of every other endpoint's due work.
+        full = frozenset(
+            key for key, n in self.queues.queued_by_endpoint().items() if n >= 0.5 * self._queue_cap(key)
+        )
+        if self._hold is not None:
+            keys, wakes, until = self._hold
+            if now < until and wakes == self._wakes and keys <= full:
+                return min(until, now + 0.05)  # nothing new since a fruitless lease; none of them drained
+            self._hold = None
         room = self.room()
-        if room > 0:
-            leases = self.store.lease(now, min(room, s.lease_batch), s.lease_seconds)
-            if leases:
-                queued, overflowed = self.submit(leases)
-                if overflowed and not queued:  # nothing useful in this batch: wait for the queues to drain
-                    self._full = overflowed
-                    self._full_until = now + 2.0
-                    return now + 0.05
-                if len(leases) == min(room, s.lease_batch):
-                    return now  # there may be more due right now
-        if self.room() <= 0:
+        if room <= 0:
             return now + 0.05  # queues full: look again shortly
+        limit = min(room, s.lease_batch)
+        leases = self.store.lease(now, limit, s.lease_seconds, self._webhooks_at(full))
+        if leases:
+            self.submit(leases)
+        if len(leases) == limit:
+            self._hold_seconds = _HOLD_MIN_SECONDS
+            return now  # there may be more due right now
+        if full:
+            # What is due now may be only the full endpoints' backlog (the store's next due time would say
+            # "now" forever): wait for one of them to drain, a wake, or a while, and back off when idle.
+            self._hold = (full, self._wakes, now + self._hold_seconds)
+            self._hold_seconds = (
+                _HOLD_MIN_SECONDS if leases else min(_HOLD_MAX_SECONDS, self._hold_seconds * 2)
+            )
+            return now + 0.05
+        self._hold_seconds = _HOLD_MIN_SECONDS
         return self.store.next_due_at()
 
     def _scheduler(self) -> None:

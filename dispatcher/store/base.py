@@ -158,9 +158,10 @@ class Store(Protocol):
         """The leases of deliveries created leased by ``enqueue`` (in the same process)."""
         ...
 
-    def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]:
+    def lease(self, now: float, limit: int, lease_seconds: float, skip: Collection[str] = ()) -> list[Lease]:
         """Lease up to ``limit`` due deliveries (open status, not held, ``next_attempt_at <= now``, not
-        leased), earliest first."""
+        leased), earliest first, passing over those of the webhooks in ``skip`` (their endpoint has enough
+        work queued already: they stay due, in order, for a later call)."""
         ...
 
     def record(self, outcomes: Sequence[Outcome], now: float) -> int:

@@ -139,9 +139,13 @@ class MemoryStore:
                     leases.append(row.current_lease(row.lease_id, row.lease_expires_at))
         return leases
 
-    def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]:
+    def lease(self, now: float, limit: int, lease_seconds: float, skip: Collection[str] = ()) -> list[Lease]:
         with self._lock:
-            due = [r for r in self._rows.values() if r.is_due_candidate and self._due(r) <= now]
+            due = [
+                r
+                for r in self._rows.values()
+                if r.is_due_candidate and self._due(r) <= now and r.webhook not in skip
+            ]
             due.sort(key=lambda r: (self._due(r), r.id))
             if not due or limit <= 0:
                 return []

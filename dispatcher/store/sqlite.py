@@ -116,6 +116,9 @@ _LEASE_DUE = (
     f" WHERE d.{_DUE.replace(' AND ', ' AND d.')} AND d.next_attempt_at <= ?"
     " ORDER BY d.next_attempt_at, d.id LIMIT ?"
 )
+_LEASE_DUE_SKIPPING = _LEASE_DUE.replace(
+    " ORDER BY", " AND d.webhook NOT IN (SELECT value FROM json_each(?)) ORDER BY"
+)
 _INSERT_EVENT = (
     "INSERT INTO events (id, uuid, type, created_at, body) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (uuid) DO NOTHING"
@@ -395,11 +398,14 @@ class SQLiteStore:
                     found[row[0]] = Lease(row[0], row[1], row[2], _uuid_text(row[3]), *row[4:])
         return [found[delivery_id] for delivery_id in dict.fromkeys(delivery_ids) if delivery_id in found]
 
-    def lease(self, now: float, limit: int, lease_seconds: float) -> list[Lease]:
+    def lease(self, now: float, limit: int, lease_seconds: float, skip: Collection[str] = ()) -> list[Lease]:
         if limit <= 0:
             return []
         with self._write("lease") as conn:
-            rows = conn.execute(_LEASE_DUE, (now, limit)).fetchall()
+            if skip:  # the skipped webhooks' due rows are stepped over in the index, not leased
+                rows = conn.execute(_LEASE_DUE_SKIPPING, (now, _json_list(sorted(skip)), limit)).fetchall()
+            else:
+                rows = conn.execute(_LEASE_DUE, (now, limit)).fetchall()
             if not rows:
                 return []
             _, _, token = self._counters(conn)

@@ -191,6 +191,18 @@ def test_lease_is_earliest_first_and_respects_limit(store: Store) -> None:
     assert store.lease(T0 + 5, 0, LEASE) == []
 
 
+def test_lease_passes_over_skipped_webhooks_and_keeps_them_due(store: Store) -> None:
+    """Deliveries of skipped webhooks are not leased, even when earlier; they stay due for a later lease."""
+    busy_first = enqueue_one(store, 1, "busy", now=T0)
+    other = enqueue_one(store, 2, "other", now=T0 + 1)
+    busy_second = enqueue_one(store, 3, "busy", now=T0 + 2)
+    third = enqueue_one(store, 4, "third", now=T0 + 3)
+    skipped = [lease.delivery_id for lease in store.lease(T0 + 5, 10, LEASE, skip={"busy", "absent"})]
+    assert skipped == [other, third]
+    assert store.next_due_at() == T0
+    assert [lease.delivery_id for lease in store.lease(T0 + 5, 10, LEASE)] == [busy_first, busy_second]
+
+
 def test_record_with_stale_lease_id_is_ignored(store: Store) -> None:
     """After a reclaim and a new lease, an outcome carrying the old lease id changes nothing."""
     enqueue_one(store, 1)
