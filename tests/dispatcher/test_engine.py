@@ -257,3 +257,41 @@ def test_closed_queues_refuse_new_leases_and_hand_out_nothing() -> None:
     assert [lease.delivery_id for lease in queues.close()] == [1]
     assert queues.put("a", _lease(2)) is False
     assert queues.take(5) is None
+
+
+def test_scheduler_leases_past_the_backlog_of_a_full_endpoint(store: MemoryStore, client: FakeClient) -> None:
+    """An endpoint with enough queued is passed over: another endpoint's later due work is leased at once,
+    the backlog stays due in the store (not leased and released), and with nothing else due the scheduler
+    waits for a drain or a wake instead of scanning the store again."""
+    dead = Webhook(name="dead", target_url="https://dead.example.com/h", event_types=("*",))
+    live = Webhook(name="live", target_url="https://live.example.com/h", event_types=("*",))
+    engine = _engine(store, client, [_snapshot(dead, live)], per_endpoint_queued=4, lease_batch=3)
+    now = time.time()
+    for i in range(10):  # the dead endpoint's backlog comes first in due order
+        store.enqueue([NewEvent(f"{i:032x}", "t", b"{}", ("dead",))], now - 100 + i)
+    for i in range(10, 13):
+        store.enqueue([NewEvent(f"{i:032x}", "t", b"{}", ("live",))], now - 50 + i)
+    leases: list[int] = []
+    real_lease = store.lease
+
+    def counting_lease(*args: Any, **kwargs: Any) -> list[Lease]:
+        got = real_lease(*args, **kwargs)
+        leases.append(len(got))
+        return got
+
+    store.lease = counting_lease  # type: ignore[method-assign]
+    assert engine.run_once(now) == now  # a full batch of the dead endpoint's: 3 queued, more may be due
+    engine.run_once(now)  # the dead endpoint is now past half full: passed over, the live one leased
+    dead_key, live_key = endpoint_key(dead.target_url), endpoint_key(live.target_url)
+    assert engine.queues.queued(dead_key) == 3
+    assert engine.queues.queued(live_key) == 3
+    due = [d for d in store.list_deliveries(DeliveryQuery()) if d.webhook == "dead"]
+    assert sum(1 for d in due if d.next_attempt_at is not None and d.next_attempt_at <= now) == 10
+    assert leases == [3, 3]
+    engine.run_once(now)  # nothing but the backlog is due: one fruitless lease, then a hold
+    engine.run_once(now + 0.1)
+    engine.run_once(now + 0.2)
+    assert leases == [3, 3, 0]
+    engine.wake()  # new due work may exist: look again
+    engine.run_once(now + 0.3)
+    assert leases == [3, 3, 0, 0]
