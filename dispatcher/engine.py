@@ -181,7 +181,6 @@ class EngineSettings:
     max_queued: int = 20_000  # leases held in memory at most (bounds memory and lease age)
     per_endpoint_queued: int = 2_000  # beyond this an endpoint's new leases go back to the store
     failing_endpoint_queued: int = 100  # the same for an endpoint whose last attempt failed (one slot)
-    overflow_delay_seconds: float = 5.0
     reclaim_interval_seconds: float = 15.0
     lease_batch: int = 500
 
@@ -301,28 +300,20 @@ class Engine:
         """How many more leases the engine will hold in memory right now."""
         return self.settings.max_queued - self.queues.size
 
-    def submit(self, leases: Iterable[Lease]) -> tuple[int, set[str]]:
-        """Queue leased deliveries for attempts now; returns how many were queued, and the endpoints whose
-        queue was full (their leases went back to the store, due a little later)."""
+    def submit(self, leases: Iterable[Lease]) -> int:
+        """Queue leased deliveries for attempts now; returns how many were queued. Those of an endpoint whose
+        queue is full go back to the store, due now: the scheduler passes them over until it drains."""
         snapshot = self.config()
         now = self.clock()
-        overflowed: set[str] = set()
         queued = 0
         for lease in leases:
             hook = snapshot.webhook(lease.webhook)
             key = endpoint_key(hook.target_url) if hook is not None else _NO_ENDPOINT
-            if self._queued_fraction(key) >= 1.0:
-                # Behind the rest of the due work: a failing endpoint much further, it takes one at a time.
-                failing = self.queues.is_failing(key)
-                later = now + self.settings.overflow_delay_seconds * (12 if failing else 1)
-                self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=later)))
-                overflowed.add(key)
-                continue
-            if self.queues.put(key, lease):
+            if self._queued_fraction(key) < 1.0 and self.queues.put(key, lease):
                 queued += 1
-            else:  # stopping: due again at once for the next process
+            else:  # full, or stopping (due again at once for the next process)
                 self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=now)))
-        return queued, overflowed
+        return queued
 
     def wake(self) -> None:
         """Make the scheduler look at the store now (a retry became due sooner, work was requeued)."""

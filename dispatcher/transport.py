@@ -6,79 +6,153 @@ of deliveries (profiled: 674 acks/s with one webhook, against 17,900 with none).
 engine's ``Client`` interface but sends each ``OutboundRequest`` to a child process running an ``HttpClient``
 (the egress guard included) and waits for its ``AttemptRecord``; the engine's worker threads only wait.
 
+A child is ``python -m dispatcher.transport`` on one end of a socket pair, not a ``multiprocessing`` child:
+``spawn`` re-imports the parent's ``__main__`` (the whole CLI) in every child, and pickles through
+``ForkingPickler``, whose set-up per message cost more than the message (both profiled). Here a child imports
+only the HTTP client, and messages are plain tuples pickled with the fastest protocol, framed by
+``multiprocessing.connection.Connection`` (a length, then the bytes).
+
 A child that dies fails its attempts in flight (they are retried like any connection error) and is started
-again. Children ignore SIGINT/SIGTERM/SIGHUP (the parent decides when to stop) and exit when their pipe
+again. Children ignore SIGINT/SIGTERM/SIGHUP (the parent decides when to stop) and exit when their socket
 closes, including when the parent is killed.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
-import multiprocessing
-import multiprocessing.connection
 import os
+import pickle
+import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from ipaddress import IPv4Network, IPv6Network
-from typing import Any
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network, ip_network
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dispatcher.egress import EgressPolicy
 from dispatcher.http import HttpClient, OutboundRequest
 from dispatcher.logs import fields, get_logger
 from dispatcher.store.base import AttemptRecord
-from reconciler.model import TokenAuth
+
+if TYPE_CHECKING:
+    from reconciler.model import TokenAuth
 
 log = get_logger("transport")
 
-_Request = tuple[int, OutboundRequest]
-_Reply = tuple[int, AttemptRecord]
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_STOP = b""  # asks a child to finish its attempts in flight and exit
+# The package root, so a child finds ``dispatcher`` whatever the parent's working directory and sys.path.
+_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def _child_main(
-    conn: multiprocessing.connection.Connection,
-    allowed: tuple[IPv4Network | IPv6Network, ...],
-    threads: int,
-) -> None:
-    """Runs in the child: attempts requests from the pipe on a thread pool, answers on the same pipe."""
+def _record_from(reply: tuple[Any, ...]) -> AttemptRecord:
+    _, started_at, duration, status_code, error, headers, excerpt = reply
+    return AttemptRecord(started_at, duration, status_code, error, headers, excerpt)
+
+
+# -- the child -------------------------------------------------------------------------------------------
+
+
+def _child_main(argv: Sequence[str] | None = None) -> int:
+    """Runs in the child: attempts requests from the socket on ``--threads`` threads, answers on it."""
+    p = argparse.ArgumentParser(prog="python -m dispatcher.transport")
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--allow", action="append", default=[])
+    args = p.parse_args(argv)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
+    conn = Connection(args.fd)
+    allowed = tuple(ip_network(cidr) for cidr in args.allow)
     send_lock = threading.Lock()
-    with (
-        HttpClient(EgressPolicy(allowed), pool_per_endpoint=threads) as client,
-        ThreadPoolExecutor(threads, thread_name_prefix="attempt") as pool,
-    ):
+    work: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
 
-        def attempt(request_id: int, request: OutboundRequest) -> None:
-            record = client.send(request)
-            with send_lock:
-                conn.send((request_id, record))
+    def attempts(client: HttpClient) -> None:
+        while (item := work.get()) is not None:
+            request_id, url, body, headers, timeout_seconds, basic_auth = item
+            r = client.send(OutboundRequest(url, body, headers, timeout_seconds, basic_auth))
+            reply = (request_id, r.started_at, r.duration_seconds, r.status_code, r.error,
+                     r.response_headers, r.response_excerpt)  # fmt: skip
+            data = pickle.dumps(reply, _PROTOCOL)
+            try:
+                with send_lock:
+                    conn.send_bytes(data)
+            except OSError:
+                return  # the parent is gone
 
+    with HttpClient(EgressPolicy(allowed), pool_per_endpoint=args.threads) as client:
+        threads = [
+            threading.Thread(target=attempts, args=(client,), name=f"attempt-{i}", daemon=True)
+            for i in range(args.threads)
+        ]
+        for thread in threads:
+            thread.start()
         while True:
             try:
-                message = conn.recv()
+                data = conn.recv_bytes()
             except (EOFError, OSError):
-                return  # the parent died
-            if message is None:
-                return  # asked to stop: the pool finishes the attempts in flight first
-            request_id, request = message
-            pool.submit(attempt, request_id, request)
+                return 0  # the parent died: attempts in flight are abandoned (their leases expire)
+            if data == _STOP:
+                break
+            work.put(pickle.loads(data))
+        for _ in threads:  # finish the attempts already received, then stop
+            work.put(None)
+        for thread in threads:
+            thread.join()
+    return 0
+
+
+# -- the parent ------------------------------------------------------------------------------------------
+
+
+class _Waiter:
+    """One attempt in flight: a lock held until the reply arrives (lighter than a Future: profiled)."""
+
+    __slots__ = ("lock", "record")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.record: AttemptRecord | None = None
+
+    def set(self, record: AttemptRecord) -> None:
+        self.record = record
+        self.lock.release()
+
+    def wait(self) -> AttemptRecord:
+        self.lock.acquire()
+        assert self.record is not None
+        return self.record
 
 
 class _Child:
-    def __init__(self, ctx: Any, allowed: tuple[IPv4Network | IPv6Network, ...], threads: int) -> None:
-        parent_end, child_end = ctx.Pipe()
-        self.conn: multiprocessing.connection.Connection = parent_end
-        self.process = ctx.Process(
-            target=_child_main, args=(child_end, allowed, threads), name="dispatch-delivery", daemon=True
-        )
-        self.process.start()
-        child_end.close()
-        self.pending: dict[int, Future[AttemptRecord]] = {}
+    def __init__(self, allowed: tuple[IPv4Network | IPv6Network, ...], threads: int) -> None:
+        parent_end, child_end = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (_ROOT, env.get("PYTHONPATH"))))
+        command = [sys.executable, "-m", "dispatcher.transport", "--fd", str(child_end.fileno())]
+        command += ["--threads", str(threads), *(f"--allow={net}" for net in allowed)]
+        try:
+            self.process = subprocess.Popen(
+                command, pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL, env=env
+            )
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        self.conn = Connection(parent_end.detach())
+        self.pending: dict[int, _Waiter] = {}
         self.lock = threading.Lock()
-        self.send_lock = threading.Lock()  # a Connection's send is not safe from several threads at once
+        self.send_lock = threading.Lock()  # one message at a time on the socket
         self.alive = True
 
 
@@ -97,15 +171,20 @@ class ProcessClient:
     ) -> None:
         self._allowed = allowed
         self._threads = threads_per_process
-        self._ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent
         self._ids = itertools.count(1)
         self._next = itertools.count()
         self._closed = False
         self._local = HttpClient(EgressPolicy(allowed))
-        self._children = [self._spawn(i) for i in range(processes)]
+        self._children: list[_Child] = []
+        try:
+            for i in range(processes):
+                self._children.append(self._spawn(i))
+        except BaseException:
+            self.close()
+            raise
 
     def _spawn(self, index: int) -> _Child:
-        child = _Child(self._ctx, self._allowed, self._threads)
+        child = _Child(self._allowed, self._threads)
         threading.Thread(
             target=self._read_replies, args=(index, child), name=f"dispatch-replies-{index}", daemon=True
         ).start()
@@ -115,22 +194,24 @@ class ProcessClient:
     def _read_replies(self, index: int, child: _Child) -> None:
         while True:
             try:
-                request_id, record = child.conn.recv()
+                reply = pickle.loads(child.conn.recv_bytes())
             except (EOFError, OSError):
                 break
             with child.lock:
-                future = child.pending.pop(request_id, None)
-            if future is not None:
-                future.set_result(record)
+                waiter = child.pending.pop(reply[0], None)
+            if waiter is not None:
+                waiter.set(_record_from(reply))
         with child.lock:
             child.alive = False
             orphans = list(child.pending.values())
             child.pending.clear()
         now = time.time()
-        for future in orphans:
-            future.set_result(AttemptRecord(now, 0.0, error="delivery process exited during the attempt"))
+        for waiter in orphans:
+            waiter.set(AttemptRecord(now, 0.0, error="delivery process exited during the attempt"))
+        exitcode = child.process.wait()
         if not self._closed:
-            log.error("transport.child_died", extra=fields(index=index, exitcode=child.process.exitcode))
+            log.error("transport.child_died", extra=fields(index=index, exitcode=exitcode))
+            child.conn.close()
             self._children[index] = self._spawn(index)
 
     def send(self, request: OutboundRequest) -> AttemptRecord:
@@ -138,19 +219,22 @@ class ProcessClient:
         children = self._children
         child = children[next(self._next) % len(children)]
         request_id = next(self._ids)
-        future: Future[AttemptRecord] = Future()
+        waiter = _Waiter()
+        message = (request_id, request.url, request.body, request.headers, request.timeout_seconds,
+                   request.basic_auth)  # fmt: skip
+        data = pickle.dumps(message, _PROTOCOL)
         with child.lock:
             if not child.alive:
                 return AttemptRecord(time.time(), 0.0, error="delivery process unavailable")
-            child.pending[request_id] = future
+            child.pending[request_id] = waiter
         try:
             with child.send_lock:
-                child.conn.send((request_id, request))
+                child.conn.send_bytes(data)
         except (OSError, ValueError) as exc:
             with child.lock:
                 child.pending.pop(request_id, None)
             return AttemptRecord(time.time(), 0.0, error=f"delivery process unavailable: {exc}")
-        return future.result()
+        return waiter.wait()
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
         return self._local.fetch_token(auth, password, timeout_seconds)
@@ -160,20 +244,21 @@ class ProcessClient:
 
     @property
     def pids(self) -> list[int]:
-        return [c.process.pid for c in self._children if c.process.pid is not None]
+        return [c.process.pid for c in self._children]
 
-    def close(self) -> None:
+    def close(self, timeout_seconds: float = 30.0) -> None:
+        """Stop the children once their attempts in flight are done (killed after ``timeout_seconds``)."""
         self._closed = True
         for child in self._children:
-            # A message, not conn.close(): closing an fd another thread is reading does not wake the reader,
-            # so the child would never see EOF.
+            # A message, not a close: closing an fd another thread is reading does not wake the reader.
             with child.send_lock, contextlib.suppress(OSError, ValueError):
-                child.conn.send(None)
+                child.conn.send_bytes(_STOP)
         for child in self._children:
-            child.process.join(timeout=30)
-            if child.process.is_alive():
+            try:
+                child.process.wait(timeout_seconds)
+            except subprocess.TimeoutExpired:
                 child.process.kill()
-                child.process.join(timeout=5)
+                child.process.wait(5)
             child.conn.close()
         self._local.close()
 
@@ -187,3 +272,7 @@ class ProcessClient:
 def default_processes() -> int:
     """One delivery process per spare core, at least one, at most four."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main())

@@ -1,0 +1,111 @@
+"""ProcessClient: attempts made in real child processes, against a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from dispatcher.http import OutboundRequest
+from dispatcher.transport import ProcessClient
+from tests.dispatcher.test_http import LocalServer, respond_ok, start_server, stop_server
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    s = start_server()
+    yield s
+    stop_server(s)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait(predicate: object, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.02)
+
+
+def test_attempt_in_a_child_posts_the_request_and_returns_the_answer(server: LocalServer) -> None:
+    """The child sends the body and headers as given and reports status, headers of interest, excerpt."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(429)
+        handler.send_header("Retry-After", "7")
+        handler.send_header("Content-Length", "4")
+        handler.end_headers()
+        handler.wfile.write(b"slow")
+
+    server.respond = answer
+    with ProcessClient(LOOPBACK, processes=2, threads_per_process=2) as client:
+        assert len(set(client.pids)) == 2 and os.getpid() not in client.pids
+        for i in range(4):  # round robin: both children serve
+            record = client.send(OutboundRequest(server.url(), b'{"n":%d}' % i, {"X-Test": str(i)}, 5.0))
+            assert record.status_code == 429
+            assert record.response_headers.get("Retry-After") == "7"
+            assert record.response_excerpt == "slow"
+            assert record.error is None
+    assert [seen.body for seen in server.requests] == [b'{"n":%d}' % i for i in range(4)]
+    assert [seen.headers["X-Test"] for seen in server.requests] == ["0", "1", "2", "3"]
+
+
+def test_egress_guard_applies_in_the_child(server: LocalServer) -> None:
+    """A child allowed only another network refuses 127.0.0.1 before connecting."""
+    with ProcessClient((ipaddress.ip_network("192.0.2.0/24"),), processes=1) as client:
+        record = client.send(OutboundRequest(server.url(), b"{}", {}, 5.0))
+    assert record.status_code is None
+    assert record.error is not None and record.error.startswith("egress denied")
+    assert server.requests == []
+
+
+def test_killed_child_fails_its_attempt_in_flight_and_is_replaced(server: LocalServer) -> None:
+    """kill -9 of a child mid-attempt: that attempt gets an error record, a new child serves the next."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hang(handler: BaseHTTPRequestHandler) -> None:
+        entered.set()
+        release.wait(10)
+
+    server.respond = hang
+    with ProcessClient(LOOPBACK, processes=1) as client:
+        [old] = client.pids
+        results = []
+        sender = threading.Thread(
+            target=lambda: results.append(client.send(OutboundRequest(server.url(), b"{}", {}, 30.0)))
+        )
+        sender.start()
+        assert entered.wait(10)
+        os.kill(old, signal.SIGKILL)
+        sender.join(10)
+        assert not sender.is_alive()
+        [record] = results
+        assert record.status_code is None
+        assert record.error == "delivery process exited during the attempt"
+        release.set()
+        _wait(lambda: client.pids != [old])
+        server.respond = respond_ok
+        assert client.send(OutboundRequest(server.url(), b"{}", {}, 5.0)).status_code == 200
+
+
+def test_close_stops_every_child() -> None:
+    """close() ends the children (they finish what is in flight, then exit)."""
+    client = ProcessClient(LOOPBACK, processes=2)
+    pids = client.pids
+    assert all(_alive(pid) for pid in pids)
+    client.close()
+    _wait(lambda: not any(_alive(pid) for pid in pids))
