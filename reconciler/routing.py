@@ -7,8 +7,7 @@ trie, so routing cost depends on the depth of the event type, not on the number 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from reconciler.model import Webhook
@@ -57,34 +56,76 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-@dataclass
 class _Node:
-    children: dict[str, _Node] = field(default_factory=dict)
-    here: list[str] = field(default_factory=list)  # webhook names whose pattern ends at this node
-    rest: list[str] = field(default_factory=list)  # names whose pattern continues with ".**" here
+    """One segment of the wildcard trie. Nodes are shared between tables: a patch copies the nodes on the
+    path it changes and never mutates one that another table may be reading."""
+
+    __slots__ = ("children", "here", "owner", "rest")
+
+    def __init__(
+        self,
+        owner: object,
+        children: dict[str, _Node] | None = None,
+        here: tuple[str, ...] = (),
+        rest: tuple[str, ...] = (),
+    ) -> None:
+        self.owner = owner  # the trie that may change this node in place (the one that made it)
+        self.children: dict[str, _Node] = children if children is not None else {}
+        self.here = here  # webhook names whose pattern ends at this node
+        self.rest = rest  # names whose pattern continues with ".**" here
+
+    def own(self, owner: object) -> _Node:
+        """This node if ``owner`` made it, else a copy that ``owner`` may change."""
+        return self if self.owner is owner else _Node(owner, dict(self.children), self.here, self.rest)
 
 
 class _PatternTrie:
-    def __init__(self) -> None:
-        self._root = _Node()
-        self._everything: list[str] = []
-        self._exact: dict[str, list[str]] = {}  # most patterns have no wildcard: one dict lookup
+    """Pattern index. Built by ``add``; ``copy`` plus ``add``/``remove`` gives a new index that shares every
+    part it does not change with the old one (which stays valid for its readers)."""
 
-    def add(self, pattern: str, name: str) -> None:
+    __slots__ = ("_everything", "_exact", "_root", "_token")
+
+    def __init__(self) -> None:
+        self._token = object()
+        self._root = _Node(self._token)
+        self._everything: tuple[str, ...] = ()
+        self._exact: dict[str, tuple[str, ...]] = {}  # most patterns have no wildcard: one dict lookup
+
+    def copy(self) -> _PatternTrie:
+        trie = _PatternTrie()
+        trie._root = self._root.own(trie._token)
+        trie._everything = self._everything
+        trie._exact = dict(self._exact)
+        return trie
+
+    def add(self, pattern: str, *names: str) -> None:
+        self._edit(pattern, lambda have: (*have, *names))
+
+    def remove(self, pattern: str, name: str) -> None:
+        self._edit(pattern, lambda names: tuple(n for n in names if n != name))
+
+    def _edit(self, pattern: str, change: Callable[[tuple[str, ...]], tuple[str, ...]]) -> None:
+        # Names are kept in tuples replaced on change, so a copied index never sees the other one's edits.
         if pattern in (_ONE, _REST):
-            self._everything.append(name)
+            self._everything = change(self._everything)
             return
         if "*" not in pattern:
-            self._exact.setdefault(pattern, []).append(name)
+            names = change(self._exact.get(pattern, ()))
+            if names:
+                self._exact[pattern] = names
+            else:
+                self._exact.pop(pattern, None)
             return
-        node = self._root
+        node = self._root  # always this trie's own (see ``copy``)
         segments = pattern.split(".")
         for i, segment in enumerate(segments):
             if segment == _REST and i == len(segments) - 1:
-                node.rest.append(name)
+                node.rest = change(node.rest)
                 return
-            node = node.children.setdefault(segment, _Node())
-        node.here.append(name)
+            child = node.children.get(segment)
+            child = child.own(self._token) if child is not None else _Node(self._token)
+            node.children[segment] = node = child
+        node.here = change(node.here)
 
     def names(self, event_type: str) -> set[str]:
         found = set(self._everything)
@@ -108,17 +149,23 @@ class RoutingTable:
     """An immutable routing table built from a set of webhooks (active and inactive).
 
     ``route`` returns only active webhooks; ``get`` returns any webhook by name (the dispatcher uses it for
-    the current definition of a webhook with pending deliveries).
+    the current definition of a webhook with pending deliveries). ``patched`` derives the table of a slightly
+    different set of webhooks from this one, sharing what did not change.
     """
+
+    __slots__ = ("_trie", "_webhooks", "revision")
 
     def __init__(self, webhooks: Mapping[str, Webhook], revision: str) -> None:
         self._webhooks = dict(webhooks)
         self.revision = revision
         self._trie = _PatternTrie()
+        by_pattern: dict[str, list[str]] = {}
         for hook in self._webhooks.values():
             if hook.active:
                 for pattern in hook.event_types:
-                    self._trie.add(pattern, hook.name)
+                    by_pattern.setdefault(pattern, []).append(hook.name)
+        for pattern, names in by_pattern.items():
+            self._trie.add(pattern, *names)
 
     @property
     def webhooks(self) -> Mapping[str, Webhook]:
@@ -132,6 +179,31 @@ class RoutingTable:
         names = sorted(self._trie.names(event_type))
         hooks = (self._webhooks[n] for n in names)
         return tuple(h for h in hooks if filter_matches(h.match, event_filter))
+
+    def patched(self, webhooks: Mapping[str, Webhook], revision: str) -> RoutingTable:
+        """The table of ``webhooks``, built by changing only the webhooks that differ from this table's.
+
+        A webhook is unchanged when it is the very same object (the loader reuses the values of unchanged
+        files), so finding the changes costs one dict lookup per webhook. This table is not modified.
+        """
+        before = self._webhooks
+        removed = [hook for name, hook in before.items() if webhooks.get(name) is not hook]
+        added = [hook for name, hook in webhooks.items() if before.get(name) is not hook]
+        if len(removed) + len(added) > max(64, len(webhooks) // 4):
+            return RoutingTable(webhooks, revision)  # a large change: building afresh is as cheap
+        table = RoutingTable.__new__(RoutingTable)
+        table._webhooks = dict(webhooks)
+        table.revision = revision
+        table._trie = trie = self._trie.copy()
+        for hook in removed:
+            if hook.active:
+                for pattern in dict.fromkeys(hook.event_types):
+                    trie.remove(pattern, hook.name)
+        for hook in added:
+            if hook.active:
+                for pattern in hook.event_types:
+                    trie.add(pattern, hook.name)
+        return table
 
     def __len__(self) -> int:
         return len(self._webhooks)
