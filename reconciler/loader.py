@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import stat
 import sys
 import threading
 import time
+from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -35,10 +37,9 @@ from reconciler.filecheck import (
     load_file,
     read_and_check,
 )
-from reconciler.model import Diagnostic, Severity, Webhook
-from reconciler.routing import RoutingTable, build_routing_table
-from reconciler.rules import check_duplicate_names, check_event_types
+from reconciler.model import Diagnostic, Severity
 from reconciler.schema import load_catalogue
+from reconciler.treeindex import TreeIndex, TreeResult, build_revision
 
 __all__ = [
     "FileResult",
@@ -60,30 +61,6 @@ _PARALLEL_MIN_FILES = 1000  # a cold load of this many files is checked in worke
 _MAX_WORKERS = 8
 
 
-@dataclass(frozen=True)
-class TreeResult:
-    directory: str
-    files: tuple[FileResult, ...]  # sorted by path
-    webhooks: tuple[Webhook, ...]  # valid webhooks of every file, sorted by name; first of a duplicate name
-    diagnostics: tuple[Diagnostic, ...]  # per-file and cross-file, sorted by (file, line, column)
-    revision: str  # "sha256:" + hex over sorted (relative path, file digest)
-
-    @property
-    def valid(self) -> bool:
-        return self.error_count == 0
-
-    @property
-    def error_count(self) -> int:
-        return sum(1 for d in self.diagnostics if d.is_error)
-
-    @property
-    def warning_count(self) -> int:
-        return sum(1 for d in self.diagnostics if not d.is_error)
-
-    def table(self) -> RoutingTable:
-        return build_routing_table(self.webhooks, self.revision)
-
-
 def load_tree(directory: str | Path) -> TreeResult:
     """Load and check a directory once (see ``TreeLoader`` to reload it cheaply)."""
     return TreeLoader(directory).load()
@@ -96,45 +73,115 @@ class _Entry:
     loaded: LoadedFile
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """What the last full scan found besides files: enough to tell whether a list of changed paths can
+    stand in for the next scan (no symlinks, every directory readable; the directories walked)."""
+
+    shown_dir: str
+    directories: frozenset[str]  # relative prefixes of the directories walked: "" for the root, "sub/", ...
+
+
 class TreeLoader:
     """Incremental loader: re-parses only files whose (size, mtime_ns, inode) changed since the last load.
 
     ``ctime`` is part of the signature too, so a permission fix is noticed; a file read within two seconds of
     its modification is re-hashed on the next load, and re-parsed only if its bytes differ.
+
+    Given the paths a watcher saw change, ``load`` looks at only those (no walk, no ``stat`` of the other
+    files) when the last full scan found a plain tree: no symlinks, no unreadable directory, and every
+    changed path in a directory it walked. Otherwise, and without the paths, it scans everything.
     """
 
     def __init__(self, directory: str | Path) -> None:
         self._directory = Path(directory)
         self._cache: dict[str, _Entry] = {}
+        self._index = TreeIndex()  # mirrors ``_cache``: the cross-file state of the files loaded last
+        self._layout: _Layout | None = None  # None: the next load must scan everything
 
-    def load(self) -> TreeResult:
-        """Load the tree, reusing the results of unchanged files from the previous load."""
+    def load(self, changed: Collection[str] | None = None) -> TreeResult:
+        """Load the tree, reusing the results of unchanged files from the previous load.
+
+        ``changed``: paths relative to the directory (``/``-separated) that may have changed since the last
+        load, all of them (a watcher's events); None when unknown.
+        """
         shown_dir = _display(self._directory)
+        if changed is not None and self._layout is not None and self._layout.shown_dir == shown_dir:
+            result = self._load_changed(changed, self._layout)
+            if result is not None:
+                return result
+        self._layout = None
         if not self._directory.exists():
             problem = Diagnostic(Severity.ERROR, "io", "no such directory", shown_dir, 1, 1)
-            return TreeResult(shown_dir, (), (), (problem,), _revision([]))
+            return TreeResult(shown_dir, (), (), (problem,), build_revision([]))
         problems: list[Diagnostic] = []
         if self._directory.is_file():  # a single file: checked like a directory holding only it
             shown_dir = _display(self._directory.parent)
             found = [(str(self._directory), self._directory.name)]
         else:
-            found = _discover(str(self._directory), problems, shown_dir)
-        prefix = "" if shown_dir == "." else shown_dir.rstrip("/") + "/"
-        now = time.time_ns()
-        cache: dict[str, _Entry] = {}
-        stale: list[tuple[str, str, tuple[int, ...], bool]] = []  # (path, shown, signature, racy)
-        for path, relative in found:
+            found, directories, plain = _discover(str(self._directory), problems, shown_dir)
+            if plain and not problems:
+                self._layout = _Layout(shown_dir, frozenset(directories))
+        prefix = _prefix(shown_dir)
+        candidates = [(path, prefix + relative, relative) for path, relative in found]
+        listed = {shown for _path, shown, _relative in candidates}
+        self._refresh(candidates, [shown for shown in self._cache if shown not in listed])
+        return self._index.result(shown_dir, problems)
+
+    def _load_changed(self, changed: Collection[str], layout: _Layout) -> TreeResult | None:
+        """The tree after changes to ``changed`` only; None when they may have changed more than files."""
+        prefix = _prefix(layout.shown_dir)
+        candidates: list[tuple[str, str, str]] = []
+        gone: list[str] = []
+        for relative in changed:
+            parts = relative.split("/")
+            if any(part.startswith(".") for part in parts):
+                continue  # hidden (an editor's or git's temporary file): never loaded, and no link points in
+            if "" in parts or relative[: relative.rfind("/") + 1] not in layout.directories:
+                return None  # the root itself, or in a directory the scan did not walk (a new one)
+            path = os.path.join(self._directory, relative)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                st = None
+            except OSError:
+                return None
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                return None  # now a directory or a symlink: the layout changed
+            if not relative.endswith(YAML_SUFFIXES):
+                continue
             shown = prefix + relative
-            entry = _reuse(path, self._cache.get(shown), now)
+            if st is not None:
+                candidates.append((path, shown, relative))
+            elif shown in self._cache:
+                gone.append(shown)
+        self._refresh(candidates, gone)
+        return self._index.result(layout.shown_dir, ())
+
+    def _refresh(self, candidates: list[tuple[str, str, str]], gone: list[str]) -> None:
+        """Check ``candidates`` (path, shown, relative) for changes, forget ``gone``; update the index."""
+        now = time.time_ns()
+        cache = self._cache
+        stale: list[tuple[str, str, tuple[int, ...], bool]] = []  # (path, shown, signature, racy)
+        relatives: dict[str, str] = {}  # shown -> relative, of the stale files
+        for path, shown, relative in candidates:
+            entry = _reuse(path, cache.get(shown), now)
             if isinstance(entry, _Entry):
                 cache[shown] = entry
-            else:
+            elif shown not in relatives:
                 stale.append((path, shown, *entry))
+                relatives[shown] = relative
+        replaced = [shown for shown in relatives if shown in cache]
+        for shown in gone:
+            del cache[shown]
         for (_path, shown, signature, racy), loaded in zip(stale, _load_many(stale), strict=True):
             cache[shown] = _Entry(signature, racy, loaded)
-        self._cache = cache
-        loaded_files = [(relative, cache[prefix + relative].loaded) for _path, relative in found]
-        return _assemble(shown_dir, loaded_files, problems)
+        added = [(shown, relative, cache[shown].loaded) for shown, relative in relatives.items()]
+        self._index.update(gone + replaced, added)
+
+
+def _prefix(shown_dir: str) -> str:
+    return "" if shown_dir == "." else shown_dir.rstrip("/") + "/"
 
 
 def _reuse(path: str, entry: _Entry | None, now: int) -> _Entry | tuple[tuple[int, ...], bool]:
@@ -212,13 +259,18 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _discover(root: str, problems: list[Diagnostic], shown_root: str) -> list[tuple[str, str]]:
-    """YAML files under ``root`` as (path, path relative to root), sorted by relative path.
+def _discover(
+    root: str, problems: list[Diagnostic], shown_root: str
+) -> tuple[list[tuple[str, str]], list[str], bool]:
+    """YAML files under ``root`` as (path, path relative to root), sorted by relative path; the relative
+    prefixes of the directories walked; and whether no symlink was met.
 
     Hidden names are skipped (this also skips Kubernetes ConfigMap internals such as ``..data``); a directory
     reached twice through symlinks is walked once.
     """
     found: list[tuple[str, str]] = []
+    directories: list[str] = []
+    plain = True
     seen: set[tuple[int, int]] = set()
     pending: list[tuple[str, str]] = [(root, "")]
     while pending:
@@ -230,6 +282,7 @@ def _discover(root: str, problems: list[Diagnostic], shown_root: str) -> list[tu
             seen.add((st.st_dev, st.st_ino))
             with os.scandir(directory) as entries:
                 listing = list(entries)
+            directories.append(prefix)
         except OSError as exc:
             where = f"{shown_root}/{prefix}".rstrip("/")
             problems.append(
@@ -241,36 +294,12 @@ def _discover(root: str, problems: list[Diagnostic], shown_root: str) -> list[tu
                 continue
             relative = prefix + entry.name
             try:
+                if entry.is_symlink():
+                    plain = False
                 if entry.is_dir():
                     pending.append((entry.path, relative + "/"))
                 elif entry.name.endswith(YAML_SUFFIXES) and entry.is_file():
                     found.append((entry.path, relative))
             except OSError:
                 continue  # vanished, or a dangling symlink: not a file to load
-    return sorted(found, key=lambda item: item[1])
-
-
-def _revision(pairs: list[tuple[str, str]]) -> str:
-    digest = hashlib.sha256()
-    for relative, file_digest in sorted(pairs):
-        digest.update(f"{relative}\0{file_digest}\n".encode())
-    return "sha256:" + digest.hexdigest()
-
-
-def _assemble(directory: str, loaded: list[tuple[str, LoadedFile]], problems: list[Diagnostic]) -> TreeResult:
-    catalogue = load_catalogue().union(*(f.result.event_types for _, f in loaded))
-    cross = check_duplicate_names(site for _, f in loaded for site in f.names)
-    cross += check_event_types((site for _, f in loaded for site in f.patterns), catalogue)
-    webhooks: dict[str, Webhook] = {}
-    for _, f in loaded:
-        for hook in f.result.webhooks:
-            webhooks.setdefault(hook.name, hook)
-    diagnostics = [d for _, f in loaded for d in f.result.diagnostics] + cross + problems
-    diagnostics.sort(key=lambda d: (d.file, d.line, d.column))
-    return TreeResult(
-        directory=directory,
-        files=tuple(f.result for _, f in loaded),
-        webhooks=tuple(webhooks[name] for name in sorted(webhooks)),
-        diagnostics=tuple(diagnostics),
-        revision=_revision([(relative, f.result.digest) for relative, f in loaded]),
-    )
+    return sorted(found, key=lambda item: item[1]), directories, plain

@@ -1,0 +1,241 @@
+"""The tree-wide part of a load, kept up to date file by file.
+
+A reload after one file changed must not redo over all 10,000 files what only the whole tree can decide:
+duplicate names, unknown event types, which webhook wins a name, the sorted lists and the revision.
+``TreeIndex`` keeps, per name and per file, what those decisions rest on, and a change re-decides only the
+names and files it touches. The result is exactly that of checking the same files afresh (the tests compare
+both); ``build_tree_result`` is that fresh check, for a one-off load.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from reconciler.filecheck import FileResult, LoadedFile
+from reconciler.model import Diagnostic, Webhook
+from reconciler.routing import RoutingTable, build_routing_table
+from reconciler.rules import NameSite, PatternSite, check_duplicate_names, check_event_types
+from reconciler.schema import load_catalogue
+
+
+@dataclass(frozen=True)
+class TreeResult:
+    directory: str
+    files: tuple[FileResult, ...]  # sorted by path
+    webhooks: tuple[Webhook, ...]  # valid webhooks of every file, sorted by name; first of a duplicate name
+    diagnostics: tuple[Diagnostic, ...]  # per-file and cross-file, sorted by (file, line, column)
+    revision: str  # "sha256:" + hex over sorted (relative path, file digest)
+
+    @property
+    def valid(self) -> bool:
+        return self.error_count == 0
+
+    @property
+    def error_count(self) -> int:
+        return sum(1 for d in self.diagnostics if d.is_error)
+
+    @property
+    def warning_count(self) -> int:
+        return sum(1 for d in self.diagnostics if not d.is_error)
+
+    def table(self, previous: RoutingTable | None = None) -> RoutingTable:
+        """The routing table of these webhooks; derived from ``previous`` (which stays as it was) if given."""
+        if previous is None:
+            return build_routing_table(self.webhooks, self.revision)
+        return previous.patched({h.name: h for h in self.webhooks}, self.revision)
+
+
+def build_revision(pairs: Iterable[tuple[str, str]]) -> str:
+    """The tree's revision: a hash over its sorted (relative path, file digest) pairs."""
+    digest = hashlib.sha256()
+    digest.update("".join(f"{relative}\0{file_digest}\n" for relative, file_digest in sorted(pairs)).encode())
+    return "sha256:" + digest.hexdigest()
+
+
+_NameKey = tuple[str, str]  # (kind, name)
+
+
+class TreeIndex:
+    """Every loaded file of a tree, keyed by its displayed path, plus the cross-file state derived from them.
+
+    ``update`` replaces files; ``result`` assembles a ``TreeResult`` in time proportional to the number of
+    files and webhooks only for building its tuples (no rule runs over unchanged files).
+    """
+
+    def __init__(self) -> None:
+        self._files: dict[str, tuple[str, LoadedFile]] = {}  # shown path -> (relative path, loaded file)
+        self._order: list[str] = []  # shown paths, sorted (one prefix for all, so also by relative path)
+        self._names: dict[_NameKey, list[tuple[str, int, NameSite]]] = {}  # in file order, then document
+        self._duplicates: dict[_NameKey, list[Diagnostic]] = {}  # only names used more than once
+        self._hooks: dict[str, list[tuple[str, int, Webhook]]] = {}  # valid webhooks by name, in file order
+        self._sorted_names: list[str] = []
+        self._extra_types: Counter[str] = Counter()  # EventTypes entries of every file
+        self._catalogue = load_catalogue()
+        self._patterns: dict[str, tuple[PatternSite, ...]] = {}  # files with patterns to check
+        self._unknown: dict[str, list[Diagnostic]] = {}  # files with unknown event types
+        # Every diagnostic placed in a file (its own, duplicate names, unknown types), sorted by place; only
+        # files that have any. Kept per file so that a reload sorts only the diagnostics of changed files.
+        self._diagnostics: dict[str, tuple[Diagnostic, ...]] = {}
+        self._foreign = False  # some file reports a diagnostic placed in another file: sort them all
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def update(self, removed: Iterable[str], added: Iterable[tuple[str, str, LoadedFile]]) -> None:
+        """Drop the files ``removed`` names, then add ``added`` (shown path, relative path, loaded file);
+        a changed file is in both."""
+        touched: set[_NameKey] = set()
+        types_touched = False
+        dirty: set[str] = set()  # files whose placed diagnostics must be gathered again
+        for shown in removed:
+            relative, loaded = self._files.pop(shown)
+            del self._order[bisect.bisect_left(self._order, shown)]
+            types_touched |= self._remove(shown, loaded, touched)
+            dirty.add(shown)
+        new: list[str] = []
+        for shown, relative, loaded in added:
+            self._files[shown] = (relative, loaded)
+            bisect.insort(self._order, shown)
+            types_touched |= self._add(shown, loaded, touched)
+            new.append(shown)
+        for key in touched:
+            dirty.update(d.file for d in self._duplicates.get(key, ()))
+            sites = self._names.get(key)
+            found = check_duplicate_names(site for _, _, site in sites) if sites else []
+            if found:
+                self._duplicates[key] = found
+                dirty.update(d.file for d in found)
+            else:
+                self._duplicates.pop(key, None)
+        judge = new
+        if types_touched:
+            catalogue = load_catalogue().union(self._extra_types)
+            if catalogue != self._catalogue:
+                self._catalogue = catalogue
+                judge = list(self._patterns)  # the catalogue changed: every pattern is judged again
+        for shown in judge:
+            dirty.update(d.file for d in self._unknown.get(shown, ()))
+            self._check_patterns(shown)
+            dirty.update(d.file for d in self._unknown.get(shown, ()))
+        dirty.update(new)
+        for shown in dirty:
+            self._gather(shown)
+
+    def _gather(self, shown: str) -> None:
+        """Collect the diagnostics placed in one file, in the order a fresh check sorts them into."""
+        entry = self._files.get(shown)
+        if entry is None:
+            self._diagnostics.pop(shown, None)
+            return
+        loaded = entry[1]
+        # Before the stable sort, a fresh check lists a file's own diagnostics, then duplicate names, then
+        # unknown event types; ties keep that order.
+        found = list(loaded.result.diagnostics)
+        keys = dict.fromkeys((site.kind, site.name) for site in loaded.names)
+        found += (d for key in keys for d in self._duplicates.get(key, ()) if d.file == shown)
+        found += self._unknown.get(shown, ())
+        if any(d.file != shown for d in found):
+            self._foreign = True
+        if found:
+            self._diagnostics[shown] = tuple(sorted(found, key=_place))
+        else:
+            self._diagnostics.pop(shown, None)
+
+    def _remove(self, shown: str, loaded: LoadedFile, touched: set[_NameKey]) -> bool:
+        for site in loaded.names:
+            key = (site.kind, site.name)
+            touched.add(key)
+            sites = self._names.get(key)
+            if sites is None:
+                continue  # a name used twice in this file: already gone
+            sites[:] = [entry for entry in sites if entry[0] != shown]
+            if not sites:
+                del self._names[key]
+        for hook in loaded.result.webhooks:
+            hooks = self._hooks.get(hook.name)
+            if hooks is None:
+                continue  # a second webhook of the same name in this file: already gone
+            hooks[:] = [entry for entry in hooks if entry[0] != shown]
+            if not hooks:
+                del self._hooks[hook.name]
+                del self._sorted_names[bisect.bisect_left(self._sorted_names, hook.name)]
+        self._patterns.pop(shown, None)
+        self._unknown.pop(shown, None)
+        self._extra_types.subtract(loaded.result.event_types)
+        self._extra_types += Counter()  # drops the entries that reached zero
+        return bool(loaded.result.event_types)
+
+    def _add(self, shown: str, loaded: LoadedFile, touched: set[_NameKey]) -> bool:
+        for i, site in enumerate(loaded.names):
+            key = (site.kind, site.name)
+            sites = self._names.setdefault(key, [])
+            sites.append((shown, i, site))
+            if len(sites) > 1:
+                sites.sort(key=_file_order)
+            touched.add(key)
+        for i, hook in enumerate(loaded.result.webhooks):
+            hooks = self._hooks.get(hook.name)
+            if hooks is None:
+                self._hooks[hook.name] = [(shown, i, hook)]
+                bisect.insort(self._sorted_names, hook.name)
+            else:
+                hooks.append((shown, i, hook))
+                hooks.sort(key=_file_order)
+        if loaded.patterns:
+            self._patterns[shown] = loaded.patterns
+        self._extra_types.update(loaded.result.event_types)
+        return bool(loaded.result.event_types)
+
+    def _check_patterns(self, shown: str) -> None:
+        found = check_event_types(self._patterns.get(shown, ()), self._catalogue)
+        if found:
+            self._unknown[shown] = found
+        else:
+            self._unknown.pop(shown, None)
+
+    def result(self, directory: str, problems: Sequence[Diagnostic] = ()) -> TreeResult:
+        """The tree as it stands, with ``problems`` found outside any file (unreadable directories)."""
+        files = self._files
+        ordered = [files[shown] for shown in self._order]
+        diagnostics: list[Diagnostic] = []
+        if (
+            self._foreign
+        ):  # a file reported a problem placed elsewhere (never expected): sort as a fresh check
+            diagnostics += (d for _, loaded in ordered for d in loaded.result.diagnostics)
+            diagnostics += sorted((d for found in self._duplicates.values() for d in found), key=_place)
+            diagnostics += (d for shown in self._order for d in self._unknown.get(shown, ()))
+        else:
+            for found in map(self._diagnostics.get, self._order):
+                if found:
+                    diagnostics += found
+        if problems or self._foreign:  # directories sort between files
+            diagnostics += problems
+            diagnostics.sort(key=_place)
+        return TreeResult(
+            directory=directory,
+            files=tuple(loaded.result for _, loaded in ordered),
+            webhooks=tuple(self._hooks[name][0][2] for name in self._sorted_names),
+            diagnostics=tuple(diagnostics),
+            revision=build_revision((relative, loaded.result.digest) for relative, loaded in ordered),
+        )
+
+
+def _file_order(entry: tuple[str, int, object]) -> tuple[str, int]:
+    return entry[0], entry[1]
+
+
+def _place(d: Diagnostic) -> tuple[str, int, int]:
+    return d.file, d.line, d.column
+
+
+def build_tree_result(
+    directory: str, loaded: Sequence[tuple[str, LoadedFile]], problems: Sequence[Diagnostic] = ()
+) -> TreeResult:
+    """The result of checking ``loaded`` (relative path, loaded file) as one tree, from scratch."""
+    index = TreeIndex()
+    index.update((), ((f.result.path, relative, f) for relative, f in loaded))
+    return index.result(directory, problems)
