@@ -7,7 +7,8 @@ do (reading secrets). A snapshot is built completely off to the side; callers sw
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,16 +63,22 @@ def resolve_secrets(
     team's changes): the webhooks using it fail their attempts with the reason, and are retried, until a
     reload resolves it. Errors name the reference, never a value.
     """
+    return resolve_refs(
+        dict.fromkeys(ref for hook in webhooks.values() for ref in hook.secret_refs()), environ
+    )
+
+
+def resolve_refs(
+    refs: Iterable[SecretRef], environ: Mapping[str, str]
+) -> tuple[dict[SecretRef, str], dict[SecretRef, str]]:
+    """Resolve each reference afresh (a rotated secret file is read again): (values, reasons of failures)."""
     values: dict[SecretRef, str] = {}
     errors: dict[SecretRef, str] = {}
-    for hook in webhooks.values():
-        for ref in hook.secret_refs():
-            if ref in values or ref in errors:
-                continue
-            try:
-                values[ref] = resolve_secret(ref, environ)
-            except SecretError as exc:
-                errors[ref] = str(exc)
+    for ref in refs:
+        try:
+            values[ref] = resolve_secret(ref, environ)
+        except SecretError as exc:
+            errors[ref] = str(exc)
     return values, errors
 
 
@@ -87,17 +94,46 @@ def build_attempt(tree: TreeResult, environ: Mapping[str, str], git_commit: str 
 
 
 class ConfigSource:
-    """Loads ``--config DIR`` incrementally (only changed files are parsed again)."""
+    """Loads ``--config DIR`` incrementally: only changed files are parsed again, the routing table is
+    patched from the previous one, and the secret references in use are counted as webhooks change (their
+    values are still read afresh on every load)."""
 
     def __init__(self, directory: str | Path, environ: Mapping[str, str] | None = None) -> None:
         self.directory = Path(directory)
         self._loader = TreeLoader(self.directory)
         self._environ = environ if environ is not None else os.environ
+        self._table: RoutingTable | None = None  # the last table built; the next is derived from it
+        self._refs: Counter[SecretRef] = Counter()  # secret references of that table's webhooks
 
-    def load(self) -> LoadAttempt:
+    def load(self, changed: Collection[str] | None = None) -> LoadAttempt:
+        """Load the tree; ``changed``: the paths (relative to the directory) a watcher saw change since
+        the last load, or None to look at every file."""
         from reconciler.gitrev import git_commit  # git is optional: only for revision reporting
 
-        return build_attempt(self._loader.load(), self._environ, git_commit(self.directory))
+        tree = self._loader.load(changed)
+        if any(d.is_error for d in tree.diagnostics):
+            return LoadAttempt(tree.revision, None, tree.diagnostics)
+        previous, table = self._table, tree.table(self._table)
+        self._refs = _count_refs(self._refs, previous.webhooks if previous else {}, table.webhooks)
+        self._table = table
+        secrets, secret_errors = resolve_refs(self._refs, self._environ)
+        snapshot = Snapshot(table, secrets, tree.revision, git_commit(self.directory), secret_errors)
+        return LoadAttempt(tree.revision, snapshot, tree.diagnostics)
+
+
+def _count_refs(
+    counts: Counter[SecretRef], before: Mapping[str, Webhook], after: Mapping[str, Webhook]
+) -> Counter[SecretRef]:
+    """``counts`` (of the references of ``before``) brought in line with ``after``; webhooks that are the
+    same object in both (the loader reuses unchanged ones) are skipped."""
+    counts = Counter(counts)
+    for name, hook in before.items():
+        if after.get(name) is not hook:
+            counts.subtract(hook.secret_refs())
+    for name, hook in after.items():
+        if before.get(name) is not hook:
+            counts.update(hook.secret_refs())
+    return +counts
 
 
 def describe_failure(attempt: LoadAttempt, limit: int = 20) -> str:

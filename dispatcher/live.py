@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from dispatcher.config import ConfigSource, LoadAttempt, Snapshot, describe_failure
@@ -67,11 +67,15 @@ class LiveConfig:
     def status(self) -> ReloadStatus:
         return self._status
 
-    def reload(self, reason: str = "manual") -> bool:
-        """Load the tree again and apply it if fully valid; returns whether it was applied."""
+    def reload(self, reason: str = "manual", changed: Collection[str] | None = None) -> bool:
+        """Load the tree again and apply it if fully valid; returns whether it was applied.
+
+        ``changed``: the paths a watcher saw change since the last reload (``ConfigWatcher.take_changes``),
+        so that only they are looked at; None (SIGHUP, start-up) looks at every file.
+        """
         with self._lock:
             started = time.monotonic()
-            attempt = self._source.load()
+            attempt = self._source.load(changed)
             now = self._clock()
             if attempt.snapshot is None:
                 return self._reject(attempt, now, reason)
@@ -82,11 +86,11 @@ class LiveConfig:
             self._metrics.reload_successful.set(1)
             self._metrics.reload_success_time.set(now)
             self._count_webhooks(new)
-            changed = old.revision != new.revision
-            if changed:
+            revised = old.revision != new.revision
+            if revised:
                 self._sync_changes(old, new, now)
             log.info(
-                "config.applied" if changed else "config.unchanged",
+                "config.applied" if revised else "config.unchanged",
                 extra=fields(
                     revision=new.revision,
                     git_commit=new.git_commit,
@@ -95,7 +99,7 @@ class LiveConfig:
                     took_ms=round((time.monotonic() - started) * 1000, 1),
                 ),
             )
-            if changed:
+            if revised:
                 self._on_change()
             return True
 
