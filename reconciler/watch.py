@@ -5,6 +5,12 @@ File events (inotify through watchdog, or watchdog's polling observer where inot
 mark the tree dirty; a debounce thread calls ``on_change`` once a burst has been quiet for the debounce
 interval. A directory that is a symlink swapped atomically (a Kubernetes ConfigMap, git-sync) is followed:
 the link's target is checked on every tick, and a new target re-arms the observer and triggers a reload.
+
+The watcher also notes which files the events named, so that a reload can look at only those
+(``take_changes``). Whenever that list may be incomplete it says "everything" instead: directory events
+(created, deleted, moved), the polling observer, a swapped link target, a burst of more than
+``_MAX_EVENTS`` events (the kernel drops events past its queue without telling watchdog's handlers), and
+at least every ``full_rescan_seconds`` as a safety net.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 _default_log = logging.getLogger("reconciler.watch")
+_MAX_EVENTS = 4096  # more in one batch: look at everything (and keep the set of paths small)
 
 
 def fields(**values: object) -> dict[str, object]:
@@ -30,13 +37,13 @@ def fields(**values: object) -> dict[str, object]:
 
 
 class _Mark(FileSystemEventHandler):
-    def __init__(self, mark: Callable[[], None]) -> None:
+    def __init__(self, mark: Callable[[FileSystemEvent], None]) -> None:
         self._mark = mark
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("opened", "closed_no_write"):
             return  # reads (our own loader's included) change nothing
-        self._mark()
+        self._mark(event)
 
 
 class ConfigWatcher:
@@ -50,6 +57,7 @@ class ConfigWatcher:
         debounce_seconds: float = 0.2,
         link_check_seconds: float = 0.5,
         polling: bool = False,
+        full_rescan_seconds: float = 60.0,
         log: logging.Logger = _default_log,
     ) -> None:
         self.directory = Path(directory)
@@ -60,6 +68,11 @@ class ConfigWatcher:
         self._log = log
         self._cond = threading.Condition()
         self._dirty_at: float | None = None
+        self._full_rescan = full_rescan_seconds
+        self._changed: set[str] | None = None  # paths seen since the last take; None: everything
+        self._events = 0
+        self._exact = False  # whether the observer reports every change (inotify), not a polled diff
+        self._last_full = time.monotonic()
         self._closed = False
         self._observer: BaseObserver | None = None
         self._target = self._resolve()
@@ -73,7 +86,7 @@ class ConfigWatcher:
         self._thread.start()
 
     def _observe(self) -> BaseObserver:
-        handler = _Mark(self.mark)
+        handler = _Mark(self._on_event)
         observer: BaseObserver = PollingObserver(timeout=1.0) if self._polling else Observer()
         try:
             observer.schedule(handler, self._target, recursive=True)
@@ -86,6 +99,7 @@ class ConfigWatcher:
             observer = PollingObserver(timeout=1.0)
             observer.schedule(handler, self._target, recursive=True)
             observer.start()
+        self._exact = not isinstance(observer, PollingObserver)
         self._log.info(
             "watch.started",
             extra=fields(
@@ -95,10 +109,50 @@ class ConfigWatcher:
         return observer
 
     def mark(self) -> None:
-        """Something changed: (re)start the debounce interval."""
+        """Something changed, no telling what: (re)start the debounce interval; the next reload looks at
+        every file."""
         with self._cond:
+            self._changed = None
+            self._events = _MAX_EVENTS
             self._dirty_at = time.monotonic()
             self._cond.notify()
+
+    def _on_event(self, event: FileSystemEvent) -> None:
+        with self._cond:
+            self._note(event)
+            self._dirty_at = time.monotonic()
+            self._cond.notify()
+
+    def _note(self, event: FileSystemEvent) -> None:
+        """Add the paths ``event`` names to the changes (or give up on listing them)."""
+        self._events += 1
+        if self._changed is None or self._events > _MAX_EVENTS or not self._exact:
+            self._changed = None
+            return
+        if event.is_directory:
+            if event.event_type != "modified":  # a listing changing comes with its entries' own events
+                self._changed = None
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if not path:
+                continue
+            relative = os.path.relpath(os.fsdecode(path), self._target)
+            if relative == os.curdir or relative.startswith(os.pardir):
+                self._changed = None
+                return
+            self._changed.add(relative.replace(os.sep, "/"))
+
+    def take_changes(self) -> frozenset[str] | None:
+        """The paths (relative to the directory, ``/``-separated) events named since the last call, or None
+        when the next load must look at every file (see the module docstring)."""
+        with self._cond:
+            changed, now = self._changed, time.monotonic()
+            if changed is not None and now - self._last_full >= self._full_rescan:
+                changed = None
+            if changed is None:
+                self._last_full = now
+            self._changed, self._events = set(), 0
+            return frozenset(changed) if changed is not None else None
 
     def _run(self) -> None:
         while True:
