@@ -73,14 +73,21 @@ class Committer:
         self._thread = threading.Thread(target=self._run, name="dispatch-committer", daemon=True)
         self._thread.start()
 
-    def commit(self, events: list[NewEvent]) -> _Batch:
-        """Commit events durably (blocks until done); results are in input order."""
+    def submit(self, events: list[NewEvent]) -> _Batch:
+        """Queue events for the next group commit; ``batch.done`` is set once they are durable (or failed).
+        Results are in input order."""
         batch = _Batch(events)
         if events:
             self._queue.put(batch)
-            batch.done.wait()
         else:
             batch.results = []
+            batch.done.set()
+        return batch
+
+    def commit(self, events: list[NewEvent]) -> _Batch:
+        """Commit events durably (blocks until done); results are in input order."""
+        batch = self.submit(events)
+        batch.done.wait()
         return batch
 
     def close(self) -> None:
@@ -200,6 +207,11 @@ class Ingestor:
 
     def handle(self, lines: list[tuple[int, bytes | None]]) -> bytes:
         """Acknowledgement lines for these input lines, in order, after their events are durable."""
+        return self.start(lines)()
+
+    def start(self, lines: list[tuple[int, bytes | None]]) -> Callable[[], bytes]:
+        """Parse and route these lines and queue their events for commit, without waiting; the function
+        returned waits until they are durable and gives their acknowledgement lines, in order."""
         snapshot = self._config()
         answers: list[bytes | None] = []
         events: list[NewEvent] = []
@@ -224,7 +236,17 @@ class Ingestor:
         rejected = len(answers) - len(events)
         if rejected:
             self._metrics.events_rejected.inc(rejected)
-        batch = self._committer.commit(events)
+        batch = self._committer.submit(events)
+        return lambda: self._answers(lines, answers, slots, batch)
+
+    def _answers(
+        self,
+        lines: list[tuple[int, bytes | None]],
+        answers: list[bytes | None],
+        slots: list[int],
+        batch: _Batch,
+    ) -> bytes:
+        batch.done.wait()
         if batch.error is not None:
             for slot in slots:  # answers[i] answers lines[i]
                 answers[slot] = ack_rejected(lines[slot][0], batch.error)

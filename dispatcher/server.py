@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import socket
 import stat
 import threading
@@ -22,18 +23,46 @@ from dispatcher.logs import fields, get_logger
 log = get_logger("server")
 
 _READ_SIZE = 1 << 16
+_PIPELINE_DEPTH = 16
 
 
 def serve_stream(read: Callable[[], bytes], write: Callable[[bytes], None], ingestor: Ingestor) -> int:
-    """Serve one NDJSON stream until EOF; returns the number of lines handled."""
+    """Serve one NDJSON stream until EOF; returns the number of lines handled.
+
+    Pipelined: while one read's events are being committed, the next reads are parsed and queued (up to
+    ``_PIPELINE_DEPTH`` reads ahead), so a client that pipelines gets group commits of many reads at once
+    rather than one fsync per read. A second thread writes the acknowledgements, in input order, each only
+    once its events are durable.
+    """
     reader = LineReader(ingestor.max_line_bytes)
-    while True:
-        data = read()
-        lines = reader.feed(data) if data else reader.finish()
-        if lines:
-            write(ingestor.handle(lines))
-        if not data:
-            return reader.line_no
+    pending: queue.Queue[Callable[[], bytes] | None] = queue.Queue(_PIPELINE_DEPTH)
+    failed: list[BaseException] = []
+
+    def acknowledge() -> None:
+        while (answers := pending.get()) is not None:
+            if failed:
+                continue  # the stream is broken: the events still commit, their acks have nowhere to go
+            try:
+                write(answers())
+            except BaseException as exc:  # re-raised by the reading thread
+                failed.append(exc)
+
+    acker = threading.Thread(target=acknowledge, name="dispatch-acks", daemon=True)
+    acker.start()
+    try:
+        while not failed:
+            data = read()
+            lines = reader.feed(data) if data else reader.finish()
+            if lines:
+                pending.put(ingestor.start(lines))
+            if not data:
+                break
+    finally:
+        pending.put(None)  # acks for every line already read are still written
+        acker.join()
+    if failed:
+        raise failed[0]
+    return reader.line_no
 
 
 def _prepare_path(path: Path) -> None:

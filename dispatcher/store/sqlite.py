@@ -206,6 +206,13 @@ class SQLiteStore:
         if not self.path.parent.is_dir():
             raise StoreError(f"cannot open store {self.path}: directory {self.path.parent} does not exist")
         self._busy_ms = int(busy_timeout_seconds * 1000)
+        self._durable_level = synchronous.upper()
+        # Transactions that only record what happened to leased work (outcomes, leases, reclaims) need not
+        # survive a power loss: lost, their deliveries are attempted again (at-least-once). In WAL mode,
+        # NORMAL is still durable against a crash of this process (kill -9); an fsync by the next FULL commit
+        # (enqueue, whose ack promises durability) persists them too. Never above the configured level.
+        self._light_level = "NORMAL" if _SYNCHRONOUS.index(self._durable_level) > 1 else self._durable_level
+        self._level = self._durable_level
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._fresh_lock = threading.Lock()
@@ -272,10 +279,16 @@ class SQLiteStore:
                 )
 
     @contextmanager
-    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken up front (IMMEDIATE) so it never fails half-way on a lock upgrade."""
+    def _write(self, action: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken up front (IMMEDIATE) so it never fails half-way on a lock upgrade.
+
+        ``durable=False``: committed without waiting for the disk (see ``_light_level``)."""
         with self._write_lock, _translated(action, self.path):
             conn = self._writer
+            level = self._durable_level if durable else self._light_level
+            if level != self._level:
+                conn.execute(f"PRAGMA synchronous = {level}")
+                self._level = level
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -401,7 +414,7 @@ class SQLiteStore:
     def lease(self, now: float, limit: int, lease_seconds: float, skip: Collection[str] = ()) -> list[Lease]:
         if limit <= 0:
             return []
-        with self._write("lease") as conn:
+        with self._write("lease", durable=False) as conn:
             if skip:  # the skipped webhooks' due rows are stepped over in the index, not leased
                 rows = conn.execute(_LEASE_DUE_SKIPPING, (now, _json_list(sorted(skip)), limit)).fetchall()
             else:
@@ -452,7 +465,7 @@ class SQLiteStore:
             )
         if not first:
             return 0
-        with self._write("record") as conn:
+        with self._write("record", durable=False) as conn:
             if attempt_rows:  # before the updates: they clear the lease this insert checks
                 conn.executemany(_INSERT_ATTEMPT, attempt_rows)
             applied = conn.executemany(_SETTLE, settle_rows).rowcount if settle_rows else 0
@@ -461,7 +474,7 @@ class SQLiteStore:
         return applied
 
     def reclaim_expired(self, now: float) -> int:
-        with self._write("reclaim") as conn:
+        with self._write("reclaim", durable=False) as conn:
             return conn.execute(
                 "UPDATE deliveries SET lease_id = NULL, lease_expires_at = NULL"
                 " WHERE lease_id IS NOT NULL AND lease_expires_at <= ?",

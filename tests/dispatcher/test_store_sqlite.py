@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,3 +223,32 @@ def test_synchronous_must_be_a_sqlite_level() -> None:
     """A misspelt synchronous level is a ValueError before any file is touched."""
     with pytest.raises(ValueError, match="synchronous"):
         SQLiteStore("unused.db", synchronous="SOMETIMES")
+
+
+def test_enqueue_commits_wait_for_the_disk_and_outcome_commits_need_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An enqueue (its ack promises durability) always commits at the configured level; leases and outcomes
+    (lost to a power cut, they are only attempted again) commit at NORMAL, and never above the configured
+    level."""
+    levels: list[tuple[str, int]] = []
+    real_write = SQLiteStore._write
+
+    def spying_write(self: SQLiteStore, action: str, durable: bool = True) -> Any:
+        with real_write(self, action, durable) as conn:
+            levels.append((action, conn.execute("PRAGMA synchronous").fetchone()[0]))
+            yield conn
+
+    monkeypatch.setattr(SQLiteStore, "_write", contextlib.contextmanager(spying_write))
+    with SQLiteStore(tmp_path / "full.db") as store:
+        store.enqueue(events(1, 1), T0)
+        (lease,) = store.lease(T0, 1, 30)
+        store.record([Outcome(lease.delivery_id, lease.lease_id, OutcomeKind.DELIVERED, None)], T0)
+        store.enqueue(events(2, 1), T0)
+    full, normal = 2, 1
+    assert levels[-4:] == [("enqueue", full), ("lease", normal), ("record", normal), ("enqueue", full)]
+    levels.clear()
+    with SQLiteStore(tmp_path / "off.db", synchronous="OFF") as store:
+        store.enqueue(events(1, 1), T0)
+        store.lease(T0, 1, 30)
+    assert levels[-2:] == [("enqueue", 0), ("lease", 0)]
