@@ -212,14 +212,13 @@ class Engine:
         self._unwritten = 0  # outcomes handed to the writer and not yet recorded
         self._unwritten_lock = threading.Lock()
         self._wake = threading.Condition()
-        self._woken = False
+        self._wake_at = float("inf")  # the earliest time new due work was announced for (wake())
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_reclaim = 0.0
-        self._wakes = 0  # how many times wake() was called: new due work may exist
         # After a lease that found nothing but the due work of endpoints with enough queued: those endpoints,
-        # the wake count then, and until when to wait for one of them to drain before leasing again.
-        self._hold: tuple[frozenset[str], int, float] | None = None
+        # and until when to wait for one of them to drain (or for announced work to come due) before leasing.
+        self._hold: tuple[frozenset[str], float] | None = None
         self._hold_seconds = _HOLD_MIN_SECONDS
         self._endpoint_hooks: tuple[Snapshot | None, dict[str, list[str]]] = (None, {})
         self._debug = log.isEnabledFor(10)
@@ -315,12 +314,14 @@ class Engine:
                 self._put(_Done(without_attempt(lease, OutcomeKind.RELEASE, next_attempt_at=now)))
         return queued
 
-    def wake(self) -> None:
-        """Make the scheduler look at the store now (a retry became due sooner, work was requeued)."""
+    def wake(self, at: float | None = None) -> None:
+        """Make the scheduler look at the store at ``at`` (default: now), when new work is due then (a retry
+        was scheduled, work was requeued or released)."""
         with self._wake:
-            self._woken = True
-            self._wakes += 1
-            self._wake.notify()
+            due = self.clock() if at is None else at
+            if due < self._wake_at:
+                self._wake_at = due
+                self._wake.notify()
 
     def is_running(self) -> bool:
         """Every engine thread is alive (for /healthz)."""
@@ -349,6 +350,7 @@ class Engine:
             n = self.store.reclaim_expired(now)
             if n:
                 log.info("leases.reclaimed", extra=fields(count=n))
+                self._hold = None  # due again now
             self._next_reclaim = now + s.reclaim_interval_seconds
         # Endpoints with at least half their queue's worth waiting in memory are passed over by the lease:
         # their backlog stays in the store, so a dead endpoint's thousands of due deliveries are neither
@@ -356,9 +358,13 @@ class Engine:
         full = frozenset(
             key for key, n in self.queues.queued_by_endpoint().items() if n >= 0.5 * self._queue_cap(key)
         )
+        with self._wake:  # work announced by wake() that is due by now ends a hold
+            announced = self._wake_at <= now
+            if announced:
+                self._wake_at = float("inf")
         if self._hold is not None:
-            keys, wakes, until = self._hold
-            if now < until and wakes == self._wakes and keys <= full:
+            keys, until = self._hold
+            if now < until and not announced and keys <= full:
                 return min(until, now + 0.05)  # nothing new since a fruitless lease; none of them drained
             self._hold = None
         room = self.room()
@@ -374,7 +380,7 @@ class Engine:
         if full:
             # What is due now may be only the full endpoints' backlog (the store's next due time would say
             # "now" forever): wait for one of them to drain, a wake, or a while, and back off when idle.
-            self._hold = (full, self._wakes, now + self._hold_seconds)
+            self._hold = (full, now + self._hold_seconds)
             self._hold_seconds = (
                 _HOLD_MIN_SECONDS if leases else min(_HOLD_MAX_SECONDS, self._hold_seconds * 2)
             )
@@ -393,11 +399,10 @@ class Engine:
             wake_at = min(next_at if next_at is not None else float("inf"), self._next_reclaim)
             # At most a second: work requeued by another process (`dispatch deliveries retry`) shows up in the
             # store without waking us; new events never wait for this (they are submitted directly).
-            timeout = min(1.0, max(0.0, wake_at - self.clock()))
             with self._wake:
-                if not self._woken and timeout > 0:
+                timeout = min(1.0, max(0.0, min(wake_at, self._wake_at) - self.clock()))
+                if timeout > 0:
                     self._wake.wait(timeout)
-                self._woken = False
 
     # -- workers -------------------------------------------------------------------------------------------
 
@@ -488,19 +493,21 @@ class Engine:
         finally:
             with self._unwritten_lock:
                 self._unwritten -= len(batch)
-        wake = False
+        wake_at: float | None = None  # the earliest retry or release recorded: due work for the scheduler
         for done in batch:
             kind = done.outcome.kind
             self.metrics.deliveries.labels(kind.value if kind is not OutcomeKind.RETRY else "retry").inc()
             if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
-                wake = True
+                at = done.outcome.next_attempt_at
+                at = now if at is None else at
+                wake_at = at if wake_at is None else min(wake_at, at)
             self._log_outcome(done)
             hook, lease, decision = done.hook, done.lease, done.decision
             if hook and lease and decision and hook.callback and decision.label in hook.callback.on:
                 payload = callback_payload(lease, hook, decision, now)
                 self._callbacks.put((hook.callback.url, hook.timeout_seconds, payload))
-        if wake:
-            self.wake()
+        if wake_at is not None:
+            self.wake(wake_at)
 
     @staticmethod
     def _recheck_hold(done: _Done, snapshot: Snapshot, now: float) -> Outcome:

@@ -295,3 +295,6 @@ def test_scheduler_leases_past_the_backlog_of_a_full_endpoint(store: MemoryStore
     engine.wake()  # new due work may exist: look again
     engine.run_once(now + 0.3)
     assert leases == [3, 3, 0, 0]
+    engine.wake(now + 10)  # work announced for later (a retry) does not end the hold before it is due
+    engine.run_once(now + 0.5)
+    assert leases == [3, 3, 0, 0]
