@@ -18,13 +18,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from dispatcher.config import ConfigSource, initial_snapshot
 from dispatcher.egress import EgressPolicy
 from dispatcher.engine import Engine, EngineSettings
 from dispatcher.errors import DispatcherError, StoreError
-from dispatcher.http import HttpClient
 from dispatcher.ingest import Committer, Ingestor
 from dispatcher.live import LiveConfig
 from dispatcher.logs import fields, get_logger
@@ -34,6 +33,9 @@ from dispatcher.server import SocketServer, serve_stdin
 from dispatcher.status import StatusServer, status_provider
 from dispatcher.store.sqlite import SQLiteStore
 from dispatcher.transport import ProcessClient
+
+if TYPE_CHECKING:
+    from dispatcher.http import HttpClient
 from reconciler.watch import ConfigWatcher
 
 log = get_logger()
@@ -261,6 +263,8 @@ class _Services:
 
 def _client(options: RunOptions) -> HttpClient | ProcessClient:
     if options.delivery_processes <= 0:
+        from dispatcher.http import HttpClient  # only then: the children import requests, not this process
+
         return HttpClient(EgressPolicy(options.allow_cidrs))
     return ProcessClient(
         options.allow_cidrs,

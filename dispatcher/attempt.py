@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatcher.config import Snapshot
-from dispatcher.http import OutboundRequest
+from dispatcher.outbound import OutboundRequest
 from dispatcher.retry import build_retry_policy, classify, next_delay, retry_after_seconds
 from dispatcher.signing import delivery_headers
 from dispatcher.store.base import AttemptRecord, Lease, Outcome, OutcomeKind

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 from dispatcher.attempt import Decision, callback_payload, decide, endpoint_key, prepare, without_attempt
 from dispatcher.config import Snapshot
 from dispatcher.errors import DeliveryError, StoreError
-from dispatcher.http import OutboundRequest
 from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
+from dispatcher.outbound import OutboundRequest
 from dispatcher.store.base import AttemptRecord, Lease, Outcome, OutcomeKind, Store
 from reconciler.model import TokenAuth, Webhook
 

@@ -35,6 +35,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from dispatcher.egress import CheckedAddress, EgressPolicy, Resolver, resolve_checked
 from dispatcher.errors import AttemptTimeout, ConnectError, DeliveryError, EgressDenied
+from dispatcher.outbound import OutboundRequest, json_request
 from dispatcher.store.base import AttemptRecord
 from reconciler.model import TokenAuth
 
@@ -58,17 +59,6 @@ USER_AGENT = "webhooks-as-code-dispatcher/0.1"
 
 #: Opens a connected TCP socket: (family, sockaddr, timeout_seconds, source_address, socket_options).
 Connector = Callable[[int, tuple[Any, ...], float | None, tuple[str, int] | None, Any], socket.socket]
-
-
-@dataclass(frozen=True)
-class OutboundRequest:
-    """One POST to make. ``headers`` are sent as given (they may hold secrets: never logged)."""
-
-    url: str
-    body: bytes
-    headers: dict[str, str]
-    timeout_seconds: float
-    basic_auth: tuple[str, str] | None = None
 
 
 def connect_socket(
@@ -277,8 +267,7 @@ class HttpClient:
 
     def post_json(self, url: str, payload: dict[str, Any], timeout_seconds: float) -> AttemptRecord:
         """POST ``payload`` as JSON (for callbacks); the same guard and error handling as ``send``."""
-        body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        return self.send(OutboundRequest(url, body, {"Content-Type": "application/json"}, timeout_seconds))
+        return self.send(json_request(url, payload, timeout_seconds))
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
         """dj-whisperer's token flow: POST the credentials as JSON to ``auth.url``, return ``token_key`` of

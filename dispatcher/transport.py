@@ -10,7 +10,8 @@ A child is ``python -m dispatcher.transport`` on one end of a socket pair, not a
 ``spawn`` re-imports the parent's ``__main__`` (the whole CLI) in every child, and pickles through
 ``ForkingPickler``, whose set-up per message cost more than the message (both profiled). Here a child imports
 only the HTTP client, and messages are plain tuples pickled with the fastest protocol, framed by
-``multiprocessing.connection.Connection`` (a length, then the bytes).
+``multiprocessing.connection.Connection`` (a length, then the bytes). Token requests and callbacks go to the
+children too, so the main process never imports ``requests`` (about 14 MB of memory).
 
 A child that dies fails its attempts in flight (they are retried like any connection error) and is started
 again. Children ignore SIGINT/SIGTERM/SIGHUP (the parent decides when to stop) and exit when their socket
@@ -37,9 +38,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dispatcher.egress import EgressPolicy
-from dispatcher.http import HttpClient, OutboundRequest
+from dispatcher.errors import DeliveryError
 from dispatcher.logs import fields, get_logger
+from dispatcher.outbound import OutboundRequest, json_request
 from dispatcher.store.base import AttemptRecord
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ log = get_logger("transport")
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _STOP = b""  # asks a child to finish its attempts in flight and exit
+# Requests: (_ATTEMPT, id, url, body, headers, timeout, basic auth) -> (id, started at, duration, status code,
+# error, headers, excerpt); (_TOKEN, id, auth, password, timeout) -> (id, token or None, error or None).
+_ATTEMPT, _TOKEN = 0, 1
 # The package root, so a child finds ``dispatcher`` whatever the parent's working directory and sys.path.
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -56,6 +60,20 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 def _record_from(reply: tuple[Any, ...]) -> AttemptRecord:
     _, started_at, duration, status_code, error, headers, excerpt = reply
     return AttemptRecord(started_at, duration, status_code, error, headers, excerpt)
+
+
+def _answer(client: Any, item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The child's reply to one request (``client`` is its ``HttpClient``)."""
+    if item[0] == _TOKEN:
+        _, request_id, auth, password, timeout_seconds = item
+        try:
+            return (request_id, client.fetch_token(auth, password, timeout_seconds), None)
+        except DeliveryError as exc:  # its message never holds the password or the token
+            return (request_id, None, str(exc))
+    _, request_id, url, body, headers, timeout_seconds, basic_auth = item
+    r = client.send(OutboundRequest(url, body, headers, timeout_seconds, basic_auth))
+    return (request_id, r.started_at, r.duration_seconds, r.status_code, r.error, r.response_headers,
+            r.response_excerpt)  # fmt: skip
 
 
 # -- the child -------------------------------------------------------------------------------------------
@@ -68,6 +86,9 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--allow", action="append", default=[])
     args = p.parse_args(argv)
+    from dispatcher.egress import EgressPolicy
+    from dispatcher.http import HttpClient
+
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     conn = Connection(args.fd)
@@ -77,11 +98,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
 
     def attempts(client: HttpClient) -> None:
         while (item := work.get()) is not None:
-            request_id, url, body, headers, timeout_seconds, basic_auth = item
-            r = client.send(OutboundRequest(url, body, headers, timeout_seconds, basic_auth))
-            reply = (request_id, r.started_at, r.duration_seconds, r.status_code, r.error,
-                     r.response_headers, r.response_excerpt)  # fmt: skip
-            data = pickle.dumps(reply, _PROTOCOL)
+            data = pickle.dumps(_answer(client, item), _PROTOCOL)
             try:
                 with send_lock:
                     conn.send_bytes(data)
@@ -114,23 +131,23 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
 
 
 class _Waiter:
-    """One attempt in flight: a lock held until the reply arrives (lighter than a Future: profiled)."""
+    """One request in flight: a lock held until the reply arrives (lighter than a Future: profiled)."""
 
-    __slots__ = ("lock", "record")
+    __slots__ = ("lock", "reply")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.lock.acquire()
-        self.record: AttemptRecord | None = None
+        self.reply: tuple[Any, ...] | None = None
 
-    def set(self, record: AttemptRecord) -> None:
-        self.record = record
+    def set(self, reply: tuple[Any, ...] | None) -> None:
+        """The child's reply, or None when the child died first."""
+        self.reply = reply
         self.lock.release()
 
-    def wait(self) -> AttemptRecord:
+    def wait(self) -> tuple[Any, ...] | None:
         self.lock.acquire()
-        assert self.record is not None
-        return self.record
+        return self.reply
 
 
 class _Child:
@@ -159,7 +176,7 @@ class _Child:
 class ProcessClient:
     """The engine's ``Client`` with attempts made in ``processes`` child processes. ``close()`` stops them.
 
-    ``fetch_token`` and ``post_json`` (rare: token flows, callbacks) run in this process on a local client.
+    Token requests and callbacks (``fetch_token``, ``post_json``) are made by the children too.
     """
 
     def __init__(
@@ -174,7 +191,6 @@ class ProcessClient:
         self._ids = itertools.count(1)
         self._next = itertools.count()
         self._closed = False
-        self._local = HttpClient(EgressPolicy(allowed))
         self._children: list[_Child] = []
         try:
             for i in range(processes):
@@ -200,32 +216,30 @@ class ProcessClient:
             with child.lock:
                 waiter = child.pending.pop(reply[0], None)
             if waiter is not None:
-                waiter.set(_record_from(reply))
+                waiter.set(reply)
         with child.lock:
             child.alive = False
             orphans = list(child.pending.values())
             child.pending.clear()
-        now = time.time()
         for waiter in orphans:
-            waiter.set(AttemptRecord(now, 0.0, error="delivery process exited during the attempt"))
+            waiter.set(None)
         exitcode = child.process.wait()
         if not self._closed:
             log.error("transport.child_died", extra=fields(index=index, exitcode=exitcode))
             child.conn.close()
             self._children[index] = self._spawn(index)
 
-    def send(self, request: OutboundRequest) -> AttemptRecord:
-        """Make one attempt in a child process; never raises for delivery problems."""
+    def _call(self, message: tuple[Any, ...]) -> tuple[Any, ...] | str:
+        """Send one request to a child (round robin) and wait for its reply; a string says why there is none.
+        ``message`` lacks the request id, which goes second."""
         children = self._children
         child = children[next(self._next) % len(children)]
         request_id = next(self._ids)
         waiter = _Waiter()
-        message = (request_id, request.url, request.body, request.headers, request.timeout_seconds,
-                   request.basic_auth)  # fmt: skip
-        data = pickle.dumps(message, _PROTOCOL)
+        data = pickle.dumps((message[0], request_id, *message[1:]), _PROTOCOL)
         with child.lock:
             if not child.alive:
-                return AttemptRecord(time.time(), 0.0, error="delivery process unavailable")
+                return "delivery process unavailable"
             child.pending[request_id] = waiter
         try:
             with child.send_lock:
@@ -233,14 +247,31 @@ class ProcessClient:
         except (OSError, ValueError) as exc:
             with child.lock:
                 child.pending.pop(request_id, None)
-            return AttemptRecord(time.time(), 0.0, error=f"delivery process unavailable: {exc}")
-        return waiter.wait()
+            return f"delivery process unavailable: {exc}"
+        reply = waiter.wait()
+        return "delivery process exited during the attempt" if reply is None else reply
+
+    def send(self, request: OutboundRequest) -> AttemptRecord:
+        """Make one attempt in a child process; never raises for delivery problems."""
+        started_at = time.time()
+        reply = self._call((_ATTEMPT, request.url, request.body, request.headers, request.timeout_seconds,
+                            request.basic_auth))  # fmt: skip
+        if isinstance(reply, str):
+            return AttemptRecord(started_at, time.time() - started_at, error=reply)
+        return _record_from(reply)
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
-        return self._local.fetch_token(auth, password, timeout_seconds)
+        """The token flow, in a child; DeliveryError when it fails (the message holds no secret)."""
+        reply = self._call((_TOKEN, auth, password, timeout_seconds))
+        if isinstance(reply, str):
+            raise DeliveryError(f"token endpoint {auth.url}: {reply}")
+        _, token, error = reply
+        if error is not None:
+            raise DeliveryError(error)
+        return str(token)
 
     def post_json(self, url: str, payload: dict[str, Any], timeout_seconds: float) -> AttemptRecord:
-        return self._local.post_json(url, payload, timeout_seconds)
+        return self.send(json_request(url, payload, timeout_seconds))
 
     @property
     def pids(self) -> list[int]:
@@ -260,7 +291,6 @@ class ProcessClient:
                 child.process.kill()
                 child.process.wait(5)
             child.conn.close()
-        self._local.close()
 
     def __enter__(self) -> ProcessClient:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import threading
@@ -12,8 +13,10 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from dispatcher.errors import DeliveryError
 from dispatcher.http import OutboundRequest
 from dispatcher.transport import ProcessClient
+from reconciler.model import SecretRef, TokenAuth
 from tests.dispatcher.test_http import LocalServer, respond_ok, start_server, stop_server
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -109,3 +112,31 @@ def test_close_stops_every_child() -> None:
     assert all(_alive(pid) for pid in pids)
     client.close()
     _wait(lambda: not any(_alive(pid) for pid in pids))
+
+
+def test_token_flow_and_callbacks_are_made_by_the_child(server: LocalServer) -> None:
+    """fetch_token and post_json go through a child: the token comes back, a failure is a DeliveryError that
+    does not quote the password, and a callback is POSTed as JSON."""
+    answers = iter([b'{"key": "tok-1"}', b"not json"])
+
+    def token_answer(handler: BaseHTTPRequestHandler) -> None:
+        body = next(answers, b"")
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    server.respond = token_answer
+    auth = TokenAuth(url=server.url("/token"), username="oms", password=SecretRef("env", "PW"))
+    with ProcessClient(LOOPBACK, processes=1) as client:
+        assert client.fetch_token(auth, "s3cret-pw", 5.0) == "tok-1"
+        with pytest.raises(DeliveryError) as failure:
+            client.fetch_token(auth, "s3cret-pw", 5.0)
+        assert "not JSON" in str(failure.value) and "s3cret-pw" not in str(failure.value)
+        server.respond = respond_ok
+        record = client.post_json(server.url("/callback"), {"b": 1, "a": "x"}, 5.0)
+    assert record.status_code == 200
+    token_request, _, callback = server.requests
+    assert json.loads(token_request.body) == {"username": "oms", "password": "s3cret-pw"}
+    assert (callback.path, callback.body) == ("/callback", b'{"a":"x","b":1}')
+    assert callback.headers["Content-Type"] == "application/json"
