@@ -16,7 +16,7 @@ from dispatcher.errors import ConfigError, SecretError
 from dispatcher.secrets import resolve_secret
 from reconciler.loader import TreeLoader, TreeResult
 from reconciler.model import Diagnostic, SecretRef, Webhook
-from reconciler.routing import RoutingTable
+from reconciler.routing import RoutingTable, changed_webhooks
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class ConfigSource:
         from reconciler.gitrev import git_commit  # git is optional: only for revision reporting
 
         tree = self._loader.load(changed)
-        if any(d.is_error for d in tree.diagnostics):
+        if tree.error_count:
             return LoadAttempt(tree.revision, None, tree.diagnostics)
         previous, table = self._table, tree.table(self._table)
         self._refs = _count_refs(self._refs, previous.webhooks if previous else {}, table.webhooks)
@@ -127,12 +127,11 @@ def _count_refs(
     """``counts`` (of the references of ``before``) brought in line with ``after``; webhooks that are the
     same object in both (the loader reuses unchanged ones) are skipped."""
     counts = Counter(counts)
-    for name, hook in before.items():
-        if after.get(name) is not hook:
-            counts.subtract(hook.secret_refs())
-    for name, hook in after.items():
-        if before.get(name) is not hook:
-            counts.update(hook.secret_refs())
+    removed, added = changed_webhooks(before, after)
+    for hook in removed:
+        counts.subtract(hook.secret_refs())
+    for hook in added:
+        counts.update(hook.secret_refs())
     return +counts
 
 
