@@ -252,7 +252,14 @@ class _Services:
                 log.exception("store.prune_failed")
 
     def _reload_from_watch(self) -> None:
-        self.live.reload("watch")
+        watcher = self.watcher
+        changed = watcher.take_changes() if watcher is not None else None
+        try:
+            self.live.reload("watch", changed)
+        except BaseException:
+            if watcher is not None:
+                watcher.mark()  # the paths taken were not loaded: the next reload looks at every file
+            raise
 
     def close(self) -> None:
         if self.watcher is not None:
