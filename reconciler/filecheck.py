@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from reconciler.model import (
     KIND,
@@ -39,7 +40,7 @@ from reconciler.schema import check_schema, load_catalogue
 from reconciler.yamlsource import Document, JsonPath, decode_source, format_json_path, parse_source
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileResult:
     path: str  # as displayed in diagnostics (relative to cwd when under it, else as given)
     digest: str  # sha256 hex of the file bytes
@@ -48,7 +49,7 @@ class FileResult:
     diagnostics: tuple[Diagnostic, ...]  # per-file problems only
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoadedFile:
     """A file's result plus what the tree-level rules need from it (kept in the loader's per-file cache)."""
 
@@ -192,45 +193,70 @@ def build_webhook(document: dict[str, Any], source: Source) -> Webhook:
     config = spec.get("config") or {}
     retry = spec.get("retry_countdown_config")
     callback = spec.get("callback")
+    # A loaded tree keeps every webhook for as long as the dispatcher runs: the strings and small values that
+    # repeat from file to file (label and header names and values, event types, secret names) are shared
+    # rather than kept once per file. Names and URLs differ per file and are kept as parsed.
     return Webhook(
         name=metadata["name"],
         target_url=spec["target_url"],
-        event_types=(event_type,) if isinstance(event_type, str) else tuple(event_type),
+        event_types=_shared(tuple(map(_text, (event_type,) if isinstance(event_type, str) else event_type))),
         active=spec.get("status", "active") == "active",
         secret_key=_secret(spec["secret_key"]) if "secret_key" in spec else None,
         additional_headers={
-            name: _secret(value) if isinstance(value, dict) else value
+            _text(name): _secret(value) if isinstance(value, dict) else _text(value)
             for name, value in (spec.get("additional_headers") or {}).items()
         },
-        timeout_seconds=float(config.get("timeout", 10.0)),
+        timeout_seconds=_shared(float(config.get("timeout", 10.0))),
         auth=_auth(config["auth"]) if "auth" in config else None,
-        match=dict(config.get("match") or {}),
+        match=_texts(config.get("match") or {}),
         retry=_retry(retry) if retry is not None else None,
-        callback=Callback(callback["url"], frozenset(callback.get("on", ("dead",)))) if callback else None,
-        labels=dict(metadata.get("labels") or {}),
+        callback=Callback(callback["url"], _shared(frozenset(map(_text, callback.get("on", ("dead",))))))
+        if callback
+        else None,
+        labels=_texts(metadata.get("labels") or {}),
         source=source,
     )
 
 
+def _text(value: Any) -> Any:
+    """``value``, the one shared copy of it if it is a string."""
+    return sys.intern(value) if type(value) is str else value
+
+
+def _texts(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {sys.intern(key): _text(value) for key, value in mapping.items()}
+
+
+_T = TypeVar("_T", bound=Hashable)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _shared(value: _T) -> _T:
+    """The first equal value seen (of the last few thousand distinct ones): one copy for every webhook."""
+    return value
+
+
 def _secret(ref: dict[str, str]) -> SecretRef:
     ((source, name),) = ref.items()
-    return SecretRef("env" if source == "env" else "file", name)
+    return SecretRef("env" if source == "env" else "file", sys.intern(name))
 
 
 def _auth(auth: dict[str, Any]) -> BasicAuth | TokenAuth:
     password = _secret(auth["password"])
     if auth["type"] == "basic":
-        return BasicAuth(username=auth["username"], password=password)
+        return BasicAuth(username=_text(auth["username"]), password=password)
     options = {
-        k: auth[k] for k in ("username_field", "password_field", "token_key", "header_format") if k in auth
+        k: _text(auth[k])
+        for k in ("username_field", "password_field", "token_key", "header_format")
+        if k in auth
     }
-    return TokenAuth(url=auth["url"], username=auth["username"], password=password, **options)
+    return TokenAuth(url=auth["url"], username=_text(auth["username"]), password=password, **options)
 
 
 def _retry(retry: dict[str, Any]) -> RetryConfig:
     return RetryConfig(
-        choice=retry["choice"],
-        kwargs=dict(retry["kwargs"]),
+        choice=_text(retry["choice"]),
+        kwargs=_texts(retry["kwargs"]),
         max_attempts=retry.get("max_attempts"),
-        jitter=float(retry.get("jitter", 0.0)),
+        jitter=_shared(float(retry.get("jitter", 0.0))),
     )

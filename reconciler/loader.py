@@ -66,14 +66,14 @@ def load_tree(directory: str | Path) -> TreeResult:
     return TreeLoader(directory).load()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Entry:
     signature: tuple[int, ...]
     racy: bool
     loaded: LoadedFile
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Layout:
     """What the last full scan found besides files: enough to tell whether a list of changed paths can
     stand in for the next scan (no symlinks, every directory readable; the directories walked)."""

@@ -22,7 +22,7 @@ class Severity(str, Enum):
     WARNING = "warning"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Diagnostic:
     """One problem found in one place: what the reporters render and the CLI counts."""
 
@@ -39,7 +39,7 @@ class Diagnostic:
         return self.severity is Severity.ERROR
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SecretRef:
     """A reference to a secret kept outside Git: ``{env: NAME}`` or ``{file: PATH}``.
 
@@ -57,14 +57,14 @@ class SecretRef:
 HeaderValue = str | SecretRef
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BasicAuth:
     username: str
     password: SecretRef
     type: Literal["basic"] = "basic"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenAuth:
     """dj-whisperer's token flow: POST credentials to ``url``, read ``token_key`` from the JSON answer,
     send ``Authorization: header_format.format(token)`` with the delivery."""
@@ -82,7 +82,7 @@ class TokenAuth:
 Auth = BasicAuth | TokenAuth
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RetryConfig:
     """``spec.retry_countdown_config``: the admin screen's countdown choices plus ``schedule``.
 
@@ -96,13 +96,13 @@ class RetryConfig:
     jitter: float = 0.0  # fraction, e.g. 0.2 = +-20 %
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Callback:
     url: str
     on: frozenset[str] = frozenset({"dead"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Source:
     """Where a webhook was defined: used in messages and plans."""
 
@@ -111,7 +111,7 @@ class Source:
     document: int = 0  # index of the YAML document within the file
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Webhook:
     """One validated webhook definition (one YAML document)."""
 

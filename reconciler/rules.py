@@ -17,6 +17,7 @@ import difflib
 import ipaddress
 import math
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -103,16 +104,19 @@ class _Findings:
         self.found: list[Diagnostic] = []
 
     def at_value(self, severity: Severity, rule: str, message: str, path: JsonPath) -> None:
-        line, column = self.doc.value_position(path)
-        self.found.append(
-            Diagnostic(severity, rule, message, self.file, line, column, format_json_path(path))
-        )
+        self._add(severity, rule, message, path, self.doc.value_position(path))
 
     def at_key(self, severity: Severity, rule: str, message: str, path: JsonPath) -> None:
-        line, column = self.doc.key_position(path)
-        self.found.append(
-            Diagnostic(severity, rule, message, self.file, line, column, format_json_path(path))
-        )
+        self._add(severity, rule, message, path, self.doc.key_position(path))
+
+    def _add(
+        self, severity: Severity, rule: str, message: str, path: JsonPath, position: tuple[int, int]
+    ) -> None:
+        # The dispatcher keeps the warnings of a loaded tree, and the same warning recurs in many files
+        # (every http:// target): its message and path are shared, not kept once per file.
+        line, column = position
+        text, json_path = sys.intern(message), sys.intern(format_json_path(path))
+        self.found.append(Diagnostic(severity, rule, text, self.file, line, column, json_path))
 
 
 def check_envelope(doc: Document, file: str) -> list[Diagnostic]:
@@ -377,7 +381,7 @@ def _duration(seconds: float) -> str:
 # --- across files -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NameSite:
     """Where a document's ``metadata.name`` is written."""
 
@@ -389,7 +393,7 @@ class NameSite:
     json_path: str = "$.metadata.name"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PatternSite:
     """Where one ``event_type`` pattern is written."""
 
