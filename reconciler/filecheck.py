@@ -202,10 +202,12 @@ def build_webhook(document: dict[str, Any], source: Source) -> Webhook:
         event_types=_shared(tuple(map(_text, (event_type,) if isinstance(event_type, str) else event_type))),
         active=spec.get("status", "active") == "active",
         secret_key=_secret(spec["secret_key"]) if "secret_key" in spec else None,
-        additional_headers={
-            _text(name): _secret(value) if isinstance(value, dict) else _text(value)
-            for name, value in (spec.get("additional_headers") or {}).items()
-        },
+        additional_headers=_texts(
+            {
+                name: _secret(value) if isinstance(value, dict) else value
+                for name, value in (spec.get("additional_headers") or {}).items()
+            }
+        ),
         timeout_seconds=_shared(float(config.get("timeout", 10.0))),
         auth=_auth(config["auth"]) if "auth" in config else None,
         match=_texts(config.get("match") or {}),
@@ -224,7 +226,21 @@ def _text(value: Any) -> Any:
 
 
 def _texts(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {sys.intern(key): _text(value) for key, value in mapping.items()}
+    """``mapping`` with shared strings; the one dict for every webhook with equal contents when its values are
+    hashable (webhooks' dicts are read-only by convention, see ``reconciler.model``)."""
+    items = tuple((sys.intern(key), _text(value)) for key, value in mapping.items())
+    if not items:
+        return {}  # an empty dict is small: nothing to share
+    try:
+        # Types are part of the key: {channel_id: 1} must not become {channel_id: true} or {channel_id: 1.0}.
+        return _shared_dict(tuple((key, type(value), value) for key, value in items))
+    except TypeError:  # a list or mapping among the values
+        return dict(items)
+
+
+@functools.lru_cache(maxsize=4096)
+def _shared_dict(items: tuple[tuple[str, type, Any], ...]) -> dict[str, Any]:
+    return {key: value for key, _type, value in items}
 
 
 _T = TypeVar("_T", bound=Hashable)

@@ -18,7 +18,7 @@ import pytest
 
 from reconciler import filecheck, loader
 from reconciler.loader import FileResult, LoadedFile, TreeLoader, TreeResult, build_webhook, load_tree
-from reconciler.model import BasicAuth, Callback, RetryConfig, SecretRef, Source, TokenAuth
+from reconciler.model import BasicAuth, Callback, RetryConfig, SecretRef, Source, TokenAuth, Webhook
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -429,6 +429,19 @@ def test_build_webhook_turns_references_auth_retry_and_callback_into_values() ->
     spec["config"] = {"auth": {**token, "token_key": "access"}}
     auth = build_webhook({"metadata": {"name": "x"}, "spec": spec}, Source("x.yaml")).auth
     assert auth == TokenAuth("https://t.example.com", "u", SecretRef("file", "/p"), token_key="access")
+
+
+def test_build_webhook_shares_equal_values_but_keeps_their_types() -> None:
+    """Webhooks with equal labels share one dict; a match on 1, true or 1.0 keeps its own type."""
+
+    def hook(match: object, labels: dict[str, str]) -> Webhook:
+        spec = {"target_url": "https://x.example.com", "event_type": "a.b", "config": {"match": {"k": match}}}
+        return build_webhook({"metadata": {"name": "x", "labels": labels}, "spec": spec}, Source("x.yaml"))
+
+    hooks = [hook(value, {"team": "t"}) for value in (1, True, 1.0, [1])]
+    assert [type(h.match["k"]) for h in hooks] == [int, bool, float, list]
+    assert all(h.labels is hooks[0].labels and h.labels == {"team": "t"} for h in hooks)
+    assert hook(1, {"team": "u"}).labels == {"team": "u"}
 
 
 def test_file_result_lists_only_per_file_problems(tmp_path: Path) -> None:
