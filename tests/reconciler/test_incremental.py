@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from reconciler import loader as loader_module
+from reconciler.filecheck import LoadedFile
 from reconciler.loader import TreeLoader, TreeResult, load_tree
+from reconciler.treeindex import build_revision, build_tree_result
 
 WEBHOOK = """\
 apiVersion: webhooks/v1
@@ -133,6 +136,31 @@ def test_a_duplicate_name_resolved_again_reloads_like_a_fresh_load(tree: Path) -
     assert_same(result, load_tree(tree))
     assert [(d.rule, Path(d.file).name) for d in result.diagnostics] == [("duplicate-name", "zz.yaml")]
     assert_same(loader.load(hook(tree, "team/b.yaml", "team-b")), load_tree(tree))
+
+
+def test_names_used_twice_in_one_file_reload_like_a_fresh_load(tree: Path) -> None:
+    """A file using a name twice, and another file's name, can be added, edited and removed like any other."""
+    loader = TreeLoader(tree)
+    loader.load()
+    twice = "\n---\n".join(WEBHOOK.format(name=n, event="package.created") for n in ("z", "z", "hook-1"))
+    for text in (twice, twice.replace("hook-1", "z"), None, twice):
+        if text is None:
+            (tree / "hook-0.yaml").unlink()
+        else:
+            write(tree, "hook-0.yaml", text)
+        assert_same(loader.load(["hook-0.yaml"]), load_tree(tree))
+    os.replace(tree / "hook-1.yaml", tree / "a.yaml")  # the other use of hook-1 moves ahead of hook-0.yaml
+    assert_same(loader.load(["hook-1.yaml", "a.yaml"]), load_tree(tree))
+
+
+def test_the_revision_hashes_relative_paths_however_files_are_shown(tree: Path) -> None:
+    """A tree built from files shown under other paths has the revision of its relative paths."""
+    loaded = TreeLoader(tree)
+    result = loaded.load()
+    files = [(Path(f.path).relative_to(tree).as_posix(), f) for f in result.files]
+    renamed = [(relative, LoadedFile(replace(f, path=f"{relative}.shown"), (), ())) for relative, f in files]
+    expected = build_revision((relative, f.digest) for relative, f in files)
+    assert build_tree_result("x", renamed).revision == expected == result.revision
 
 
 def test_an_event_types_file_judges_the_unchanged_files_again(tree: Path) -> None:
