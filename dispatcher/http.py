@@ -288,7 +288,7 @@ class HttpClient:
         # The body is never quoted below: it holds the token.
         try:
             answer = json.loads(exchange.content)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: a deeply nested answer
             raise DeliveryError(f"{where}: the answer is not JSON") from None
         token = answer.get(auth.token_key) if isinstance(answer, dict) else None
         if isinstance(token, int) and not isinstance(token, bool):

@@ -63,17 +63,27 @@ def _record_from(reply: tuple[Any, ...]) -> AttemptRecord:
 
 
 def _answer(client: Any, item: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The child's reply to one request (``client`` is its ``HttpClient``)."""
-    if item[0] == _TOKEN:
-        _, request_id, auth, password, timeout_seconds = item
-        try:
-            return (request_id, client.fetch_token(auth, password, timeout_seconds), None)
-        except DeliveryError as exc:  # its message never holds the password or the token
-            return (request_id, None, str(exc))
-    _, request_id, url, body, headers, timeout_seconds, basic_auth = item
-    r = client.send(OutboundRequest(url, body, headers, timeout_seconds, basic_auth))
-    return (request_id, r.started_at, r.duration_seconds, r.status_code, r.error, r.response_headers,
-            r.response_excerpt)  # fmt: skip
+    """The child's reply to one request (``client`` is its ``HttpClient``). Always a reply: a request left
+    unanswered would hold an engine worker for good."""
+    kind, request_id = item[0], item[1]
+    started_at = time.time()
+    try:
+        if kind == _TOKEN:
+            _, _, auth, password, timeout_seconds = item
+            try:
+                return (request_id, client.fetch_token(auth, password, timeout_seconds), None)
+            except DeliveryError as exc:  # its message never holds the password or the token
+                return (request_id, None, str(exc))
+        _, _, url, body, headers, timeout_seconds, basic_auth = item
+        r = client.send(OutboundRequest(url, body, headers, timeout_seconds, basic_auth))
+        return (request_id, r.started_at, r.duration_seconds, r.status_code, r.error, r.response_headers,
+                r.response_excerpt)  # fmt: skip
+    except Exception as exc:  # a bug: named by type only (a message could quote a secret)
+        error = f"internal error in the delivery process ({type(exc).__name__})"
+        sys.stderr.write(f"dispatcher.transport: {error}\n")
+        if kind == _TOKEN:
+            return (request_id, None, error)
+        return (request_id, started_at, time.time() - started_at, None, error, {}, "")
 
 
 # -- the child -------------------------------------------------------------------------------------------
@@ -145,9 +155,9 @@ class _Waiter:
         self.reply = reply
         self.lock.release()
 
-    def wait(self) -> tuple[Any, ...] | None:
-        self.lock.acquire()
-        return self.reply
+    def wait(self, timeout_seconds: float) -> tuple[Any, ...] | None:
+        """The reply; None when the child died first or did not answer in time."""
+        return self.reply if self.lock.acquire(timeout=timeout_seconds) else None
 
 
 class _Child:
@@ -155,11 +165,17 @@ class _Child:
         parent_end, child_end = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (_ROOT, env.get("PYTHONPATH"))))
-        command = [sys.executable, "-m", "dispatcher.transport", "--fd", str(child_end.fileno())]
+        # -P: the working directory is not put on sys.path (a stray argparse.py there must not be imported).
+        command = [sys.executable, "-P", "-m", "dispatcher.transport", "--fd", str(child_end.fileno())]
         command += ["--threads", str(threads), *(f"--allow={net}" for net in allowed)]
         try:
+            # stdout too: with --stdin it carries the acknowledgements; tracebacks go to stderr.
             self.process = subprocess.Popen(
-                command, pass_fds=(child_end.fileno(),), stdin=subprocess.DEVNULL, env=env
+                command,
+                pass_fds=(child_end.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
             )
         except BaseException:
             parent_end.close()
@@ -167,6 +183,7 @@ class _Child:
         finally:
             child_end.close()
         self.conn = Connection(parent_end.detach())
+        self.started = time.monotonic()
         self.pending: dict[int, _Waiter] = {}
         self.lock = threading.Lock()
         self.send_lock = threading.Lock()  # one message at a time on the socket
@@ -191,6 +208,8 @@ class ProcessClient:
         self._ids = itertools.count(1)
         self._next = itertools.count()
         self._closed = False
+        self._stopped = threading.Event()
+        self._restart_delay = 0.0
         self._children: list[_Child] = []
         try:
             for i in range(processes):
@@ -224,14 +243,25 @@ class ProcessClient:
         for waiter in orphans:
             waiter.set(None)
         exitcode = child.process.wait()
-        if not self._closed:
-            log.error("transport.child_died", extra=fields(index=index, exitcode=exitcode))
-            child.conn.close()
-            self._children[index] = self._spawn(index)
+        child.conn.close()
+        if self._closed:
+            return
+        # A child that dies young (cannot start, say) is restarted after a pause that doubles, up to 30 s:
+        # meanwhile its share of the attempts fail fast and are retried, instead of a restart loop.
+        lived = time.monotonic() - child.started
+        self._restart_delay = 0.0 if lived > 30 else min(30.0, max(0.5, self._restart_delay * 2))
+        log.error(
+            "transport.child_died",
+            extra=fields(index=index, exitcode=exitcode, restart_in_s=self._restart_delay),
+        )
+        if self._stopped.wait(self._restart_delay):
+            return
+        self._children[index] = self._spawn(index)
 
-    def _call(self, message: tuple[Any, ...]) -> tuple[Any, ...] | str:
+    def _call(self, message: tuple[Any, ...], timeout_seconds: float) -> tuple[Any, ...] | str:
         """Send one request to a child (round robin) and wait for its reply; a string says why there is none.
-        ``message`` lacks the request id, which goes second."""
+        ``message`` lacks the request id, which goes second. The child answers every request within its
+        timeout; waiting is bounded all the same (a hung child must not hold a worker for good)."""
         children = self._children
         child = children[next(self._next) % len(children)]
         request_id = next(self._ids)
@@ -248,21 +278,27 @@ class ProcessClient:
             with child.lock:
                 child.pending.pop(request_id, None)
             return f"delivery process unavailable: {exc}"
-        reply = waiter.wait()
-        return "delivery process exited during the attempt" if reply is None else reply
+        reply = waiter.wait(timeout_seconds * 3 + 30)
+        if reply is not None:
+            return reply
+        with child.lock:
+            if child.pending.pop(request_id, None) is not None:
+                return "no answer from the delivery process in time"
+        return "delivery process exited during the attempt"
 
     def send(self, request: OutboundRequest) -> AttemptRecord:
         """Make one attempt in a child process; never raises for delivery problems."""
         started_at = time.time()
-        reply = self._call((_ATTEMPT, request.url, request.body, request.headers, request.timeout_seconds,
-                            request.basic_auth))  # fmt: skip
+        message = (_ATTEMPT, request.url, request.body, request.headers, request.timeout_seconds,
+                   request.basic_auth)  # fmt: skip
+        reply = self._call(message, request.timeout_seconds)
         if isinstance(reply, str):
             return AttemptRecord(started_at, time.time() - started_at, error=reply)
         return _record_from(reply)
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
         """The token flow, in a child; DeliveryError when it fails (the message holds no secret)."""
-        reply = self._call((_TOKEN, auth, password, timeout_seconds))
+        reply = self._call((_TOKEN, auth, password, timeout_seconds), timeout_seconds)
         if isinstance(reply, str):
             raise DeliveryError(f"token endpoint {auth.url}: {reply}")
         _, token, error = reply
@@ -280,6 +316,7 @@ class ProcessClient:
     def close(self, timeout_seconds: float = 30.0) -> None:
         """Stop the children once their attempts in flight are done (killed after ``timeout_seconds``)."""
         self._closed = True
+        self._stopped.set()
         for child in self._children:
             # A message, not a close: closing an fd another thread is reading does not wake the reader.
             with child.send_lock, contextlib.suppress(OSError, ValueError):

@@ -140,3 +140,39 @@ def test_token_flow_and_callbacks_are_made_by_the_child(server: LocalServer) -> 
     assert json.loads(token_request.body) == {"username": "oms", "password": "s3cret-pw"}
     assert (callback.path, callback.body) == ("/callback", b'{"a":"x","b":1}')
     assert callback.headers["Content-Type"] == "application/json"
+
+
+def test_child_answers_every_request_even_when_the_client_fails_unexpectedly() -> None:
+    """An unexpected exception while making a request still produces a reply (an error naming the exception
+    type only), so no engine worker waits for an answer that never comes."""
+    from dispatcher import transport
+
+    class Broken:
+        def send(self, request: OutboundRequest) -> None:
+            raise RuntimeError("secret-in-message")
+
+        def fetch_token(self, *args: object) -> None:
+            raise RecursionError("deep")
+
+    request = (transport._ATTEMPT, 7, "http://127.0.0.1:9/", b"{}", {}, 5.0, None)
+    attempt = transport._answer(Broken(), request)
+    assert attempt[0] == 7 and attempt[3] is None
+    assert attempt[4] == "internal error in the delivery process (RuntimeError)"
+    token = transport._answer(Broken(), (transport._TOKEN, 8, None, "pw", 5.0))
+    assert token == (8, None, "internal error in the delivery process (RecursionError)")
+
+
+def test_deeply_nested_token_answer_is_a_delivery_error(server: LocalServer) -> None:
+    """A token endpoint answering JSON nested too deeply to parse fails the token request cleanly."""
+
+    def nested(handler: BaseHTTPRequestHandler) -> None:
+        body = b"[" * 60000
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    server.respond = nested
+    auth = TokenAuth(url=server.url("/token"), username="oms", password=SecretRef("env", "PW"))
+    with ProcessClient(LOOPBACK, processes=1) as client, pytest.raises(DeliveryError, match="not JSON"):
+        client.fetch_token(auth, "pw", 5.0)
