@@ -10,6 +10,8 @@ reclaimed: at-least-once, duplicates only for attempts in flight at the crash.
 
 from __future__ import annotations
 
+import heapq
+import math
 import queue
 import random
 import threading
@@ -47,6 +49,7 @@ _NO_ENDPOINT = "-"
 #: theirs (each lease then steps over their backlog in the store: not free when it is large).
 _HOLD_MIN_SECONDS = 1.0
 _HOLD_MAX_SECONDS = 5.0
+_ANNOUNCED_MAX = 10_000
 
 
 class EndpointQueues:
@@ -212,7 +215,7 @@ class Engine:
         self._unwritten = 0  # outcomes handed to the writer and not yet recorded
         self._unwritten_lock = threading.Lock()
         self._wake = threading.Condition()
-        self._wake_at = float("inf")  # the earliest time new due work was announced for (wake())
+        self._announced: list[float] = []  # a heap: the times new due work was announced for (wake())
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_reclaim = 0.0
@@ -317,10 +320,17 @@ class Engine:
     def wake(self, at: float | None = None) -> None:
         """Make the scheduler look at the store at ``at`` (default: now), when new work is due then (a retry
         was scheduled, work was requeued or released)."""
+        self.wake_all([self.clock() if at is None else at])
+
+    def wake_all(self, times: Iterable[float]) -> None:
+        """``wake`` at each of these times."""
         with self._wake:
-            due = self.clock() if at is None else at
-            if due < self._wake_at:
-                self._wake_at = due
+            earliest = self._announced[0] if self._announced else float("inf")
+            for at in {math.ceil(t * 10) / 10 for t in times}:  # to the next 0.1 s: fewer distinct times
+                heapq.heappush(self._announced, at)
+            if len(self._announced) > _ANNOUNCED_MAX:  # keep the earliest; a hold ends within 5 s anyway
+                self._announced = heapq.nsmallest(_ANNOUNCED_MAX // 2, self._announced)
+            if self._announced and self._announced[0] < earliest:
                 self._wake.notify()
 
     def is_running(self) -> bool:
@@ -358,10 +368,11 @@ class Engine:
         full = frozenset(
             key for key, n in self.queues.queued_by_endpoint().items() if n >= 0.5 * self._queue_cap(key)
         )
-        with self._wake:  # work announced by wake() that is due by now ends a hold
-            announced = self._wake_at <= now
-            if announced:
-                self._wake_at = float("inf")
+        announced = False  # work announced by wake() that is due by now ends a hold
+        with self._wake:
+            while self._announced and self._announced[0] <= now:
+                heapq.heappop(self._announced)
+                announced = True
         if self._hold is not None:
             keys, until = self._hold
             if now < until and not announced and keys <= full:
@@ -400,7 +411,8 @@ class Engine:
             # At most a second: work requeued by another process (`dispatch deliveries retry`) shows up in the
             # store without waking us; new events never wait for this (they are submitted directly).
             with self._wake:
-                timeout = min(1.0, max(0.0, min(wake_at, self._wake_at) - self.clock()))
+                announced = self._announced[0] if self._announced else float("inf")
+                timeout = min(1.0, max(0.0, min(wake_at, announced) - self.clock()))
                 if timeout > 0:
                     self._wake.wait(timeout)
 
@@ -485,29 +497,28 @@ class Engine:
     def _write(self, batch: list[_Done]) -> None:
         now = self.clock()
         snapshot = self.config()
+        outcomes = [self._recheck_hold(d, snapshot, now) for d in batch]
         try:
-            self.store.record([self._recheck_hold(d, snapshot, now) for d in batch], now)
+            self.store.record(outcomes, now)
         except StoreError:
             # Not recorded: the leases expire and the deliveries are attempted again (at-least-once).
             log.exception("outcomes.store_error", extra=fields(count=len(batch)))
         finally:
             with self._unwritten_lock:
                 self._unwritten -= len(batch)
-        wake_at: float | None = None  # the earliest retry or release recorded: due work for the scheduler
-        for done in batch:
-            kind = done.outcome.kind
+        due_times: list[float] = []  # retries and releases recorded: due work for the scheduler, then
+        for done, outcome in zip(batch, outcomes, strict=True):
+            kind = outcome.kind
             self.metrics.deliveries.labels(kind.value if kind is not OutcomeKind.RETRY else "retry").inc()
             if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
-                at = done.outcome.next_attempt_at
-                at = now if at is None else at
-                wake_at = at if wake_at is None else min(wake_at, at)
+                due_times.append(now if outcome.next_attempt_at is None else outcome.next_attempt_at)
             self._log_outcome(done)
             hook, lease, decision = done.hook, done.lease, done.decision
             if hook and lease and decision and hook.callback and decision.label in hook.callback.on:
                 payload = callback_payload(lease, hook, decision, now)
                 self._callbacks.put((hook.callback.url, hook.timeout_seconds, payload))
-        if wake_at is not None:
-            self.wake(wake_at)
+        if due_times:
+            self.wake_all(due_times)
 
     @staticmethod
     def _recheck_hold(done: _Done, snapshot: Snapshot, now: float) -> Outcome:

@@ -298,3 +298,7 @@ def test_scheduler_leases_past_the_backlog_of_a_full_endpoint(store: MemoryStore
     engine.wake(now + 10)  # work announced for later (a retry) does not end the hold before it is due
     engine.run_once(now + 0.5)
     assert leases == [3, 3, 0, 0]
+    engine.wake_all([now + 1.0, now + 1.5])  # each announced time ends a hold when it comes
+    engine.run_once(now + 1.2)
+    engine.run_once(now + 1.7)
+    assert leases == [3, 3, 0, 0, 0, 0]
