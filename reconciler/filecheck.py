@@ -229,8 +229,6 @@ def _texts(mapping: dict[str, Any]) -> dict[str, Any]:
     """``mapping`` with shared strings; the one dict for every webhook with equal contents when its values are
     hashable (webhooks' dicts are read-only by convention, see ``reconciler.model``)."""
     items = tuple((sys.intern(key), _text(value)) for key, value in mapping.items())
-    if not items:
-        return {}  # an empty dict is small: nothing to share
     try:
         # Types are part of the key: {channel_id: 1} must not become {channel_id: true} or {channel_id: 1.0}.
         return _shared_dict(tuple((key, type(value), value) for key, value in items))
@@ -254,7 +252,8 @@ def _shared(value: _T) -> _T:
 
 def _secret(ref: dict[str, str]) -> SecretRef:
     ((source, name),) = ref.items()
-    return SecretRef("env" if source == "env" else "file", sys.intern(name))
+    shared: SecretRef = _shared(SecretRef("env" if source == "env" else "file", sys.intern(name)))
+    return shared
 
 
 def _auth(auth: dict[str, Any]) -> BasicAuth | TokenAuth:

@@ -18,6 +18,7 @@ import hashlib
 import multiprocessing
 import os
 import stat
+import struct
 import sys
 import threading
 import time
@@ -66,9 +67,13 @@ def load_tree(directory: str | Path) -> TreeResult:
     return TreeLoader(directory).load()
 
 
+# (size, mtime_ns, inode, ctime_ns) packed: 72 bytes per file instead of a tuple of four large ints (210).
+_SIGNATURE = struct.Struct("<qqQq")
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    signature: tuple[int, ...]
+    signature: bytes  # _SIGNATURE; empty when the file could not be read
     racy: bool
     loaded: LoadedFile
 
@@ -162,7 +167,7 @@ class TreeLoader:
         """Check ``candidates`` (path, shown, relative) for changes, forget ``gone``; update the index."""
         now = time.time_ns()
         cache = self._cache
-        stale: list[tuple[str, str, tuple[int, ...], bool]] = []  # (path, shown, signature, racy)
+        stale: list[tuple[str, str, bytes, bool]] = []  # (path, shown, signature, racy)
         relatives: dict[str, str] = {}  # shown -> relative, of the stale files
         for path, shown, relative in candidates:
             entry = _reuse(path, cache.get(shown), now)
@@ -184,13 +189,13 @@ def _prefix(shown_dir: str) -> str:
     return "" if shown_dir == "." else shown_dir.rstrip("/") + "/"
 
 
-def _reuse(path: str, entry: _Entry | None, now: int) -> _Entry | tuple[tuple[int, ...], bool]:
+def _reuse(path: str, entry: _Entry | None, now: int) -> _Entry | tuple[bytes, bool]:
     """The cached entry if the file is unchanged, else the (signature, racy) to store with its new result."""
     try:
         st = os.stat(path)
     except OSError:
-        return (), False  # vanished or unreadable since discovery: loading it reports why
-    signature = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        return b"", False  # vanished or unreadable since discovery: loading it reports why
+    signature = _SIGNATURE.pack(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     racy = now - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
     if entry is None or entry.signature != signature:
         return signature, racy
@@ -204,7 +209,7 @@ def _reuse(path: str, entry: _Entry | None, now: int) -> _Entry | tuple[tuple[in
     return _Entry(signature, racy, entry.loaded) if same else (signature, racy)
 
 
-def _load_many(stale: list[tuple[str, str, tuple[int, ...], bool]]) -> list[LoadedFile]:
+def _load_many(stale: list[tuple[str, str, bytes, bool]]) -> list[LoadedFile]:
     """``load_file`` for each stale file, in order; shared with forked processes when there are many."""
     jobs = [(path, shown) for path, shown, _signature, _racy in stale]
     workers = _worker_count(len(jobs))
