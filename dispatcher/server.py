@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import select
 import socket
 import stat
 import threading
@@ -26,13 +27,19 @@ _READ_SIZE = 1 << 16
 _PIPELINE_DEPTH = 16
 
 
-def serve_stream(read: Callable[[], bytes], write: Callable[[bytes], None], ingestor: Ingestor) -> int:
+def serve_stream(
+    read: Callable[[], bytes],
+    write: Callable[[bytes], None],
+    ingestor: Ingestor,
+    stop_reading: Callable[[], None] | None = None,
+) -> int:
     """Serve one NDJSON stream until EOF; returns the number of lines handled.
 
     Pipelined: while one read's events are being committed, the next reads are parsed and queued (up to
     ``_PIPELINE_DEPTH`` reads ahead), so a client that pipelines gets group commits of many reads at once
     rather than one fsync per read. A second thread writes the acknowledgements, in input order, each only
-    once its events are durable.
+    once its events are durable. When a write fails (the client went away) it calls ``stop_reading`` so that a
+    read waiting for more input returns, and the write's error is raised.
     """
     reader = LineReader(ingestor.max_line_bytes)
     pending: queue.Queue[Callable[[], bytes] | None] = queue.Queue(_PIPELINE_DEPTH)
@@ -46,6 +53,8 @@ def serve_stream(read: Callable[[], bytes], write: Callable[[bytes], None], inge
                 write(answers())
             except BaseException as exc:  # re-raised by the reading thread
                 failed.append(exc)
+                if stop_reading is not None:
+                    stop_reading()
 
     acker = threading.Thread(target=acknowledge, name="dispatch-acks", daemon=True)
     acker.start()
@@ -138,8 +147,12 @@ class SocketServer:
             handler.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        def stop_reading() -> None:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
+
         try:
-            serve_stream(lambda: conn.recv(_READ_SIZE), conn.sendall, self._ingestor)
+            serve_stream(lambda: conn.recv(_READ_SIZE), conn.sendall, self._ingestor, stop_reading)
         except OSError as exc:
             log.info("client.disconnected", extra=fields(error=exc.strerror or str(exc)))
         finally:
@@ -174,4 +187,14 @@ def serve_stdin(ingestor: Ingestor, fd_in: int = 0, fd_out: int = 1) -> int:
             n = os.write(fd_out, view)
             view = view[n:]
 
-    return serve_stream(lambda: os.read(fd_in, _READ_SIZE), write, ingestor)
+    stopped = threading.Event()
+
+    def read() -> bytes:
+        # select first: a read blocked on an idle stdin could not be woken when standard output breaks.
+        while not stopped.is_set():
+            ready, _, _ = select.select([fd_in], [], [], 0.2)
+            if ready:
+                return os.read(fd_in, _READ_SIZE)
+        return b""
+
+    return serve_stream(read, write, ingestor, stopped.set)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ import pytest
 from dispatcher.config import Snapshot
 from dispatcher.ingest import Committer, Ingestor
 from dispatcher.metrics import Metrics
-from dispatcher.server import serve_stream
+from dispatcher.server import serve_stdin, serve_stream
 from dispatcher.store.base import DeliveryQuery, EnqueueResult, NewEvent
 from dispatcher.store.memory import MemoryStore
 from reconciler.model import Webhook
@@ -109,3 +110,34 @@ def test_failed_write_ends_the_stream_with_its_error_and_keeps_what_was_read(sto
     stored = {d.event_uuid for d in store.list_deliveries(DeliveryQuery())}
     assert uuids[0] in stored
     assert stored <= set(uuids)
+
+
+def test_stdin_stream_ends_when_standard_output_breaks_while_input_idles(store: GatedStore) -> None:
+    """--stdin with the acks' reader gone and standard input open but quiet: serving ends with the write's
+    error instead of waiting for input forever."""
+    store.gate.set()
+    ingestor, committer = _ingestor(store)
+    in_read, in_write = os.pipe()
+    out_read, out_write = os.pipe()
+    os.close(out_read)  # nobody reads the acknowledgements
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            serve_stdin(ingestor, in_read, out_write)
+        except BaseException as exc:
+            errors.append(exc)
+
+    server = threading.Thread(target=serve)
+    try:
+        os.write(in_write, _line(uuid.uuid4().hex))  # one event, then standard input stays open and idle
+        server.start()
+        server.join(10)
+        assert not server.is_alive(), "still waiting for input after standard output broke"
+        assert len(errors) == 1 and isinstance(errors[0], BrokenPipeError)
+    finally:
+        os.close(in_write)
+        server.join(10)
+        os.close(in_read)
+        os.close(out_write)
+        committer.close()
