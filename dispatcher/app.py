@@ -219,6 +219,7 @@ class _Services:
         self.metrics = metrics
         self._next_prune = app.clock() + self.PRUNE_EVERY_SECONDS
         self.watcher: ConfigWatcher | None = None
+        self._full_reload_due = False  # a watch reload failed part-way: the next one looks at every file
         self.status_server: StatusServer | None = None
 
     def start(self) -> None:
@@ -252,14 +253,12 @@ class _Services:
                 log.exception("store.prune_failed")
 
     def _reload_from_watch(self) -> None:
-        watcher = self.watcher
-        changed = watcher.take_changes() if watcher is not None else None
-        try:
-            self.live.reload("watch", changed)
-        except BaseException:
-            if watcher is not None:
-                watcher.mark()  # the paths taken were not loaded: the next reload looks at every file
-            raise
+        changed = self.watcher.take_changes() if self.watcher is not None else None
+        if self._full_reload_due:
+            changed = None
+        self._full_reload_due = True  # until this reload returns: the paths taken may not have been loaded
+        self.live.reload("watch", changed)
+        self._full_reload_due = False
 
     def close(self) -> None:
         if self.watcher is not None:
