@@ -218,7 +218,10 @@ class TreeIndex:
         for site in loaded.names:
             names = self._names.setdefault(site.kind, {})
             sites = names.get(site.name)
-            names[site.name] = (site,) if sites is None else tuple(sorted((*sites, site), key=_site_file))
+            if sites is not None:
+                names[site.name] = tuple(sorted((*sites, site), key=_site_file))
+            else:  # the usual file, with one name: its own tuple of sites is that name's
+                names[site.name] = loaded.names if len(loaded.names) == 1 else (site,)
             touched.add((site.kind, site.name))
         for hook in loaded.result.webhooks:
             name = hook.name
