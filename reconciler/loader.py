@@ -22,8 +22,9 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Collection
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 _RACY_NS = 2_000_000_000
 _PARALLEL_MIN_FILES = 1000  # a cold load of this many files is checked in worker processes
 _MAX_WORKERS = 8
+_PIECE = 200  # files checked in a worker process per round trip
 
 
 def load_tree(directory: str | Path) -> TreeResult:
@@ -238,16 +240,31 @@ def _load_shared(jobs: list[tuple[str, str]], workers: int) -> list[LoadedFile] 
     """Check ``jobs`` here and in ``workers - 1`` forked processes; None when processes cannot be had.
 
     This process takes a share too, so on a machine whose other cores are busy the load costs about what it
-    would sequentially, and on an idle one it takes about 1/workers of that.
+    would sequentially, and on an idle one it takes about 1/workers of that. Work goes out in pieces of
+    ``_PIECE`` files, at most two per worker at a time, and each piece's records are built as soon as they are
+    back: the plain data of a few hundred documents is all this process holds at once. (Holding half a tree's
+    records until the end left this process about 20 MB larger for 10,000 files, in memory that the objects
+    built meanwhile keep from being reused or returned.)
     """
     load_catalogue()  # compile the schema and read the catalogue once, before forking, for every process
-    size = -(-len(jobs) // workers)
-    own, *others = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    size = max(1, min(_PIECE, len(jobs) // (3 * workers)))  # a small load still reaches every process
+    pieces = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    loaded: list[list[LoadedFile]] = [[] for _piece in pieces]
     try:
-        with ProcessPoolExecutor(len(others), mp_context=multiprocessing.get_context("fork")) as pool:
-            pending = [pool.submit(_check_chunk, chunk) for chunk in others]
-            mine = [load_file(Path(path), shown) for path, shown in own]
-            return mine + [build_loaded(record) for future in pending for record in future.result()]
+        with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+            sent: deque[tuple[int, Future[list[FileRecord]]]] = deque()
+            taken = 0  # pieces handed out so far, to a worker or to this process
+            while taken < len(pieces) or sent:
+                while taken < len(pieces) and len(sent) < 2 * (workers - 1):
+                    sent.append((taken, pool.submit(_check_chunk, pieces[taken])))
+                    taken += 1
+                if sent and (sent[0][1].done() or taken == len(pieces)):
+                    index, future = sent.popleft()
+                    loaded[index] = [build_loaded(record) for record in future.result()]
+                else:
+                    loaded[taken] = [load_file(Path(path), shown) for path, shown in pieces[taken]]
+                    taken += 1
+            return [file for piece in loaded for file in piece]
     except (OSError, BrokenProcessPool):
         return None
 
