@@ -275,7 +275,8 @@ def _client(options: RunOptions) -> HttpClient | ProcessClient:
     return ProcessClient(
         options.allow_cidrs,
         processes=options.delivery_processes,
-        threads_per_process=options.engine.workers,
+        # In flight at once: at most --workers in all, spread round robin over the children.
+        threads_per_process=-(-options.engine.workers // options.delivery_processes),
     )
 
 

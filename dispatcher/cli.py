@@ -81,7 +81,7 @@ def main() -> None:
     "--delivery-processes",
     type=click.IntRange(0, 64),
     default=default_processes(),
-    show_default="one per spare core",
+    show_default="one per spare core, at least 2",
     help="Child processes making the HTTP attempts (0: threads of this process).",
 )
 @click.option("--retention", default="7d", show_default=True, help="Keep delivered records this long.")
