@@ -48,7 +48,7 @@ SCHEMA_VERSION = 1
 PRUNE_CHUNK = 1000
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _WRITER_CACHE_KIB = 2000
-_READER_CACHE_KIB = 1000
+_READER_CACHE_KIB = 2000
 _FRESH_LEASES_MAX = 10_000  # leases created by enqueue and not yet collected by lease_for; beyond, re-read
 
 # The partial index ``deliveries_due`` is only used when a query repeats its WHERE terms verbatim.
