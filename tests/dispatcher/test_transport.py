@@ -29,6 +29,13 @@ def server() -> Iterator[LocalServer]:
     stop_server(s)
 
 
+def answer_200(handler: BaseHTTPRequestHandler, body: bytes) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -118,15 +125,7 @@ def test_token_flow_and_callbacks_are_made_by_the_child(server: LocalServer) -> 
     """fetch_token and post_json go through a child: the token comes back, a failure is a DeliveryError that
     does not quote the password, and a callback is POSTed as JSON."""
     answers = iter([b'{"key": "tok-1"}', b"not json"])
-
-    def token_answer(handler: BaseHTTPRequestHandler) -> None:
-        body = next(answers, b"")
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    server.respond = token_answer
+    server.respond = lambda handler: answer_200(handler, next(answers, b""))
     auth = TokenAuth(url=server.url("/token"), username="oms", password=SecretRef("env", "PW"))
     with ProcessClient(LOOPBACK, processes=1) as client:
         assert client.fetch_token(auth, "s3cret-pw", 5.0) == "tok-1"
@@ -164,15 +163,7 @@ def test_child_answers_every_request_even_when_the_client_fails_unexpectedly() -
 
 def test_deeply_nested_token_answer_is_a_delivery_error(server: LocalServer) -> None:
     """A token endpoint answering JSON nested too deeply to parse fails the token request cleanly."""
-
-    def nested(handler: BaseHTTPRequestHandler) -> None:
-        body = b"[" * 60000
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    server.respond = nested
+    server.respond = lambda handler: answer_200(handler, b"[" * 60000)
     auth = TokenAuth(url=server.url("/token"), username="oms", password=SecretRef("env", "PW"))
     with ProcessClient(LOOPBACK, processes=1) as client, pytest.raises(DeliveryError, match="not JSON"):
         client.fetch_token(auth, "pw", 5.0)

@@ -18,16 +18,8 @@ from reconciler import loader as loader_module
 from reconciler.filecheck import LoadedFile
 from reconciler.loader import TreeLoader, TreeResult, load_tree
 from reconciler.treeindex import build_revision, build_tree_result
+from tests.reconciler.test_loader import WEBHOOK
 
-WEBHOOK = """\
-apiVersion: webhooks/v1
-kind: Webhook
-metadata:
-  name: {name}
-spec:
-  target_url: https://{name}.example.com/hook
-  event_type: {event}
-"""
 EVENT_TYPES = """\
 apiVersion: webhooks/v1
 kind: EventTypes
