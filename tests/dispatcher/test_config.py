@@ -6,17 +6,9 @@ import os
 from pathlib import Path
 
 from dispatcher.config import ConfigSource, LoadAttempt
+from tests.reconciler.test_loader import WEBHOOK as PLAIN_WEBHOOK
 
-WEBHOOK = """\
-apiVersion: webhooks/v1
-kind: Webhook
-metadata:
-  name: {name}
-spec:
-  target_url: https://{name}.example.com/hook
-  event_type: {event}
-  secret_key: {secret}
-"""
+WEBHOOK = PLAIN_WEBHOOK + "  secret_key: {secret}\n"
 EVENTS = ("package.created", "package.status.shipped", "shipment.created")
 
 
