@@ -36,6 +36,17 @@ class OutcomeKind(str, Enum):
 
 
 @dataclass(frozen=True)
+class NewCallback:
+    """A callback to store with the outcome that triggers it (same transaction: recorded means it will be
+    sent, even across a crash). ``payload`` is the JSON outcome record; it holds no secret and no body."""
+
+    webhook: str
+    url: str
+    label: str  # the outcome reported: "delivered" | "failed" | "dead"
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class NewEvent:
     """An accepted event and the webhooks it was routed to."""
 
@@ -89,6 +100,7 @@ class Outcome:
     attempt: AttemptRecord | None = None  # None for RELEASE (and for DEAD without an attempt)
     next_attempt_at: float | None = None  # RETRY and RELEASE: when it is due again
     reason: str | None = None  # DEAD: why (e.g. "410 Gone", "max attempts reached", "webhook removed")
+    callback: NewCallback | None = None  # stored only when the outcome applies (its lease is current)
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,57 @@ class DeliveryQuery:
     limit: int = 100
 
 
+@dataclass(frozen=True)
+class CallbackLease:
+    """A stored callback handed to the callback sender until ``expires_at``."""
+
+    callback_id: int
+    lease_id: int  # opaque token; an outcome with a stale token is ignored
+    expires_at: float
+    webhook: str
+    url: str
+    payload: bytes
+    attempts: int  # attempts made so far in the current schedule
+    created_at: float
+
+
+@dataclass(frozen=True)
+class CallbackOutcome:
+    """The result of one callback lease: DELIVERED, RETRY, DEAD (with an attempt) or RELEASE (without)."""
+
+    callback_id: int
+    lease_id: int
+    kind: OutcomeKind
+    attempt: AttemptRecord | None = None
+    next_attempt_at: float | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Callback:
+    """A stored callback as listed by ``dispatch callbacks``. The URL is left out (it may hold a token)."""
+
+    id: int
+    webhook: str
+    delivery_id: int
+    label: str
+    status: DeliveryStatus  # pending, failed (a retry is scheduled), delivered, dead
+    attempts: int
+    created_at: float
+    updated_at: float
+    next_attempt_at: float | None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    dead_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CallbackDetail:
+    callback: Callback
+    payload: bytes
+    attempts: tuple[AttemptLog, ...]
+
+
 class Store(Protocol):
     """Durable queue of events and their deliveries. Every method is atomic and thread-safe."""
 
@@ -169,7 +232,37 @@ class Store(Protocol):
         ...
 
     def reclaim_expired(self, now: float) -> int:
-        """Make deliveries whose lease expired due again; returns how many."""
+        """Make deliveries and callbacks whose lease expired due again; returns how many."""
+        ...
+
+    def lease_callbacks(self, now: float, limit: int, lease_seconds: float) -> list[CallbackLease]:
+        """Lease up to ``limit`` due callbacks (open, due by ``now``, not leased), earliest first."""
+        ...
+
+    def record_callbacks(self, outcomes: Sequence[CallbackOutcome], now: float) -> int:
+        """Apply callback outcomes in one transaction; returns how many applied (stale lease ids skipped)."""
+        ...
+
+    def next_callback_due_at(self) -> float | None:
+        """The earliest ``next_attempt_at`` among open, unleased callbacks, or None."""
+        ...
+
+    def list_callbacks(self, query: DeliveryQuery) -> list[Callback]:
+        """Callbacks matching the query (status, webhook, created since), newest first."""
+        ...
+
+    def get_callback(self, callback_id: int) -> CallbackDetail | None:
+        """One callback with its payload and every attempt."""
+        ...
+
+    def requeue_callbacks(self, callback_ids: Sequence[int], now: float) -> int:
+        """Make the given callbacks (any status but delivered, not leased) due now; attempts restart."""
+        ...
+
+    def requeue_dead_callbacks(
+        self, now: float, webhook: str | None = None, since: float | None = None
+    ) -> int:
+        """Make every dead callback (optionally of one webhook, created since a time) due now."""
         ...
 
     def next_due_at(self) -> float | None:
@@ -213,8 +306,8 @@ class Store(Protocol):
         ...
 
     def prune(self, now: float, delivered_older_than_seconds: float) -> int:
-        """Delete delivered deliveries (with their attempts) and events that no longer have deliveries,
-        older than the given age; dead ones are kept. Returns deliveries removed."""
+        """Delete delivered deliveries (with their attempts), delivered callbacks, and events that no longer
+        have deliveries, older than the given age; dead ones are kept. Returns deliveries removed."""
         ...
 
     def close(self) -> None: ...

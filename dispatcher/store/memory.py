@@ -17,12 +17,18 @@ from types import TracebackType
 from dispatcher.store.base import (
     OPEN_STATUSES,
     AttemptLog,
+    AttemptRecord,
+    Callback,
+    CallbackDetail,
+    CallbackLease,
+    CallbackOutcome,
     Delivery,
     DeliveryDetail,
     DeliveryQuery,
     DeliveryStatus,
     EnqueueResult,
     Lease,
+    NewCallback,
     NewEvent,
     Outcome,
     OutcomeKind,
@@ -95,6 +101,62 @@ class _Row:
         )
 
 
+@dataclass
+class _CallbackRow:
+    """A stored callback's mutable state."""
+
+    id: int
+    delivery_id: int
+    new: NewCallback
+    created_at: float
+    updated_at: float
+    next_attempt_at: float | None
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempts: int = 0
+    lease_id: int | None = None
+    lease_expires_at: float | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    dead_reason: str | None = None
+    log: list[AttemptLog] = field(default_factory=list)
+
+    @property
+    def is_due_candidate(self) -> bool:
+        return self.status in OPEN_STATUSES and self.lease_id is None
+
+    def requeue(self, now: float) -> None:
+        self.status, self.attempts, self.next_attempt_at = DeliveryStatus.PENDING, 0, now
+        self.dead_reason, self.updated_at = None, now
+
+    def public(self) -> Callback:
+        return Callback(
+            id=self.id,
+            webhook=self.new.webhook,
+            delivery_id=self.delivery_id,
+            label=self.new.label,
+            status=self.status,
+            attempts=self.attempts,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            next_attempt_at=self.next_attempt_at,
+            last_status_code=self.last_status_code,
+            last_error=self.last_error,
+            dead_reason=self.dead_reason,
+        )
+
+
+def _log_entry(number: int, attempt: AttemptRecord) -> AttemptLog:
+    return AttemptLog(
+        number=number,
+        started_at=attempt.started_at,
+        duration_seconds=attempt.duration_seconds,
+        status_code=attempt.status_code,
+        error=attempt.error,
+        response_headers=dict(attempt.response_headers),
+        response_excerpt=attempt.response_excerpt,
+    )
+
+
 class MemoryStore:
     """``Store`` in process memory; every method holds one lock, so each is atomic and thread-safe."""
 
@@ -104,6 +166,8 @@ class MemoryStore:
         self._rows: dict[int, _Row] = {}  # by id, in id order
         self._delivery_ids = itertools.count(1)
         self._lease_ids = itertools.count(1)
+        self._callbacks: dict[int, _CallbackRow] = {}
+        self._callback_ids = itertools.count(1)
 
     def enqueue(
         self,
@@ -165,6 +229,9 @@ class MemoryStore:
                 if row is None or row.lease_id is None or row.lease_id != outcome.lease_id:
                     continue  # stale: reclaimed (and maybe leased again) since this outcome's lease
                 self._apply(row, outcome, now)
+                if outcome.callback is not None:
+                    cid = next(self._callback_ids)
+                    self._callbacks[cid] = _CallbackRow(cid, row.id, outcome.callback, now, now, now)
                 applied += 1
         return applied
 
@@ -185,17 +252,7 @@ class MemoryStore:
         if attempt is not None:
             row.attempts += 1
             row.last_status_code, row.last_error = attempt.status_code, attempt.error
-            row.log.append(
-                AttemptLog(
-                    number=len(row.log) + 1,
-                    started_at=attempt.started_at,
-                    duration_seconds=attempt.duration_seconds,
-                    status_code=attempt.status_code,
-                    error=attempt.error,
-                    response_headers=dict(attempt.response_headers),
-                    response_excerpt=attempt.response_excerpt,
-                )
-            )
+            row.log.append(_log_entry(len(row.log) + 1, attempt))
         row.held, row.dead_reason = False, None
         if kind is OutcomeKind.RETRY:
             row.status = DeliveryStatus.FAILED
@@ -212,7 +269,123 @@ class MemoryStore:
             ]
             for row in expired:
                 row.lease_id = row.lease_expires_at = None
-        return len(expired)
+            stale = [
+                c
+                for c in self._callbacks.values()
+                if c.lease_expires_at is not None and c.lease_expires_at <= now
+            ]
+            for cb in stale:
+                cb.lease_id = cb.lease_expires_at = None
+        return len(expired) + len(stale)
+
+    def lease_callbacks(self, now: float, limit: int, lease_seconds: float) -> list[CallbackLease]:
+        with self._lock:
+            due = [
+                c
+                for c in self._callbacks.values()
+                if c.is_due_candidate and c.next_attempt_at is not None and c.next_attempt_at <= now
+            ]
+            due.sort(key=lambda c: (c.next_attempt_at, c.id))
+            if not due or limit <= 0:
+                return []
+            token = next(self._lease_ids)
+            leases: list[CallbackLease] = []
+            for cb in due[:limit]:
+                cb.lease_id, cb.lease_expires_at = token, now + lease_seconds
+                n = cb.new
+                leases.append(
+                    CallbackLease(
+                        cb.id,
+                        token,
+                        now + lease_seconds,
+                        n.webhook,
+                        n.url,
+                        n.payload,
+                        cb.attempts,
+                        cb.created_at,
+                    )
+                )
+            return leases
+
+    def record_callbacks(self, outcomes: Sequence[CallbackOutcome], now: float) -> int:
+        applied = 0
+        with self._lock:
+            for o in outcomes:
+                cb = self._callbacks.get(o.callback_id)
+                if cb is None or cb.lease_id is None or cb.lease_id != o.lease_id:
+                    continue
+                cb.lease_id = cb.lease_expires_at = None
+                cb.updated_at = now
+                applied += 1
+                if o.kind in (OutcomeKind.RELEASE, OutcomeKind.HOLD):
+                    cb.next_attempt_at = now if o.next_attempt_at is None else o.next_attempt_at
+                    continue
+                if o.attempt is not None:
+                    cb.attempts += 1
+                    cb.last_status_code, cb.last_error = o.attempt.status_code, o.attempt.error
+                    cb.log.append(_log_entry(len(cb.log) + 1, o.attempt))
+                cb.dead_reason = None
+                if o.kind is OutcomeKind.RETRY:
+                    cb.status = DeliveryStatus.FAILED
+                    cb.next_attempt_at = now if o.next_attempt_at is None else o.next_attempt_at
+                elif o.kind is OutcomeKind.DELIVERED:
+                    cb.status, cb.next_attempt_at = DeliveryStatus.DELIVERED, None
+                else:
+                    cb.status, cb.next_attempt_at, cb.dead_reason = DeliveryStatus.DEAD, None, o.reason
+        return applied
+
+    def next_callback_due_at(self) -> float | None:
+        with self._lock:
+            return min(
+                (c.next_attempt_at for c in self._callbacks.values()
+                 if c.is_due_candidate and c.next_attempt_at is not None),
+                default=None,
+            )  # fmt: skip
+
+    def list_callbacks(self, query: DeliveryQuery) -> list[Callback]:
+        with self._lock:
+            rows = [
+                c
+                for c in self._callbacks.values()
+                if (query.status is None or c.status == query.status)
+                and (query.webhook is None or c.new.webhook == query.webhook)
+                and (query.since is None or c.created_at >= query.since)
+            ]
+            rows.sort(key=lambda c: (c.created_at, c.id), reverse=True)
+            return [c.public() for c in rows[: max(query.limit, 0)]]
+
+    def get_callback(self, callback_id: int) -> CallbackDetail | None:
+        with self._lock:
+            cb = self._callbacks.get(callback_id)
+            if cb is None:
+                return None
+            return CallbackDetail(cb.public(), cb.new.payload, tuple(cb.log))
+
+    def requeue_callbacks(self, callback_ids: Sequence[int], now: float) -> int:
+        count = 0
+        with self._lock:
+            for callback_id in dict.fromkeys(callback_ids):
+                cb = self._callbacks.get(callback_id)
+                if cb and cb.status is not DeliveryStatus.DELIVERED and cb.lease_id is None:
+                    cb.requeue(now)
+                    count += 1
+        return count
+
+    def requeue_dead_callbacks(
+        self, now: float, webhook: str | None = None, since: float | None = None
+    ) -> int:
+        count = 0
+        with self._lock:
+            for cb in self._callbacks.values():
+                if (
+                    cb.status is DeliveryStatus.DEAD
+                    and cb.lease_id is None
+                    and (webhook is None or cb.new.webhook == webhook)
+                    and (since is None or cb.created_at >= since)
+                ):
+                    cb.requeue(now)
+                    count += 1
+        return count
 
     def next_due_at(self) -> float | None:
         with self._lock:
@@ -308,6 +481,12 @@ class MemoryStore:
             ]
             for delivery_id in old:
                 del self._rows[delivery_id]
+            for cb in [
+                c
+                for c in self._callbacks.values()
+                if c.status is DeliveryStatus.DELIVERED and c.updated_at < cutoff
+            ]:
+                del self._callbacks[cb.id]
             referenced = {r.event.uuid for r in self._rows.values()}
             for uuid in [u for u, e in self._events.items() if e.created_at < cutoff and u not in referenced]:
                 del self._events[uuid]

@@ -33,6 +33,11 @@ from typing import Any
 from dispatcher.errors import StoreError
 from dispatcher.store.base import (
     AttemptLog,
+    AttemptRecord,
+    Callback,
+    CallbackDetail,
+    CallbackLease,
+    CallbackOutcome,
     Delivery,
     DeliveryDetail,
     DeliveryQuery,
@@ -43,68 +48,23 @@ from dispatcher.store.base import (
     Outcome,
     OutcomeKind,
 )
+from dispatcher.store.schema import (
+    BASE_SCHEMA,
+    CALLBACK_DUE_CONDITION,
+    DUE_CONDITION,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    statements,
+)
 
-SCHEMA_VERSION = 1
 PRUNE_CHUNK = 1000
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _WRITER_CACHE_KIB = 2000
 _READER_CACHE_KIB = 2000
 _FRESH_LEASES_MAX = 10_000  # leases created by enqueue and not yet collected by lease_for; beyond, re-read
 
-# The partial index ``deliveries_due`` is only used when a query repeats its WHERE terms verbatim.
-_DUE = "status IN ('pending', 'failed') AND held = 0 AND lease_id IS NULL"
-
-_SCHEMA = f"""
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY,
-    uuid NOT NULL UNIQUE,  -- see _uuid_key
-    type TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE TABLE deliveries (
-    id INTEGER PRIMARY KEY,
-    event_id INTEGER NOT NULL REFERENCES events (id),
-    webhook TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'failed', 'delivered', 'dead')),
-    held INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL CHECK (status NOT IN ('pending', 'failed') OR next_attempt_at IS NOT NULL),
-    lease_id INTEGER,
-    lease_expires_at REAL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    last_status_code INTEGER,
-    last_error TEXT,
-    dead_reason TEXT
-);
-CREATE UNIQUE INDEX deliveries_event ON deliveries (event_id, webhook);
-CREATE INDEX deliveries_due ON deliveries (next_attempt_at) WHERE {_DUE};
-CREATE INDEX deliveries_leased ON deliveries (lease_expires_at) WHERE lease_id IS NOT NULL;
-CREATE INDEX deliveries_status ON deliveries (status, created_at);
-CREATE INDEX deliveries_webhook ON deliveries (webhook, status, created_at);
-CREATE INDEX deliveries_created ON deliveries (created_at);
-CREATE TABLE attempts (
-    id INTEGER PRIMARY KEY,
-    delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
-    number INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    duration_seconds REAL NOT NULL,
-    status_code INTEGER,
-    error TEXT,
-    response_headers TEXT NOT NULL,
-    response_excerpt TEXT NOT NULL,
-    UNIQUE (delivery_id, number)
-);
-CREATE TABLE counters (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    next_event_id INTEGER NOT NULL,
-    next_delivery_id INTEGER NOT NULL,
-    next_lease_id INTEGER NOT NULL
-);
-INSERT INTO counters VALUES (1, 1, 1, 1);
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
+_DUE = DUE_CONDITION
+_CALLBACK_DUE = CALLBACK_DUE_CONDITION
 
 _DELIVERY_COLUMNS = (
     "d.id, e.uuid, e.type, d.webhook, d.status, d.attempts, d.created_at, d.updated_at, d.next_attempt_at,"
@@ -160,6 +120,37 @@ _REQUEUE = (
 )
 
 
+# Inserted only while the delivery's lease still matches: the callback exists exactly when its outcome does.
+_INSERT_CALLBACK = (
+    "INSERT INTO callbacks (delivery_id, webhook, url, label, payload, next_attempt_at, created_at,"
+    " updated_at) SELECT d.id, ?2, ?3, ?4, ?5, ?1, ?1, ?1 FROM deliveries AS d"
+    " WHERE d.id = ?6 AND d.lease_id = ?7"
+)
+_CALLBACK_COLUMNS = (
+    "id, webhook, delivery_id, label, status, attempts, created_at, updated_at, next_attempt_at,"
+    " last_status_code, last_error, dead_reason"
+)
+_INSERT_CALLBACK_ATTEMPT = (
+    "INSERT INTO callback_attempts (callback_id, number, started_at, duration_seconds, status_code, error,"
+    " response_headers, response_excerpt)"
+    " SELECT c.id, (SELECT COALESCE(MAX(number), 0) + 1 FROM callback_attempts WHERE callback_id = c.id),"
+    " ?, ?, ?, ?, ?, ? FROM callbacks AS c WHERE c.id = ? AND c.lease_id = ?"
+)
+_SETTLE_CALLBACK = (
+    "UPDATE callbacks SET status = ?1, attempts = attempts + ?2, next_attempt_at = ?3, dead_reason = ?4,"
+    " last_status_code = IIF(?2, ?5, last_status_code), last_error = IIF(?2, ?6, last_error),"
+    " lease_id = NULL, lease_expires_at = NULL, updated_at = ?7 WHERE id = ?8 AND lease_id = ?9"
+)
+_GIVE_BACK_CALLBACK = (
+    "UPDATE callbacks SET next_attempt_at = ?1, lease_id = NULL, lease_expires_at = NULL, updated_at = ?2"
+    " WHERE id = ?3 AND lease_id = ?4"
+)
+_REQUEUE_CALLBACK = (
+    "UPDATE callbacks SET status = 'pending', attempts = 0, next_attempt_at = ?1, dead_reason = NULL,"
+    " updated_at = ?1"
+)
+
+
 @contextmanager
 def _translated(action: str, path: Path) -> Iterator[None]:
     try:
@@ -183,6 +174,28 @@ def _delivery(row: Sequence[Any]) -> Delivery:
         last_error=row[10],
         dead_reason=row[11],
     )
+
+
+def _callback(row: Sequence[Any]) -> Callback:
+    return Callback(
+        id=row[0],
+        webhook=row[1],
+        delivery_id=row[2],
+        label=row[3],
+        status=DeliveryStatus(row[4]),
+        attempts=row[5],
+        created_at=row[6],
+        updated_at=row[7],
+        next_attempt_at=row[8],
+        last_status_code=row[9],
+        last_error=row[10],
+        dead_reason=row[11],
+    )
+
+
+def _attempt_row(a: AttemptRecord) -> tuple[object, ...]:
+    headers = json.dumps(a.response_headers) if a.response_headers else "{}"
+    return (a.started_at, a.duration_seconds, a.status_code, a.error, headers, a.response_excerpt)
 
 
 def _uuid_key(uuid: str) -> bytes | str:
@@ -267,11 +280,12 @@ class SQLiteStore:
         return conn
 
     def _create_schema(self) -> None:
+        """Create a new store, or migrate an older one in place; refuse one newer than this code."""
         with _translated("schema check", self.path):
             (version,) = self._writer.execute("PRAGMA user_version").fetchone()
-            if version == 0:
-                # Re-checked under the write lock: two processes may open a new file at the same moment.
-                with self._write("schema creation") as conn:
+            if version < SCHEMA_VERSION:
+                # Re-checked under the write lock: two processes may open the file at the same moment.
+                with self._write("schema migration") as conn:
                     (version,) = conn.execute("PRAGMA user_version").fetchone()
                     if version == 0:
                         (tables,) = conn.execute("SELECT COUNT(*) FROM sqlite_schema").fetchone()
@@ -279,15 +293,22 @@ class SQLiteStore:
                             raise StoreError(
                                 f"cannot open store {self.path}: a SQLite file of something else"
                             )
-                        for statement in _SCHEMA.split(";"):
-                            if statement.strip():
+                        for statement in statements(BASE_SCHEMA):
+                            conn.execute(statement)
+                        version = 1
+                    if 0 < version < SCHEMA_VERSION:
+                        for script in MIGRATIONS[version - 1 :]:
+                            for statement in statements(script):
                                 conn.execute(statement)
+                        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                         version = SCHEMA_VERSION
-            if version != SCHEMA_VERSION:
+            if version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"cannot open store {self.path}: schema version {version}, this dispatcher knows "
-                    f"{SCHEMA_VERSION}"
+                    f"cannot open store {self.path}: schema version {version} was written by a newer "
+                    f"dispatcher (this one knows up to {SCHEMA_VERSION}); upgrade it or use another --state"
                 )
+            if version != SCHEMA_VERSION:
+                raise StoreError(f"cannot open store {self.path}: schema version {version} is unknown")
 
     @contextmanager
     def _write(self, action: str, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -456,7 +477,11 @@ class SQLiteStore:
         attempt_rows: list[tuple[object, ...]] = []
         settle_rows: list[tuple[object, ...]] = []
         give_back_rows: list[tuple[object, ...]] = []
+        callback_rows: list[tuple[object, ...]] = []
         for o in first.values():
+            if o.callback is not None and o.kind not in (OutcomeKind.HOLD, OutcomeKind.RELEASE):
+                c = o.callback
+                callback_rows.append((now, c.webhook, c.url, c.label, c.payload, o.delivery_id, o.lease_id))
             if o.kind is OutcomeKind.HOLD:  # parked until release_held; its due time does not matter
                 give_back_rows.append((1, o.next_attempt_at, now, o.delivery_id, o.lease_id))
                 continue
@@ -487,6 +512,8 @@ class SQLiteStore:
         with self._write("record", durable=False) as conn:
             if attempt_rows:  # before the updates: they clear the lease this insert checks
                 conn.executemany(_INSERT_ATTEMPT, attempt_rows)
+            if callback_rows:  # likewise
+                conn.executemany(_INSERT_CALLBACK, callback_rows)
             applied = conn.executemany(_SETTLE, settle_rows).rowcount if settle_rows else 0
             if give_back_rows:
                 applied += conn.executemany(_GIVE_BACK, give_back_rows).rowcount
@@ -494,10 +521,137 @@ class SQLiteStore:
 
     def reclaim_expired(self, now: float) -> int:
         with self._write("reclaim", durable=False) as conn:
+            return sum(
+                conn.execute(
+                    f"UPDATE {table} SET lease_id = NULL, lease_expires_at = NULL"
+                    " WHERE lease_id IS NOT NULL AND lease_expires_at <= ?",
+                    (now,),
+                ).rowcount
+                for table in ("deliveries", "callbacks")
+            )
+
+    def lease_callbacks(self, now: float, limit: int, lease_seconds: float) -> list[CallbackLease]:
+        if limit <= 0:
+            return []
+        with self._write("lease_callbacks", durable=False) as conn:
+            rows = conn.execute(
+                "SELECT id, webhook, url, payload, attempts, created_at"
+                f" FROM callbacks INDEXED BY callbacks_due WHERE {_CALLBACK_DUE} AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            if not rows:
+                return []
+            _, _, token = self._counters(conn)
+            conn.execute("UPDATE counters SET next_lease_id = ?", (token + 1,))
+            expires_at = now + lease_seconds
+            conn.executemany(
+                "UPDATE callbacks SET lease_id = ?, lease_expires_at = ? WHERE id = ?",
+                [(token, expires_at, row[0]) for row in rows],
+            )
+        return [
+            CallbackLease(row[0], token, expires_at, row[1], row[2], bytes(row[3]), row[4], row[5])
+            for row in rows
+        ]
+
+    def record_callbacks(self, outcomes: Sequence[CallbackOutcome], now: float) -> int:
+        first: dict[tuple[int, int], CallbackOutcome] = {}
+        for outcome in outcomes:
+            first.setdefault((outcome.callback_id, outcome.lease_id), outcome)
+        if not first:
+            return 0
+        attempt_rows: list[tuple[object, ...]] = []
+        settle_rows: list[tuple[object, ...]] = []
+        give_back_rows: list[tuple[object, ...]] = []
+        for o in first.values():
+            key = (o.callback_id, o.lease_id)
+            if o.kind in (OutcomeKind.RELEASE, OutcomeKind.HOLD):
+                give_back_rows.append((now if o.next_attempt_at is None else o.next_attempt_at, now, *key))
+                continue
+            a = o.attempt
+            if a is not None:
+                attempt_rows.append((*_attempt_row(a), *key))
+            retry_at: float | None = None
+            reason: str | None = None
+            if o.kind is OutcomeKind.RETRY:
+                status, retry_at = "failed", now if o.next_attempt_at is None else o.next_attempt_at
+            elif o.kind is OutcomeKind.DELIVERED:
+                status = "delivered"
+            else:
+                status, reason = "dead", o.reason
+            code, error = (None, None) if a is None else (a.status_code, a.error)
+            settle_rows.append((status, int(a is not None), retry_at, reason, code, error, now, *key))
+        with self._write("record_callbacks", durable=False) as conn:
+            if attempt_rows:
+                conn.executemany(_INSERT_CALLBACK_ATTEMPT, attempt_rows)
+            applied = conn.executemany(_SETTLE_CALLBACK, settle_rows).rowcount if settle_rows else 0
+            if give_back_rows:
+                applied += conn.executemany(_GIVE_BACK_CALLBACK, give_back_rows).rowcount
+        return applied
+
+    def next_callback_due_at(self) -> float | None:
+        with self._read("next_callback_due_at") as conn:
+            row = conn.execute(
+                f"SELECT next_attempt_at FROM callbacks INDEXED BY callbacks_due WHERE {_CALLBACK_DUE}"
+                " ORDER BY next_attempt_at LIMIT 1"
+            ).fetchone()
+        return None if row is None else float(row[0])
+
+    def list_callbacks(self, query: DeliveryQuery) -> list[Callback]:
+        where: list[str] = []
+        params: list[object] = []
+        if query.status is not None:
+            where.append("status = ?")
+            params.append(DeliveryStatus(query.status).value)
+        if query.webhook is not None:
+            where.append("webhook = ?")
+            params.append(query.webhook)
+        if query.since is not None:
+            where.append("created_at >= ?")
+            params.append(query.since)
+        sql = f"SELECT {_CALLBACK_COLUMNS} FROM callbacks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        with self._read("list_callbacks") as conn:
+            rows = conn.execute(sql, (*params, max(query.limit, 0))).fetchall()
+        return [_callback(row) for row in rows]
+
+    def get_callback(self, callback_id: int) -> CallbackDetail | None:
+        with self._read("show_callback") as conn:
+            row = conn.execute(
+                f"SELECT {_CALLBACK_COLUMNS}, payload FROM callbacks WHERE id = ?", (callback_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            attempts = conn.execute(
+                "SELECT number, started_at, duration_seconds, status_code, error, response_headers,"
+                " response_excerpt FROM callback_attempts WHERE callback_id = ? ORDER BY number",
+                (callback_id,),
+            ).fetchall()
+        logs = tuple(
+            AttemptLog(n, s, d, code, err, json.loads(h), x) for n, s, d, code, err, h, x in attempts
+        )
+        return CallbackDetail(_callback(row), bytes(row[12]), logs)
+
+    def requeue_callbacks(self, callback_ids: Sequence[int], now: float) -> int:
+        if not callback_ids:
+            return 0
+        with self._write("requeue_callbacks") as conn:
             return conn.execute(
-                "UPDATE deliveries SET lease_id = NULL, lease_expires_at = NULL"
-                " WHERE lease_id IS NOT NULL AND lease_expires_at <= ?",
-                (now,),
+                f"{_REQUEUE_CALLBACK} WHERE id IN (SELECT value FROM json_each(?2))"
+                " AND status != 'delivered' AND lease_id IS NULL",
+                (now, _json_list(list(dict.fromkeys(callback_ids)))),
+            ).rowcount
+
+    def requeue_dead_callbacks(
+        self, now: float, webhook: str | None = None, since: float | None = None
+    ) -> int:
+        with self._write("requeue_callbacks") as conn:
+            return conn.execute(
+                f"{_REQUEUE_CALLBACK} WHERE status = 'dead' AND lease_id IS NULL"
+                " AND (?2 IS NULL OR webhook = ?2) AND (?3 IS NULL OR created_at >= ?3)",
+                (now, webhook, since),
             ).rowcount
 
     def next_due_at(self) -> float | None:
@@ -635,6 +789,26 @@ class SQLiteStore:
                         "DELETE FROM deliveries WHERE id IN (SELECT value FROM json_each(?))", (param,)
                     )
             removed += len(ids)
+            if len(ids) < PRUNE_CHUNK:
+                break
+        while True:
+            with self._write("prune") as conn:
+                ids = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT id FROM callbacks WHERE status = 'delivered' AND updated_at < ? LIMIT ?",
+                        (cutoff, PRUNE_CHUNK),
+                    )
+                ]
+                if ids:
+                    param = _json_list(ids)
+                    conn.execute(
+                        "DELETE FROM callback_attempts WHERE callback_id IN (SELECT value FROM json_each(?))",
+                        (param,),
+                    )
+                    conn.execute(
+                        "DELETE FROM callbacks WHERE id IN (SELECT value FROM json_each(?))", (param,)
+                    )
             if len(ids) < PRUNE_CHUNK:
                 break
         after = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,15 @@ import pytest
 
 from dispatcher.errors import StoreError
 from dispatcher.store import sqlite as sqlite_module
-from dispatcher.store.base import AttemptRecord, DeliveryQuery, DeliveryStatus, NewEvent, Outcome, OutcomeKind
+from dispatcher.store.base import (
+    AttemptRecord,
+    DeliveryQuery,
+    DeliveryStatus,
+    NewCallback,
+    NewEvent,
+    Outcome,
+    OutcomeKind,
+)
 from dispatcher.store.sqlite import SQLiteStore
 
 T0 = 1_000.0
@@ -205,7 +214,8 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     header = bytearray(path.read_bytes())
     header[60:64] = (sqlite_module.SCHEMA_VERSION + 1).to_bytes(4, "big")  # the user_version field
     path.write_bytes(bytes(header))
-    with pytest.raises(StoreError, match="schema version 2"):
+    newer = sqlite_module.SCHEMA_VERSION + 1
+    with pytest.raises(StoreError, match=f"schema version {newer} was written by a newer dispatcher"):
         SQLiteStore(path)
 
 
@@ -252,3 +262,73 @@ def test_enqueue_commits_wait_for_the_disk_and_outcome_commits_need_not(
         store.enqueue(events(1, 1), T0)
         store.lease(T0, 1, 30)
     assert levels[-2:] == [("enqueue", 0), ("lease", 0)]
+
+
+V1_SCHEMA = Path(__file__).parent / "fixtures" / "store_schema_v1.sql"
+
+
+def write_v1_store(path: Path) -> None:
+    """A store as the dispatcher before durable callbacks wrote it: schema version 1 and open deliveries."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(V1_SCHEMA.read_text())
+        conn.executescript(
+            """
+            PRAGMA journal_mode = WAL;
+            INSERT INTO events VALUES
+                (1, X'000000000000000000000000000000a1', 'package.created', 1000, CAST('{"n":1}' AS BLOB)),
+                (2, X'000000000000000000000000000000a2', 'package.created', 1001, CAST('{"n":2}' AS BLOB));
+            INSERT INTO deliveries (id, event_id, webhook, status, attempts, next_attempt_at, lease_id,
+                lease_expires_at, created_at, updated_at, dead_reason) VALUES
+                (1, 1, 'erp', 'pending', 0, 1000, NULL, NULL, 1000, 1000, NULL),
+                (2, 1, 'crm', 'failed', 2, 1005, 7, 1100, 1000, 1003, NULL),
+                (3, 2, 'erp', 'dead', 8, NULL, NULL, NULL, 1001, 1004, 'max attempts reached (8)');
+            INSERT INTO attempts (delivery_id, number, started_at, duration_seconds, status_code, error,
+                response_headers, response_excerpt) VALUES (2, 1, 1001, 0.5, 500, NULL, '{}', 'oops');
+            UPDATE counters SET next_event_id = 3, next_delivery_id = 4, next_lease_id = 8;
+            """
+        )
+    finally:
+        conn.close()
+
+
+def test_a_version_1_store_is_migrated_in_place_keeping_every_delivery(tmp_path: Path) -> None:
+    """A store written with schema version 1 opens, is migrated to the current version, and keeps every
+    delivery, attempt, lease and counter; callbacks then work on it."""
+    path = tmp_path / "store.db"
+    write_v1_store(path)
+    with SQLiteStore(path) as store:
+        listed = {d.id: d for d in store.list_deliveries(DeliveryQuery())}
+        assert {i: (d.status, d.attempts) for i, d in listed.items()} == {
+            1: (DeliveryStatus.PENDING, 0),
+            2: (DeliveryStatus.FAILED, 2),
+            3: (DeliveryStatus.DEAD, 8),
+        }
+        detail = store.get_delivery(2)
+        assert detail is not None and [a.response_excerpt for a in detail.attempts] == ["oops"]
+        assert store.reclaim_expired(1200) == 1
+        leases = store.lease(1200, 10, 30)
+        assert sorted(lease.delivery_id for lease in leases) == [1, 2]
+        assert all(lease.lease_id >= 8 for lease in leases)
+        first = next(lease for lease in leases if lease.delivery_id == 1)
+        callback = NewCallback("erp", "http://127.0.0.1:9/cb", "delivered", b'{"outcome":"delivered"}')
+        attempt = AttemptRecord(started_at=1200, duration_seconds=0.1, status_code=204)
+        outcome = Outcome(1, first.lease_id, OutcomeKind.DELIVERED, attempt, callback=callback)
+        assert store.record([outcome], 1201) == 1
+        assert [c.delivery_id for c in store.list_callbacks(DeliveryQuery())] == [1]
+        assert store.enqueue(events(10, 1), 1300)[0].delivery_ids == (4,)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_module.SCHEMA_VERSION,)
+    finally:
+        conn.close()
+
+
+def test_a_migrated_store_opens_again_unchanged(tmp_path: Path) -> None:
+    """Opening a migrated store again runs no migration twice and keeps its data."""
+    path = tmp_path / "store.db"
+    write_v1_store(path)
+    SQLiteStore(path).close()
+    with SQLiteStore(path) as store:
+        assert len(store.list_deliveries(DeliveryQuery())) == 3
+        assert store.list_callbacks(DeliveryQuery()) == []
