@@ -60,11 +60,13 @@ def prepare(
 @dataclass(frozen=True)
 class Decision:
     outcome: Outcome
-    label: str  # "delivered" | "retry" | "dead": the callback/metrics name of the outcome
+    # "delivered" | "failed" | "dead": the outcome's name in ``callback.on`` and in the callback record
+    # ("failed": an attempt failed and a retry is scheduled). The deliveries metric keeps the kind ("retry").
+    label: str
 
 
 def decide(lease: Lease, hook: Webhook, record: AttemptRecord, rng: random.Random, now: float) -> Decision:
-    """Turn one attempt's record into delivered, retry (with its time) or dead (with its reason)."""
+    """Turn one attempt's record into delivered, failed (a retry, with its time) or dead (with its reason)."""
     attempts_made = lease.attempts + 1
     if record.status_code is not None:
         verdict = classify(record.status_code)
@@ -78,7 +80,7 @@ def decide(lease: Lease, hook: Webhook, record: AttemptRecord, rng: random.Rando
     if delay is None:
         reason = f"max attempts reached ({attempts_made})"
         return Decision(_outcome(lease, OutcomeKind.DEAD, record, reason=reason), "dead")
-    return Decision(_outcome(lease, OutcomeKind.RETRY, record, next_attempt_at=now + delay), "retry")
+    return Decision(_outcome(lease, OutcomeKind.RETRY, record, next_attempt_at=now + delay), "failed")
 
 
 def _outcome(

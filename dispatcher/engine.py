@@ -18,16 +18,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from dispatcher.attempt import Decision, callback_payload, decide, endpoint_key, prepare, without_attempt
+from dispatcher.attempt import Decision, decide, endpoint_key, prepare, without_attempt
+from dispatcher.callbacks import build_callback, callback_request, decide_callback, new_callback_id
 from dispatcher.config import Snapshot
 from dispatcher.errors import DeliveryError, StoreError
 from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
 from dispatcher.outbound import OutboundRequest
-from dispatcher.store.base import AttemptRecord, Lease, Outcome, OutcomeKind, Store
+from dispatcher.store.base import (
+    AttemptRecord,
+    CallbackLease,
+    CallbackOutcome,
+    Lease,
+    Outcome,
+    OutcomeKind,
+    Store,
+)
 from reconciler.model import TokenAuth, Webhook
 
 log = get_logger("engine")
@@ -50,6 +60,10 @@ _NO_ENDPOINT = "-"
 _HOLD_MIN_SECONDS = 1.0
 _HOLD_MAX_SECONDS = 5.0
 _ANNOUNCED_MAX = 10_000
+#: Callbacks attempted at once (one batch per lease); the sender waits for the batch before the next.
+_CALLBACK_CONCURRENCY = 8
+#: The callback sender looks at the store at least this often (callbacks requeued by another process).
+_CALLBACK_POLL_SECONDS = 1.0
 
 
 class EndpointQueues:
@@ -211,7 +225,8 @@ class Engine:
         self.rng = rng or random.Random()
         self.queues = EndpointQueues(s.per_endpoint)
         self._outcomes: queue.Queue[_Done | None] = queue.Queue()
-        self._callbacks: queue.Queue[tuple[str, float, dict[str, Any]] | None] = queue.Queue()
+        # Wake-ups for the callback sender: a time new callbacks were stored at, or None to stop.
+        self._callbacks: queue.Queue[float | None] = queue.Queue()
         self._unwritten = 0  # outcomes handed to the writer and not yet recorded
         self._unwritten_lock = threading.Lock()
         self._wake = threading.Condition()
@@ -497,7 +512,7 @@ class Engine:
     def _write(self, batch: list[_Done]) -> None:
         now = self.clock()
         snapshot = self.config()
-        outcomes = [self._recheck_hold(d, snapshot, now) for d in batch]
+        outcomes = [self._with_callback(d, self._recheck_hold(d, snapshot, now), now) for d in batch]
         try:
             self.store.record(outcomes, now)
         except StoreError:
@@ -513,12 +528,20 @@ class Engine:
             if kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE):
                 due_times.append(now if outcome.next_attempt_at is None else outcome.next_attempt_at)
             self._log_outcome(done)
-            hook, lease, decision = done.hook, done.lease, done.decision
-            if hook and lease and decision and hook.callback and decision.label in hook.callback.on:
-                payload = callback_payload(lease, hook, decision, now)
-                self._callbacks.put((hook.callback.url, hook.timeout_seconds, payload))
         if due_times:
             self.wake_all(due_times)
+        if any(o.callback is not None for o in outcomes):
+            self._callbacks.put(now)
+
+    @staticmethod
+    def _with_callback(done: _Done, outcome: Outcome, now: float) -> Outcome:
+        """The outcome with the callback it triggers, stored in the same transaction (never lost once the
+        outcome is recorded)."""
+        hook, lease, decision = done.hook, done.lease, done.decision
+        if hook is None or lease is None or decision is None or outcome is not decision.outcome:
+            return outcome
+        callback = build_callback(lease, hook, decision, now, new_callback_id())
+        return outcome if callback is None else replace(outcome, callback=callback)
 
     @staticmethod
     def _recheck_hold(done: _Done, snapshot: Snapshot, now: float) -> Outcome:
@@ -552,19 +575,65 @@ class Engine:
         level = {OutcomeKind.DEAD: 30, OutcomeKind.DELIVERED: 10}.get(o.kind, 20)
         log.log(level, f"delivery.{o.kind.value}", extra=fields(**values))
 
+    # -- callbacks -------------------------------------------------------------------------------------
+
+    def callbacks_once(self, now: float, pool: ThreadPoolExecutor | None = None) -> float | None:
+        """One callback step: lease due callbacks, POST them (at once, on ``pool``), record the answers.
+
+        Returns when the next callback is due (None: none stored)."""
+        leases = self.store.lease_callbacks(now, _CALLBACK_CONCURRENCY, self.settings.lease_seconds)
+        if not leases:
+            return self.store.next_callback_due_at()
+        snapshot = self.config()
+        requests = [callback_request(lease, snapshot.webhook(lease.webhook)) for lease in leases]
+        if pool is None:
+            records = [self.client.send(request) for request in requests]
+        else:
+            records = list(pool.map(self.client.send, requests))
+        outcomes = [
+            decide_callback(lease, record, self.rng, self.clock())
+            for lease, record in zip(leases, records, strict=True)
+        ]
+        self.store.record_callbacks(outcomes, self.clock())
+        for lease, outcome in zip(leases, outcomes, strict=True):
+            self._count_callback(lease, outcome)
+        return now if len(leases) == _CALLBACK_CONCURRENCY else self.store.next_callback_due_at()
+
+    def _count_callback(self, lease: CallbackLease, outcome: CallbackOutcome) -> None:
+        if outcome.kind is OutcomeKind.DELIVERED:
+            self.metrics.callbacks.labels("ok").inc()
+            return
+        self.metrics.callbacks.labels("failed" if outcome.kind is OutcomeKind.RETRY else "dead").inc()
+        a = outcome.attempt
+        values: dict[str, Any] = {"callback": lease.callback_id, "webhook": lease.webhook}
+        values["status_code"] = a.status_code if a else None
+        if a and a.error:
+            values["error"] = a.error
+        if outcome.next_attempt_at is not None:
+            values["retry_in_s"] = round(outcome.next_attempt_at - self.clock(), 1)
+        if outcome.reason:
+            values["reason"] = outcome.reason
+        event = "callback.dead" if outcome.kind is OutcomeKind.DEAD else "callback.failed"
+        log.warning(event, extra=fields(**values))
+
     def _callback_sender(self) -> None:
-        while True:
-            item = self._callbacks.get()
-            if item is None:
-                return
-            url, timeout, payload = item
-            record = self.client.post_json(url, payload, timeout)
-            ok = record.status_code is not None and 200 <= record.status_code < 300
-            self.metrics.callbacks.labels("ok" if ok else "failed").inc()
-            if not ok:
-                log.warning(
-                    "callback.failed",
-                    extra=fields(
-                        webhook=payload["webhook"], status_code=record.status_code, error=record.error
-                    ),
-                )
+        with ThreadPoolExecutor(_CALLBACK_CONCURRENCY, thread_name_prefix="dispatch-callback") as pool:
+            while not self._stopping.is_set():
+                now = self.clock()
+                try:
+                    next_at = self.callbacks_once(now, pool)
+                except StoreError:
+                    log.exception("callbacks.store_error")
+                    next_at = now + 1.0
+                wait = _CALLBACK_POLL_SECONDS if next_at is None else next_at - self.clock()
+                try:
+                    item = self._callbacks.get(timeout=min(_CALLBACK_POLL_SECONDS, wait)) if wait > 0 else 0.0
+                except queue.Empty:
+                    continue
+                while item is not None:  # drain the wake-ups; None is the stop signal
+                    try:
+                        item = self._callbacks.get_nowait()
+                    except queue.Empty:
+                        break
+                if item is None:
+                    return

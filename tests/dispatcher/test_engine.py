@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -14,7 +15,16 @@ from dispatcher.attempt import endpoint_key
 from dispatcher.config import Snapshot
 from dispatcher.engine import EndpointQueues, Engine, EngineSettings
 from dispatcher.http import OutboundRequest
-from dispatcher.store.base import AttemptRecord, DeliveryQuery, DeliveryStatus, Lease, NewEvent
+from dispatcher.store.base import (
+    AttemptRecord,
+    DeliveryQuery,
+    DeliveryStatus,
+    Lease,
+    NewCallback,
+    NewEvent,
+    Outcome,
+    OutcomeKind,
+)
 from dispatcher.store.memory import MemoryStore
 from reconciler.model import Callback, RetryConfig, TokenAuth, Webhook
 from reconciler.routing import build_routing_table
@@ -198,27 +208,136 @@ def test_inactive_webhook_holds_and_removed_webhook_buries(store: MemoryStore, c
     assert store.release_held("off", time.time()) == 1
 
 
+def _callbacks_sent(client: FakeClient, url: str) -> list[dict[str, Any]]:
+    with client.lock:
+        return [json.loads(r.body) for r in client.sent if r.url == url]
+
+
+CALLBACK_URL = "https://oms.example.com/outcomes"
+
+
 def test_callback_receives_the_configured_outcomes_only(store: MemoryStore, client: FakeClient) -> None:
     """A callback with on: [dead] is POSTed for a 410 and carries the outcome record, not the body."""
     hook = Webhook(
         name="a",
         target_url="https://a.example.com/h",
         event_types=("*",),
-        callback=Callback(url="https://oms.example.com/outcomes", on=frozenset({"dead"})),
+        callback=Callback(url=CALLBACK_URL, on=frozenset({"dead"})),
     )
     client.scripts[hook.target_url] = [410]
     engine = _engine(store, client, [_snapshot(hook)])
     engine.start()
     try:
         _enqueue(store, engine, "a")
-        _wait(lambda: len(client.callbacks) == 1)
+        _wait(lambda: len(_callbacks_sent(client, CALLBACK_URL)) == 1)
     finally:
         engine.stop(1)
-    url, payload = client.callbacks[0]
-    assert url == "https://oms.example.com/outcomes"
+    (payload,) = _callbacks_sent(client, CALLBACK_URL)
     assert payload["outcome"] == "dead" and payload["reason"] == "410 Gone"
     assert payload["event"] == {"type": "package.created", "uuid": "ab" * 16}
     assert "body" not in payload
+    _wait(lambda: [c.status for c in store.list_callbacks(DeliveryQuery())] == [DeliveryStatus.DELIVERED])
+
+
+def test_a_failed_attempt_with_a_retry_produces_a_failed_callback(
+    store: MemoryStore, client: FakeClient
+) -> None:
+    """on: [failed] fires when an attempt fails and a retry is scheduled, with outcome "failed" and the
+    retry time; the deliveries metric keeps the label "retry"."""
+    hook = Webhook(
+        name="a",
+        target_url="https://a.example.com/h",
+        event_types=("*",),
+        callback=Callback(url=CALLBACK_URL, on=frozenset({"failed"})),
+    )
+    client.scripts[hook.target_url] = [503]
+    engine = _engine(store, client, [_snapshot(hook)])
+    engine.start()
+    try:
+        _enqueue(store, engine, "a")
+        _wait(lambda: len(_callbacks_sent(client, CALLBACK_URL)) == 1)
+    finally:
+        engine.stop(1)
+    (payload,) = _callbacks_sent(client, CALLBACK_URL)
+    assert payload["outcome"] == "failed" and payload["status_code"] == 503 and payload["attempts"] == 1
+    assert payload["next_attempt_at"] is not None and len(payload["callback_id"]) == 32
+    (stored,) = store.list_callbacks(DeliveryQuery())
+    assert stored.label == "failed"
+    assert engine.metrics.deliveries.labels("retry")._value.get() == 1
+
+
+def _stored_callback(store: MemoryStore, now: float, label: str = "dead") -> None:
+    """Record a dead delivery whose outcome carries a callback (as the outcome writer does)."""
+    [result] = store.enqueue([NewEvent("cd" * 16, "package.created", b"{}", ("a",))], now, 60)
+    [lease] = store.lease_for(result.delivery_ids)
+    payload = json.dumps({"callback_id": "ef" * 16, "outcome": label}).encode()
+    callback = NewCallback("a", CALLBACK_URL, label, payload)
+    outcome = Outcome(lease.delivery_id, lease.lease_id, OutcomeKind.DEAD, reason="x", callback=callback)
+    assert store.record([outcome], now) == 1
+
+
+def test_a_callback_is_retried_on_the_default_schedule_until_delivered(
+    store: MemoryStore, client: FakeClient
+) -> None:
+    """A callback whose endpoint fails is retried 5 s (+-20 %) later with the same bytes and webhook-id."""
+    hook = Webhook(
+        name="a",
+        target_url="https://a.example.com/h",
+        event_types=("*",),
+        callback=Callback(url=CALLBACK_URL, on=frozenset({"dead"})),
+        timeout_seconds=3,
+    )
+    client.scripts[CALLBACK_URL] = [503, 204]
+    now = 10_000.0
+    engine = Engine(store, client, lambda: _snapshot(hook), rng=random.Random(1), clock=lambda: now)
+    _stored_callback(store, now)
+    next_at = engine.callbacks_once(now)
+    assert next_at is not None and now + 4 <= next_at <= now + 6
+    assert engine.callbacks_once(now + 1) == next_at  # not due yet: nothing sent
+    now = next_at
+    assert engine.callbacks_once(now) is None
+    first, second = client.sent
+    assert (
+        first.body == second.body and first.headers["webhook-id"] == second.headers["webhook-id"] == "ef" * 16
+    )
+    assert first.timeout_seconds == 3
+    (stored,) = store.list_callbacks(DeliveryQuery())
+    assert (stored.status, stored.attempts) == (DeliveryStatus.DELIVERED, 2)
+
+
+def test_a_callback_answered_410_is_dead_and_can_be_requeued(store: MemoryStore, client: FakeClient) -> None:
+    """410 Gone makes a callback dead at once; it stays listed and is sent again after a requeue."""
+    hook = Webhook(name="a", target_url="https://a.example.com/h", event_types=("*",))
+    client.scripts[CALLBACK_URL] = [410, 204]
+    engine = Engine(store, client, lambda: _snapshot(hook), rng=random.Random(1), clock=lambda: 10_000.0)
+    _stored_callback(store, 10_000.0)
+    assert engine.callbacks_once(10_000.0) is None
+    (dead,) = store.list_callbacks(DeliveryQuery(status=DeliveryStatus.DEAD))
+    assert dead.dead_reason == "410 Gone"
+    assert store.requeue_callbacks([dead.id], 10_000.0) == 1
+    engine.callbacks_once(10_000.0)
+    assert [r.url for r in client.sent] == [CALLBACK_URL, CALLBACK_URL]
+    assert store.list_callbacks(DeliveryQuery())[0].status is DeliveryStatus.DELIVERED
+
+
+def test_a_callback_gives_up_after_the_default_schedule(store: MemoryStore, client: FakeClient) -> None:
+    """A callback that never gets a 2xx is attempted 8 times (the default schedule) and then dead."""
+    client.scripts[CALLBACK_URL] = [500]
+    now = [10_000.0]
+    engine = Engine(store, client, lambda: _snapshot(), rng=random.Random(1), clock=lambda: now[0])
+    _stored_callback(store, now[0])
+    for _ in range(20):
+        next_at = engine.callbacks_once(now[0])
+        if next_at is None:
+            break
+        now[0] = next_at
+    (dead,) = store.list_callbacks(DeliveryQuery())
+    assert (dead.status, dead.attempts, dead.dead_reason) == (
+        DeliveryStatus.DEAD,
+        8,
+        "max attempts reached (8)",
+    )
+    assert len(client.sent) == 8
 
 
 def test_stop_releases_queued_leases_for_the_next_run(store: MemoryStore, client: FakeClient) -> None:

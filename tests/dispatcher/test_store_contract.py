@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from dispatcher.store.base import (
     AttemptRecord,
+    CallbackOutcome,
     DeliveryQuery,
     DeliveryStatus,
     Lease,
+    NewCallback,
     NewEvent,
     Outcome,
     OutcomeKind,
@@ -611,3 +614,128 @@ def test_store_is_a_context_manager(tmp_path: Path) -> None:
     """Both backends close themselves at the end of a with block."""
     with SQLiteStore(tmp_path / "ctx.db") as sqlite_store, MemoryStore() as memory_store:
         assert sqlite_store.counts() == memory_store.counts()
+
+
+def a_callback(label: str = "failed", url: str = "http://127.0.0.1:9/outcomes") -> NewCallback:
+    return NewCallback("erp", url, label, b'{"outcome": "%s"}' % label.encode())
+
+
+def record_with_callback(store: Store, now: float = T0, label: str = "failed") -> int:
+    """Enqueue one delivery, fail its attempt with a callback attached; returns the delivery id."""
+    delivery_id = enqueue_one(store, 1)
+    lease = lease_only(store, now)
+    failed = outcome(lease, OutcomeKind.RETRY, attempt=an_attempt(500), next_attempt_at=now + 5)
+    assert store.record([replace(failed, callback=a_callback(label))], now) == 1
+    return delivery_id
+
+
+def test_an_outcome_stores_its_callback_in_the_same_record(store: Store) -> None:
+    """A recorded outcome with a callback leaves one pending callback, due now, listable with its payload."""
+    delivery_id = record_with_callback(store)
+    (listed,) = store.list_callbacks(DeliveryQuery())
+    assert (listed.delivery_id, listed.webhook, listed.label, listed.status, listed.attempts) == (
+        delivery_id,
+        "erp",
+        "failed",
+        DeliveryStatus.PENDING,
+        0,
+    )
+    assert store.next_callback_due_at() == T0
+    detail = store.get_callback(listed.id)
+    assert detail is not None and detail.payload == b'{"outcome": "failed"}' and detail.attempts == ()
+
+
+def test_a_stale_outcome_stores_no_callback(store: Store) -> None:
+    """An outcome whose lease was reclaimed is skipped, and so is its callback."""
+    enqueue_one(store, 1)
+    lease = lease_only(store, T0)
+    assert store.reclaim_expired(T0 + LEASE) == 1
+    stale = outcome(lease, OutcomeKind.DELIVERED, attempt=an_attempt(204))
+    assert store.record([replace(stale, callback=a_callback("delivered"))], T0 + LEASE) == 0
+    assert store.list_callbacks(DeliveryQuery()) == []
+
+
+def test_callbacks_are_leased_once_and_retried_until_delivered(store: Store) -> None:
+    """A callback is leased with its url and payload, invisible while leased, rescheduled, then delivered."""
+    record_with_callback(store)
+    (lease,) = store.lease_callbacks(T0, 10, LEASE)
+    assert (lease.url, lease.payload, lease.attempts, lease.expires_at) == (
+        "http://127.0.0.1:9/outcomes",
+        b'{"outcome": "failed"}',
+        0,
+        T0 + LEASE,
+    )
+    assert store.lease_callbacks(T0, 10, LEASE) == []
+    retry = CallbackOutcome(lease.callback_id, lease.lease_id, OutcomeKind.RETRY, an_attempt(None), T0 + 5)
+    assert store.record_callbacks([retry], T0 + 1) == 1
+    assert store.next_callback_due_at() == T0 + 5
+    assert store.lease_callbacks(T0 + 4, 10, LEASE) == []
+    (again,) = store.lease_callbacks(T0 + 5, 10, LEASE)
+    assert again.attempts == 1 and again.lease_id != lease.lease_id
+    done = CallbackOutcome(again.callback_id, again.lease_id, OutcomeKind.DELIVERED, an_attempt(204))
+    assert store.record_callbacks([done], T0 + 6) == 1
+    assert store.record_callbacks([done], T0 + 7) == 0  # the lease is gone: stale
+    detail = store.get_callback(lease.callback_id)
+    assert detail is not None
+    assert (detail.callback.status, detail.callback.attempts, detail.callback.last_status_code) == (
+        DeliveryStatus.DELIVERED,
+        2,
+        204,
+    )
+    assert [a.number for a in detail.attempts] == [1, 2]
+    assert store.next_callback_due_at() is None
+
+
+def test_expired_callback_leases_are_reclaimed(store: Store) -> None:
+    """A callback leased and never recorded becomes due again once its lease expires (at-least-once)."""
+    record_with_callback(store)
+    (lease,) = store.lease_callbacks(T0, 10, LEASE)
+    assert store.reclaim_expired(T0 + LEASE - 1) == 0
+    assert store.reclaim_expired(T0 + LEASE) == 1
+    (again,) = store.lease_callbacks(T0 + LEASE, 10, LEASE)
+    assert again.callback_id == lease.callback_id
+    late = CallbackOutcome(lease.callback_id, lease.lease_id, OutcomeKind.DELIVERED, an_attempt(204))
+    assert store.record_callbacks([late], T0 + LEASE) == 0
+
+
+def test_a_released_callback_is_due_again_without_an_attempt(store: Store) -> None:
+    """Releasing a callback lease (shutdown) makes it due at the given time and counts no attempt."""
+    record_with_callback(store)
+    (lease,) = store.lease_callbacks(T0, 10, LEASE)
+    release = CallbackOutcome(lease.callback_id, lease.lease_id, OutcomeKind.RELEASE, next_attempt_at=T0 + 2)
+    assert store.record_callbacks([release], T0 + 1) == 1
+    (again,) = store.lease_callbacks(T0 + 2, 10, LEASE)
+    assert again.attempts == 0
+
+
+def test_dead_callbacks_stay_listed_and_can_be_requeued(store: Store) -> None:
+    """A dead callback is listed by status with its reason and is due again after a requeue, by id or all."""
+    record_with_callback(store)
+    (lease,) = store.lease_callbacks(T0, 10, LEASE)
+    dead = CallbackOutcome(
+        lease.callback_id, lease.lease_id, OutcomeKind.DEAD, an_attempt(410), reason="410 Gone"
+    )
+    assert store.record_callbacks([dead], T0 + 1) == 1
+    (listed,) = store.list_callbacks(DeliveryQuery(status=DeliveryStatus.DEAD))
+    assert listed.dead_reason == "410 Gone" and listed.next_attempt_at is None
+    assert store.list_callbacks(DeliveryQuery(status=DeliveryStatus.PENDING)) == []
+    assert store.list_callbacks(DeliveryQuery(webhook="other")) == []
+    assert store.requeue_callbacks([listed.id], T0 + 10) == 1
+    (again,) = store.lease_callbacks(T0 + 10, 10, LEASE)
+    assert again.attempts == 0
+    dead = CallbackOutcome(
+        again.callback_id, again.lease_id, OutcomeKind.DEAD, an_attempt(410), reason="410 Gone"
+    )
+    store.record_callbacks([dead], T0 + 11)
+    assert store.requeue_dead_callbacks(T0 + 20, webhook="other") == 0
+    assert store.requeue_dead_callbacks(T0 + 20, webhook="erp") == 1
+    assert store.next_callback_due_at() == T0 + 20
+
+
+def test_delivered_callbacks_are_pruned_and_dead_ones_kept(store: Store) -> None:
+    """Prune removes delivered callbacks older than the window and keeps dead ones."""
+    record_with_callback(store)
+    (lease,) = store.lease_callbacks(T0, 10, LEASE)
+    store.record_callbacks([CallbackOutcome(lease.callback_id, lease.lease_id, OutcomeKind.DELIVERED)], T0)
+    store.prune(T0 + 100, 50)
+    assert store.list_callbacks(DeliveryQuery()) == []
