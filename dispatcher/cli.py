@@ -19,8 +19,9 @@ from dispatcher.engine import EngineSettings
 from dispatcher.errors import DispatcherError
 from dispatcher.logs import configure
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
-from dispatcher.store.base import Delivery, DeliveryQuery, DeliveryStatus
+from dispatcher.store.base import AttemptLog, Callback, Delivery, DeliveryQuery, DeliveryStatus
 from dispatcher.store.sqlite import SQLiteStore
+from dispatcher.terminal import visible
 from dispatcher.transport import default_processes
 
 DEFAULT_SOCKET = "dispatch.sock"
@@ -229,8 +230,8 @@ def list_deliveries(
     for d in rows:
         last = str(d.last_status_code) if d.last_status_code is not None else "-"
         click.echo(
-            f"{d.id:>8}  {d.status.value:<9}  {d.attempts:>3}  {last:>4}  {d.webhook:<24}  "
-            f"{d.event_type:<28}  {_when(d.created_at)}"
+            f"{d.id:>8}  {d.status.value:<9}  {d.attempts:>3}  {last:>4}  {visible(d.webhook):<24}  "
+            f"{visible(d.event_type):<28}  {_when(d.created_at)}"
         )
 
 
@@ -262,22 +263,31 @@ def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
         click.echo(json.dumps(doc, indent=2))
         return
     click.echo(f"delivery {d.id}: {d.status.value}, {d.attempts} attempt(s)")
-    click.echo(f"  webhook:      {d.webhook}")
-    click.echo(f"  event:        {d.event_type} {d.event_uuid}")
+    click.echo(f"  webhook:      {visible(d.webhook)}")
+    click.echo(f"  event:        {visible(d.event_type)} {visible(d.event_uuid)}")
     click.echo(f"  created:      {_when(d.created_at)}")
     if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
         click.echo(f"  next attempt: {_when(d.next_attempt_at)}")
     if d.dead_reason:
-        click.echo(f"  dead reason:  {d.dead_reason}")
-    for a in detail.attempts:
+        click.echo(f"  dead reason:  {visible(d.dead_reason)}")
+    _echo_attempts(detail.attempts)
+
+
+def _echo_attempts(attempts: tuple[AttemptLog, ...]) -> None:
+    """Every attempt in text; what the receiver sent (excerpt, header values, error) through ``visible``."""
+    for a in attempts:
         status = str(a.status_code) if a.status_code is not None else "-"
         click.echo(
             f"  #{a.number} {_when(a.started_at)}  status {status}  {a.duration_seconds * 1000:.1f} ms"
         )
         if a.error:
-            click.echo(f"      error: {a.error}")
+            click.echo(f"      error: {visible(a.error)}")
+        for name, value in a.response_headers.items():
+            click.echo(f"      header: {visible(name)}: {visible(value)}")
         if a.response_excerpt:
-            click.echo(f"      response: {a.response_excerpt[:200]!r}")
+            excerpt = a.response_excerpt[:200]
+            more = " ..." if len(a.response_excerpt) > 200 else ""
+            click.echo(f"      response: {visible(excerpt)}{more}")
 
 
 @deliveries.command("retry")
@@ -303,6 +313,129 @@ def retry_deliveries(
     click.echo(f"requeued {n} deliver{'y' if n == 1 else 'ies'}")
     if delivery_ids and n < len(delivery_ids):
         click.echo("some IDs were not found or are already delivered", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def callbacks() -> None:
+    """Inspect and requeue outcome callbacks (stored with their outcome, retried like deliveries)."""
+
+
+def _callback_json(c: Callback) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "webhook": c.webhook,
+        "delivery_id": c.delivery_id,
+        "outcome": c.label,
+        "status": c.status.value,
+        "attempts": c.attempts,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "next_attempt_at": c.next_attempt_at,
+        "last_status_code": c.last_status_code,
+        "last_error": c.last_error,
+        "dead_reason": c.dead_reason,
+    }
+
+
+@callbacks.command("list")
+@_state_option
+@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]))
+@click.option("--webhook")
+@click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def list_callbacks(
+    state_dir: Path, status: str | None, webhook: str | None, since: str | None, limit: int, fmt: str
+) -> None:
+    """List callbacks, newest first (status as for deliveries: pending, failed = retry scheduled, ...)."""
+    query = DeliveryQuery(
+        status=DeliveryStatus(status) if status else None,
+        webhook=webhook,
+        since=parse_since(since, time.time()) if since else None,
+        limit=limit,
+    )
+    with _open_store(state_dir) as store:
+        rows = store.list_callbacks(query)
+    if fmt == "json":
+        click.echo(json.dumps([_callback_json(c) for c in rows], indent=2))
+        return
+    click.echo(f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}  {'OUTCOME':<9}  "
+               f"{'DELIVERY':>8}  NEXT ATTEMPT")  # fmt: skip
+    for c in rows:
+        last = str(c.last_status_code) if c.last_status_code is not None else "-"
+        click.echo(
+            f"{c.id:>8}  {c.status.value:<9}  {c.attempts:>3}  {last:>4}  {visible(c.webhook):<24}  "
+            f"{visible(c.label):<9}  {c.delivery_id:>8}  {_when(c.next_attempt_at)}"
+        )
+
+
+@callbacks.command("show")
+@_state_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.argument("callback_id", type=int)
+def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
+    """Show one callback: the outcome record it POSTs and every attempt."""
+    with _open_store(state_dir) as store:
+        detail = store.get_callback(callback_id)
+    if detail is None:
+        raise click.ClickException(f"no callback {callback_id}")
+    c = detail.callback
+    payload = detail.payload.decode("utf-8", "replace")
+    if fmt == "json":
+        doc = _callback_json(c)
+        doc["payload"] = payload
+        doc["attempt_log"] = [
+            {
+                "number": a.number,
+                "started_at": a.started_at,
+                "duration_seconds": a.duration_seconds,
+                "status_code": a.status_code,
+                "error": a.error,
+                "response_headers": a.response_headers,
+                "response_excerpt": a.response_excerpt,
+            }
+            for a in detail.attempts
+        ]
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"callback {c.id}: {c.status.value}, {c.attempts} attempt(s)")
+    click.echo(f"  webhook:      {visible(c.webhook)}")
+    click.echo(f"  reports:      {visible(c.label)} of delivery {c.delivery_id}")
+    click.echo(f"  created:      {_when(c.created_at)}")
+    if c.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
+        click.echo(f"  next attempt: {_when(c.next_attempt_at)}")
+    if c.dead_reason:
+        click.echo(f"  dead reason:  {visible(c.dead_reason)}")
+    click.echo(f"  payload:      {visible(payload)}")
+    _echo_attempts(detail.attempts)
+
+
+@callbacks.command("retry")
+@_state_option
+@click.option("--all-dead", is_flag=True, help="Requeue every dead callback (filtered by --webhook/--since).")
+@click.option("--webhook")
+@click.option("--since", help="Only callbacks created since: a duration ago (2h, 7d) or an ISO time.")
+@click.argument("callback_ids", nargs=-1, type=int)
+def retry_callbacks(
+    state_dir: Path, all_dead: bool, webhook: str | None, since: str | None, callback_ids: tuple[int, ...]
+) -> None:
+    """Requeue callbacks now (a fresh schedule); the running dispatcher sends them within a second."""
+    if bool(callback_ids) == all_dead:
+        raise click.UsageError("give callback IDs or --all-dead, not both")
+    if callback_ids and (webhook or since):
+        raise click.UsageError("--webhook and --since filter --all-dead only")
+    now = time.time()
+    with _open_store(state_dir) as store:
+        if all_dead:
+            n = store.requeue_dead_callbacks(
+                now, webhook=webhook, since=parse_since(since, now) if since else None
+            )
+        else:
+            n = store.requeue_callbacks(list(callback_ids), now)
+    click.echo(f"requeued {n} callback{'' if n == 1 else 's'}")
+    if callback_ids and n < len(callback_ids):
+        click.echo("some IDs were not found, are already delivered or are being sent", err=True)
         sys.exit(1)
 
 
