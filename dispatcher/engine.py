@@ -227,6 +227,7 @@ class Engine:
         self._outcomes: queue.Queue[_Done | None] = queue.Queue()
         # Wake-ups for the callback sender: a time new callbacks were stored at, or None to stop.
         self._callbacks: queue.Queue[float | None] = queue.Queue()
+        self._sending_callbacks = False  # a leased batch is being sent (--stdin waits for it at EOF)
         self._unwritten = 0  # outcomes handed to the writer and not yet recorded
         self._unwritten_lock = threading.Lock()
         self._wake = threading.Condition()
@@ -359,9 +360,14 @@ class Engine:
         return self.queues.size == 0 and self.queues.busy == 0 and unwritten == 0
 
     def has_due_work(self) -> bool:
-        """Whether anything is due in the store now (used to finish up at EOF in --stdin mode)."""
+        """Whether anything is due in the store now, callbacks included, or callbacks are being sent (used to
+        finish up at EOF in --stdin mode)."""
+        now = self.clock()
         due = self.store.next_due_at()
-        return due is not None and due <= self.clock()
+        if due is not None and due <= now:
+            return True
+        callback_due = self.store.next_callback_due_at()
+        return self._sending_callbacks or (callback_due is not None and callback_due <= now)
 
     # -- scheduler -----------------------------------------------------------------------------------------
 
@@ -581,9 +587,16 @@ class Engine:
         """One callback step: lease due callbacks, POST them (at once, on ``pool``), record the answers.
 
         Returns when the next callback is due (None: none stored)."""
-        leases = self.store.lease_callbacks(now, _CALLBACK_CONCURRENCY, self.settings.lease_seconds)
-        if not leases:
-            return self.store.next_callback_due_at()
+        self._sending_callbacks = True
+        try:
+            leases = self.store.lease_callbacks(now, _CALLBACK_CONCURRENCY, self.settings.lease_seconds)
+            if leases:
+                self._send_callbacks(leases, pool)
+        finally:
+            self._sending_callbacks = False
+        return now if len(leases) == _CALLBACK_CONCURRENCY else self.store.next_callback_due_at()
+
+    def _send_callbacks(self, leases: list[CallbackLease], pool: ThreadPoolExecutor | None) -> None:
         snapshot = self.config()
         requests = [callback_request(lease, snapshot.webhook(lease.webhook)) for lease in leases]
         if pool is None:
@@ -597,7 +610,6 @@ class Engine:
         self.store.record_callbacks(outcomes, self.clock())
         for lease, outcome in zip(leases, outcomes, strict=True):
             self._count_callback(lease, outcome)
-        return now if len(leases) == _CALLBACK_CONCURRENCY else self.store.next_callback_due_at()
 
     def _count_callback(self, lease: CallbackLease, outcome: CallbackOutcome) -> None:
         if outcome.kind is OutcomeKind.DELIVERED:
