@@ -229,7 +229,10 @@ class MemoryStore:
                 if row is None or row.lease_id is None or row.lease_id != outcome.lease_id:
                     continue  # stale: reclaimed (and maybe leased again) since this outcome's lease
                 self._apply(row, outcome, now)
-                if outcome.callback is not None:
+                if outcome.callback is not None and outcome.kind not in (
+                    OutcomeKind.HOLD,
+                    OutcomeKind.RELEASE,
+                ):
                     cid = next(self._callback_ids)
                     self._callbacks[cid] = _CallbackRow(cid, row.id, outcome.callback, now, now, now)
                 applied += 1

@@ -15,6 +15,10 @@ Decisions worth knowing:
   for long; a crash midway leaves a consistent, partly pruned store. Events are scanned in acceptance order
   and the scan stops at the first event inside the window, so after the wall clock stepped back a few events
   may outlive the window until a later prune.
+- Callbacks live in their own table, inserted by ``record`` in the outcome's transaction and only while the
+  delivery's lease matches (the same check as the attempt row), so a stale outcome stores no callback. Their
+  ids come from AUTOINCREMENT (never reused); their lease tokens from the shared counter.
+- The DDL and its migrations are in ``dispatcher/store/schema.py``; opening a file migrates it in place.
 - Memory: the page cache is bounded (``cache_size``) and no method loads more than one batch of rows, so a
   million pending deliveries cost disk, not RSS.
 """

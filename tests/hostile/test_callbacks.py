@@ -298,3 +298,28 @@ def test_stdin_mode_sends_due_callbacks_before_it_exits(
     assert proc.proc.returncode == 0 and out.count(b'"ok":true') == 2
     assert sorted(r.json()["outcome"] for r in receiver.on("/outcomes")) == ["delivered", "delivered"]
     assert [r["status"] for r in callbacks(tmp_path / "state")] == ["delivered", "delivered"]
+
+
+def test_a_dead_callback_stays_listed_and_is_sent_again_by_callbacks_retry(
+    receiver: Receiver, config_dir: Path, tmp_path: Path, processes: list[DispatchProcess]
+) -> None:
+    """A callback answered 410 is dead at once, listed and shown with its reason; `dispatch callbacks retry
+    --all-dead` sends it again (the same callback_id) and it is delivered."""
+    receiver.respond("/outcomes", 410, 204)
+    write_webhook(config_dir, "t", receiver.url("/t"), callback={"url": receiver.url("/outcomes"),
+                  "on": ["delivered"]})  # fmt: skip
+    state = tmp_path / "state"
+    proc = DispatchProcess(config_dir, state)
+    processes.append(proc)
+    proc.publish([event_line()])
+    wait_until(lambda: [r["status"] for r in callbacks(state)] == ["dead"], timeout=15)
+    [dead] = callbacks(state)
+    assert dead["dead_reason"] == "410 Gone" and dead["attempts"] == 1
+    shown = run_cli("callbacks", "show", str(dead["id"]), "--state", str(state))
+    assert shown.returncode == 0 and "dead reason:  410 Gone" in shown.stdout and "status 410" in shown.stdout
+    out = run_cli("callbacks", "retry", "--all-dead", "--state", str(state))
+    assert out.returncode == 0 and "requeued 1 callback" in out.stdout
+    first, second = receiver.wait_count("/outcomes", 2, timeout=15)
+    assert first.body == second.body and first.headers["webhook-id"] == second.headers["webhook-id"]
+    wait_until(lambda: [r["status"] for r in callbacks(state)] == ["delivered"], timeout=10)
+    assert run_cli("callbacks", "retry", str(dead["id"]), "--state", str(state)).returncode == 1
