@@ -204,6 +204,23 @@ def _delivery_json(d: Delivery) -> dict[str, Any]:
     }
 
 
+def _callback_json(c: Callback) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "webhook": c.webhook,
+        "delivery_id": c.delivery_id,
+        "outcome": c.label,
+        "status": c.status.value,
+        "attempts": c.attempts,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "next_attempt_at": c.next_attempt_at,
+        "last_status_code": c.last_status_code,
+        "last_error": c.last_error,
+        "dead_reason": c.dead_reason,
+    }
+
+
 @deliveries.command("list")
 @_state_option
 @click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]))
@@ -243,11 +260,13 @@ def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
     """Show one delivery and every attempt: time, status code, duration, response excerpt, error."""
     with _open_store(state_dir) as store:
         detail = store.get_delivery(delivery_id)
+        reports = store.list_callbacks(DeliveryQuery(delivery_id=delivery_id, limit=1000))
     if detail is None:
         raise click.ClickException(f"no delivery {delivery_id}")
     d = detail.delivery
     if fmt == "json":
         doc = _delivery_json(d)
+        doc["callbacks"] = [_callback_json(c) for c in reports]
         doc["attempt_log"] = [
             {
                 "number": a.number,
@@ -271,6 +290,11 @@ def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
     if d.dead_reason:
         click.echo(f"  dead reason:  {visible(d.dead_reason)}")
     _echo_attempts(detail.attempts)
+    for c in reversed(reports):  # oldest first, like the attempts
+        click.echo(
+            f"  callback {c.id}: reports {visible(c.label)}, {c.status.value}, {c.attempts} attempt(s)"
+            + (f", next {_when(c.next_attempt_at)}" if c.next_attempt_at is not None else "")
+        )
 
 
 def _echo_attempts(attempts: tuple[AttemptLog, ...]) -> None:
@@ -319,23 +343,6 @@ def retry_deliveries(
 @main.group()
 def callbacks() -> None:
     """Inspect and requeue outcome callbacks (stored with their outcome, retried like deliveries)."""
-
-
-def _callback_json(c: Callback) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "webhook": c.webhook,
-        "delivery_id": c.delivery_id,
-        "outcome": c.label,
-        "status": c.status.value,
-        "attempts": c.attempts,
-        "created_at": c.created_at,
-        "updated_at": c.updated_at,
-        "next_attempt_at": c.next_attempt_at,
-        "last_status_code": c.last_status_code,
-        "last_error": c.last_error,
-        "dead_reason": c.dead_reason,
-    }
 
 
 @callbacks.command("list")

@@ -145,6 +145,7 @@ class DeliveryQuery:
     webhook: str | None = None
     since: float | None = None  # created_at >= since
     limit: int = 100
+    delivery_id: int | None = None  # that delivery only (list_callbacks: the callbacks reporting on it)
 
 
 @dataclass(frozen=True)

@@ -353,6 +353,7 @@ class MemoryStore:
                 if (query.status is None or c.status == query.status)
                 and (query.webhook is None or c.new.webhook == query.webhook)
                 and (query.since is None or c.created_at >= query.since)
+                and (query.delivery_id is None or c.delivery_id == query.delivery_id)
             ]
             rows.sort(key=lambda c: (c.created_at, c.id), reverse=True)
             return [c.public() for c in rows[: max(query.limit, 0)]]
@@ -452,6 +453,7 @@ class MemoryStore:
                 if (query.status is None or r.status == query.status)
                 and (query.webhook is None or r.webhook == query.webhook)
                 and (query.since is None or r.created_at >= query.since)
+                and (query.delivery_id is None or r.id == query.delivery_id)
             ]
             rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
             return [r.public() for r in rows[: max(query.limit, 0)]]

@@ -90,6 +90,7 @@ CREATE INDEX callbacks_due ON callbacks (next_attempt_at) WHERE {CALLBACK_DUE_CO
 CREATE INDEX callbacks_leased ON callbacks (lease_expires_at) WHERE lease_id IS NOT NULL;
 CREATE INDEX callbacks_created ON callbacks (created_at);
 CREATE INDEX callbacks_status ON callbacks (status, updated_at);
+CREATE INDEX callbacks_delivery ON callbacks (delivery_id);
 CREATE TABLE callback_attempts (
     id INTEGER PRIMARY KEY,
     callback_id INTEGER NOT NULL REFERENCES callbacks (id),

@@ -613,6 +613,9 @@ class SQLiteStore:
         if query.since is not None:
             where.append("created_at >= ?")
             params.append(query.since)
+        if query.delivery_id is not None:
+            where.append("delivery_id = ?")
+            params.append(query.delivery_id)
         sql = f"SELECT {_CALLBACK_COLUMNS} FROM callbacks"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -727,6 +730,9 @@ class SQLiteStore:
         if query.since is not None:
             where.append("d.created_at >= ?")
             params.append(query.since)
+        if query.delivery_id is not None:
+            where.append("d.id = ?")
+            params.append(query.delivery_id)
         sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries AS d JOIN events AS e ON e.id = d.event_id"
         if where:
             sql += " WHERE " + " AND ".join(where)

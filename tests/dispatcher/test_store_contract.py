@@ -733,9 +733,23 @@ def test_dead_callbacks_stay_listed_and_can_be_requeued(store: Store) -> None:
 
 
 def test_delivered_callbacks_are_pruned_and_dead_ones_kept(store: Store) -> None:
-    """Prune removes delivered callbacks older than the window and keeps dead ones."""
-    record_with_callback(store)
-    (lease,) = store.lease_callbacks(T0, 10, LEASE)
-    store.record_callbacks([CallbackOutcome(lease.callback_id, lease.lease_id, OutcomeKind.DELIVERED)], T0)
+    """Prune removes delivered callbacks older than the window and keeps dead ones (and younger ones)."""
+    for n, kind in ((1, OutcomeKind.DELIVERED), (2, OutcomeKind.DEAD)):
+        enqueue_one(store, n)
+        lease = lease_only(store, T0)
+        store.record([replace(outcome(lease, OutcomeKind.DELIVERED), callback=a_callback("delivered"))], T0)
+        (cb,) = store.lease_callbacks(T0, 10, LEASE)
+        store.record_callbacks([CallbackOutcome(cb.callback_id, cb.lease_id, kind, reason="x")], T0)
+    store.prune(T0 + 40, 50)
+    assert len(store.list_callbacks(DeliveryQuery())) == 2
     store.prune(T0 + 100, 50)
-    assert store.list_callbacks(DeliveryQuery()) == []
+    assert [c.status for c in store.list_callbacks(DeliveryQuery())] == [DeliveryStatus.DEAD]
+
+
+def test_callbacks_and_deliveries_are_listed_by_delivery_id(store: Store) -> None:
+    """A query with a delivery id lists that delivery only, and the callbacks reporting on it."""
+    first = record_with_callback(store)
+    second = enqueue_one(store, 2)
+    assert [d.id for d in store.list_deliveries(DeliveryQuery(delivery_id=second))] == [second]
+    assert [c.delivery_id for c in store.list_callbacks(DeliveryQuery(delivery_id=first))] == [first]
+    assert store.list_callbacks(DeliveryQuery(delivery_id=second)) == []

@@ -323,3 +323,5 @@ def test_a_dead_callback_stays_listed_and_is_sent_again_by_callbacks_retry(
     assert first.body == second.body and first.headers["webhook-id"] == second.headers["webhook-id"]
     wait_until(lambda: [r["status"] for r in callbacks(state)] == ["delivered"], timeout=10)
     assert run_cli("callbacks", "retry", str(dead["id"]), "--state", str(state)).returncode == 1
+    shown = run_cli("deliveries", "show", str(dead["delivery_id"]), "--state", str(state))
+    assert f"callback {dead['id']}: reports delivered, delivered, 1 attempt(s)" in shown.stdout
