@@ -178,7 +178,10 @@ def _open_store(state_dir: Path) -> SQLiteStore:
     path = store_path(state_dir)
     if not path.exists():
         raise click.ClickException(f"no store at {path} (is --state right?)")
-    return SQLiteStore(path)
+    try:
+        return SQLiteStore(path)
+    except DispatcherError as exc:  # e.g. a store written by a newer dispatcher: one line, no traceback
+        raise click.ClickException(str(exc)) from None
 
 
 def _when(ts: float | None) -> str:

@@ -587,6 +587,9 @@ class Engine:
         """One callback step: lease due callbacks, POST them (at once, on ``pool``), record the answers.
 
         Returns when the next callback is due (None: none stored)."""
+        due = self.store.next_callback_due_at()  # a read first: the lease is a write transaction
+        if due is None or due > now:
+            return due
         self._sending_callbacks = True
         try:
             leases = self.store.lease_callbacks(now, _CALLBACK_CONCURRENCY, self.settings.lease_seconds)

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from dispatcher.app import store_path
+from dispatcher.cli import main
+from dispatcher.store.schema import SCHEMA_VERSION
+from dispatcher.store.sqlite import SQLiteStore
 from dispatcher.terminal import visible
 from tests.e2e.harness import (
     DispatchProcess,
@@ -325,3 +330,20 @@ def test_a_dead_callback_stays_listed_and_is_sent_again_by_callbacks_retry(
     assert run_cli("callbacks", "retry", str(dead["id"]), "--state", str(state)).returncode == 1
     shown = run_cli("deliveries", "show", str(dead["delivery_id"]), "--state", str(state))
     assert f"callback {dead['id']}: reports delivered, delivered, 1 attempt(s)" in shown.stdout
+
+
+@pytest.mark.parametrize("group", ["deliveries", "callbacks"])
+def test_a_store_from_a_newer_dispatcher_is_refused_in_one_line(tmp_path: Path, group: str) -> None:
+    """`dispatch deliveries|callbacks list` on a store with a newer schema exits 1 with one clear line."""
+    path = store_path(tmp_path / "state")
+    path.parent.mkdir()
+    SQLiteStore(path).close()
+    header = bytearray(path.read_bytes())
+    header[60:64] = (SCHEMA_VERSION + 1).to_bytes(4, "big")  # the user_version field of the file header
+    path.write_bytes(bytes(header))
+    result = CliRunner().invoke(main, [group, "list", "--state", str(tmp_path / "state")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: cannot open store {path}: schema version {SCHEMA_VERSION + 1} was written by a newer "
+        f"dispatcher (this one knows up to {SCHEMA_VERSION}); upgrade it or use another --state"
+    ]
