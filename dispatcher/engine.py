@@ -18,26 +18,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from dispatcher.attempt import Decision, decide, endpoint_key, prepare, without_attempt
-from dispatcher.callbacks import build_callback, callback_request, decide_callback, new_callback_id
+from dispatcher.callback_sender import CallbackSender
+from dispatcher.callbacks import build_callback, new_callback_id
 from dispatcher.config import Snapshot
 from dispatcher.errors import DeliveryError, StoreError
 from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
 from dispatcher.outbound import OutboundRequest
-from dispatcher.store.base import (
-    AttemptRecord,
-    CallbackLease,
-    CallbackOutcome,
-    Lease,
-    Outcome,
-    OutcomeKind,
-    Store,
-)
+from dispatcher.store.base import AttemptRecord, Lease, Outcome, OutcomeKind, Store
 from reconciler.model import TokenAuth, Webhook
 
 log = get_logger("engine")
@@ -60,10 +52,6 @@ _NO_ENDPOINT = "-"
 _HOLD_MIN_SECONDS = 1.0
 _HOLD_MAX_SECONDS = 5.0
 _ANNOUNCED_MAX = 10_000
-#: Callbacks attempted at once (one batch per lease); the sender waits for the batch before the next.
-_CALLBACK_CONCURRENCY = 8
-#: The callback sender looks at the store at least this often (callbacks requeued by another process).
-_CALLBACK_POLL_SECONDS = 1.0
 
 
 class EndpointQueues:
@@ -227,7 +215,15 @@ class Engine:
         self._outcomes: queue.Queue[_Done | None] = queue.Queue()
         # Wake-ups for the callback sender: a time new callbacks were stored at, or None to stop.
         self._callbacks: queue.Queue[float | None] = queue.Queue()
-        self._sending_callbacks = False  # a leased batch is being sent (--stdin waits for it at EOF)
+        self.callback_sender = CallbackSender(
+            store,
+            lambda r: self.client.send(r),
+            config,
+            self.metrics,
+            lease_seconds=s.lease_seconds,
+            clock=clock,
+            rng=self.rng,
+        )
         self._unwritten = 0  # outcomes handed to the writer and not yet recorded
         self._unwritten_lock = threading.Lock()
         self._wake = threading.Condition()
@@ -367,7 +363,7 @@ class Engine:
         if due is not None and due <= now:
             return True
         callback_due = self.store.next_callback_due_at()
-        return self._sending_callbacks or (callback_due is not None and callback_due <= now)
+        return self.callback_sender.busy or (callback_due is not None and callback_due <= now)
 
     # -- scheduler -----------------------------------------------------------------------------------------
 
@@ -583,72 +579,5 @@ class Engine:
 
     # -- callbacks -------------------------------------------------------------------------------------
 
-    def callbacks_once(self, now: float, pool: ThreadPoolExecutor | None = None) -> float | None:
-        """One callback step: lease due callbacks, POST them (at once, on ``pool``), record the answers.
-
-        Returns when the next callback is due (None: none stored)."""
-        due = self.store.next_callback_due_at()  # a read first: the lease is a write transaction
-        if due is None or due > now:
-            return due
-        self._sending_callbacks = True
-        try:
-            leases = self.store.lease_callbacks(now, _CALLBACK_CONCURRENCY, self.settings.lease_seconds)
-            if leases:
-                self._send_callbacks(leases, pool)
-        finally:
-            self._sending_callbacks = False
-        return now if len(leases) == _CALLBACK_CONCURRENCY else self.store.next_callback_due_at()
-
-    def _send_callbacks(self, leases: list[CallbackLease], pool: ThreadPoolExecutor | None) -> None:
-        snapshot = self.config()
-        requests = [callback_request(lease, snapshot.webhook(lease.webhook)) for lease in leases]
-        if pool is None:
-            records = [self.client.send(request) for request in requests]
-        else:
-            records = list(pool.map(self.client.send, requests))
-        outcomes = [
-            decide_callback(lease, record, self.rng, self.clock())
-            for lease, record in zip(leases, records, strict=True)
-        ]
-        self.store.record_callbacks(outcomes, self.clock())
-        for lease, outcome in zip(leases, outcomes, strict=True):
-            self._count_callback(lease, outcome)
-
-    def _count_callback(self, lease: CallbackLease, outcome: CallbackOutcome) -> None:
-        if outcome.kind is OutcomeKind.DELIVERED:
-            self.metrics.callbacks.labels("ok").inc()
-            return
-        self.metrics.callbacks.labels("failed" if outcome.kind is OutcomeKind.RETRY else "dead").inc()
-        a = outcome.attempt
-        values: dict[str, Any] = {"callback": lease.callback_id, "webhook": lease.webhook}
-        values["status_code"] = a.status_code if a else None
-        if a and a.error:
-            values["error"] = a.error
-        if outcome.next_attempt_at is not None:
-            values["retry_in_s"] = round(outcome.next_attempt_at - self.clock(), 1)
-        if outcome.reason:
-            values["reason"] = outcome.reason
-        event = "callback.dead" if outcome.kind is OutcomeKind.DEAD else "callback.failed"
-        log.warning(event, extra=fields(**values))
-
     def _callback_sender(self) -> None:
-        with ThreadPoolExecutor(_CALLBACK_CONCURRENCY, thread_name_prefix="dispatch-callback") as pool:
-            while not self._stopping.is_set():
-                now = self.clock()
-                try:
-                    next_at = self.callbacks_once(now, pool)
-                except StoreError:
-                    log.exception("callbacks.store_error")
-                    next_at = now + 1.0
-                wait = _CALLBACK_POLL_SECONDS if next_at is None else next_at - self.clock()
-                try:
-                    item = self._callbacks.get(timeout=min(_CALLBACK_POLL_SECONDS, wait)) if wait > 0 else 0.0
-                except queue.Empty:
-                    continue
-                while item is not None:  # drain the wake-ups; None is the stop signal
-                    try:
-                        item = self._callbacks.get_nowait()
-                    except queue.Empty:
-                        break
-                if item is None:
-                    return
+        self.callback_sender.run(self._stopping, self._callbacks)

@@ -291,11 +291,11 @@ def test_a_callback_is_retried_on_the_default_schedule_until_delivered(
     now = 10_000.0
     engine = Engine(store, client, lambda: _snapshot(hook), rng=random.Random(1), clock=lambda: now)
     _stored_callback(store, now)
-    next_at = engine.callbacks_once(now)
+    next_at = engine.callback_sender.run_once(now)
     assert next_at is not None and now + 4 <= next_at <= now + 6
-    assert engine.callbacks_once(now + 1) == next_at  # not due yet: nothing sent
+    assert engine.callback_sender.run_once(now + 1) == next_at  # not due yet: nothing sent
     now = next_at
-    assert engine.callbacks_once(now) is None
+    assert engine.callback_sender.run_once(now) is None
     first, second = client.sent
     assert (
         first.body == second.body and first.headers["webhook-id"] == second.headers["webhook-id"] == "ef" * 16
@@ -311,11 +311,11 @@ def test_a_callback_answered_410_is_dead_and_can_be_requeued(store: MemoryStore,
     client.scripts[CALLBACK_URL] = [410, 204]
     engine = Engine(store, client, lambda: _snapshot(hook), rng=random.Random(1), clock=lambda: 10_000.0)
     _stored_callback(store, 10_000.0)
-    assert engine.callbacks_once(10_000.0) is None
+    assert engine.callback_sender.run_once(10_000.0) is None
     (dead,) = store.list_callbacks(DeliveryQuery(status=DeliveryStatus.DEAD))
     assert dead.dead_reason == "410 Gone"
     assert store.requeue_callbacks([dead.id], 10_000.0) == 1
-    engine.callbacks_once(10_000.0)
+    engine.callback_sender.run_once(10_000.0)
     assert [r.url for r in client.sent] == [CALLBACK_URL, CALLBACK_URL]
     assert store.list_callbacks(DeliveryQuery())[0].status is DeliveryStatus.DELIVERED
 
@@ -327,7 +327,7 @@ def test_a_callback_gives_up_after_the_default_schedule(store: MemoryStore, clie
     engine = Engine(store, client, lambda: _snapshot(), rng=random.Random(1), clock=lambda: now[0])
     _stored_callback(store, now[0])
     for _ in range(20):
-        next_at = engine.callbacks_once(now[0])
+        next_at = engine.callback_sender.run_once(now[0])
         if next_at is None:
             break
         now[0] = next_at
