@@ -339,11 +339,8 @@ class MemoryStore:
 
     def next_callback_due_at(self) -> float | None:
         with self._lock:
-            return min(
-                (c.next_attempt_at for c in self._callbacks.values()
-                 if c.is_due_candidate and c.next_attempt_at is not None),
-                default=None,
-            )  # fmt: skip
+            due = [c.next_attempt_at for c in self._callbacks.values() if c.is_due_candidate]
+            return min((at for at in due if at is not None), default=None)
 
     def list_callbacks(self, query: DeliveryQuery) -> list[Callback]:
         with self._lock:

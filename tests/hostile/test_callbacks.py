@@ -136,8 +136,13 @@ def test_failed_and_dead_callbacks_arrive_once_the_callback_receiver_comes_up(
     callback_id that is also its webhook-id header."""
     receiver.respond("/t", 500)
     url = f"http://127.0.0.1:{closed_port}/outcomes"
-    write_webhook(config_dir, "t", receiver.url("/t"), retry_countdown_config=ONE_RETRY,
-                  callback={"url": url, "on": ["failed", "dead"]})  # fmt: skip
+    write_webhook(
+        config_dir,
+        "t",
+        receiver.url("/t"),
+        retry_countdown_config=ONE_RETRY,
+        callback={"url": url, "on": ["failed", "dead"]},
+    )
     state = tmp_path / "state"
     proc = DispatchProcess(config_dir, state)
     processes.append(proc)
@@ -176,8 +181,13 @@ def test_a_callback_stored_before_kill_9_is_delivered_after_restart(
     reclaimed and delivered, once the callback receiver answers."""
     hole = Blackhole(closed_port)
     url = f"http://127.0.0.1:{closed_port}/outcomes"
-    write_webhook(config_dir, "t", receiver.url("/t"), config={"timeout": 30},
-                  callback={"url": url, "on": ["delivered"]})  # fmt: skip
+    write_webhook(
+        config_dir,
+        "t",
+        receiver.url("/t"),
+        config={"timeout": 30},
+        callback={"url": url, "on": ["delivered"]},
+    )
     state = tmp_path / "state"
     proc = DispatchProcess(config_dir, state)
     processes.append(proc)
@@ -295,8 +305,9 @@ def test_stdin_mode_sends_due_callbacks_before_it_exits(
     receiver: Receiver, config_dir: Path, tmp_path: Path
 ) -> None:
     """--stdin: at EOF the callbacks that are due are sent before the process exits 0."""
-    write_webhook(config_dir, "t", receiver.url("/t"), callback={"url": receiver.url("/outcomes"),
-                  "on": ["delivered"]})  # fmt: skip
+    write_webhook(
+        config_dir, "t", receiver.url("/t"), callback={"url": receiver.url("/outcomes"), "on": ["delivered"]}
+    )
     proc = DispatchProcess(config_dir, tmp_path / "state", stdin=True)
     out, _ = proc.proc.communicate(event_line() + event_line(), timeout=30)
     proc.stop()
@@ -311,8 +322,9 @@ def test_a_dead_callback_stays_listed_and_is_sent_again_by_callbacks_retry(
     """A callback answered 410 is dead at once, listed and shown with its reason; `dispatch callbacks retry
     --all-dead` sends it again (the same callback_id) and it is delivered."""
     receiver.respond("/outcomes", 410, 204)
-    write_webhook(config_dir, "t", receiver.url("/t"), callback={"url": receiver.url("/outcomes"),
-                  "on": ["delivered"]})  # fmt: skip
+    write_webhook(
+        config_dir, "t", receiver.url("/t"), callback={"url": receiver.url("/outcomes"), "on": ["delivered"]}
+    )
     state = tmp_path / "state"
     proc = DispatchProcess(config_dir, state)
     processes.append(proc)
