@@ -24,10 +24,11 @@ SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 
 LAUNCHER = """
 import os, socket, sys
-path, *command = sys.argv[1:]
-listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+kind, path, *command = sys.argv[1:]
+listener = socket.socket(socket.AF_UNIX, getattr(socket, kind))
 listener.bind(path)
-listener.listen(16)
+if kind == "SOCK_STREAM":
+    listener.listen(16)
 if listener.fileno() != 3:
     os.dup2(listener.fileno(), 3)
 os.set_inheritable(3, True)
@@ -154,7 +155,7 @@ def test_with_listen_fds_from_a_launcher(receiver: Receiver, notify: NotifyListe
     """LISTEN_FDS/LISTEN_PID set by a plain launcher replace --socket; the manager's socket file stays."""
     write_webhook(tmp_path / "webhooks.d", "hook", receiver.url("/hook"))
     sock = tmp_path / "d.sock"
-    command = [sys.executable, "-c", LAUNCHER, str(sock), *_run_args(tmp_path)]
+    command = [sys.executable, "-c", LAUNCHER, "SOCK_STREAM", str(sock), *_run_args(tmp_path)]
     proc = _start(command, tmp_path, {"NOTIFY_SOCKET": str(notify.path)})
     _deliver_and_stop(proc, sock, receiver, notify, tmp_path)
     assert sock.exists(), "the socket belongs to the service manager: dispatch must not remove it"
@@ -169,3 +170,39 @@ def test_listen_fds_of_another_pid_is_not_taken(tmp_path: Path) -> None:
     done = subprocess.run(_run_args(tmp_path), env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "--socket PATH or --stdin" in done.stderr
+
+
+@pytest.mark.e2e
+def test_sighup_reload_and_watchdog_are_notified(notify: NotifyListener, tmp_path: Path) -> None:
+    """SIGHUP brings RELOADING=1 (with MONOTONIC_USEC) then READY=1; WATCHDOG_USEC brings WATCHDOG=1 pings."""
+    (tmp_path / "webhooks.d").mkdir()
+    sock = tmp_path / "d.sock"
+    command = [sys.executable, "-c", LAUNCHER, "SOCK_STREAM", str(sock), *_run_args(tmp_path)]
+    env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"}
+    proc = _start(command, tmp_path, env)
+    try:
+        wait_until(lambda: notify.seen("READY=1"), timeout=15)
+        wait_until(lambda: notify.seen("WATCHDOG=1"), timeout=15)
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: notify.seen("RELOADING=1"), timeout=15)
+        wait_until(lambda: _after_reloading(notify.drain()), timeout=15)
+    finally:
+        assert _stop(proc) == 0, (tmp_path / "dispatch.log").read_text()
+    reloading = next(m for m in notify.messages if m.startswith("RELOADING=1"))
+    assert "\nMONOTONIC_USEC=" in reloading
+
+
+def _after_reloading(messages: list[str]) -> bool:
+    """Whether a READY=1 follows the first RELOADING=1."""
+    first = next(i for i, m in enumerate(messages) if m.startswith("RELOADING=1"))
+    return "READY=1" in messages[first + 1 :]
+
+
+@pytest.mark.e2e
+def test_a_passed_datagram_socket_is_refused(tmp_path: Path) -> None:
+    """A passed descriptor that is not a listening Unix stream socket stops dispatch run, saying so."""
+    (tmp_path / "webhooks.d").mkdir()
+    command = [sys.executable, "-c", LAUNCHER, "SOCK_DGRAM", str(tmp_path / "d.sock"), *_run_args(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "not a Unix stream socket" in done.stderr
