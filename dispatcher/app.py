@@ -178,7 +178,7 @@ class Dispatcher:
         self, path: Path | None, ingestor: Ingestor, services: _Services, listener: socket.socket | None
     ) -> None:
         if listener is not None:
-            path = Path(listener.getsockname() or "<unnamed>")
+            path = Path(systemd.socket_name(listener))
         assert path is not None
         server = SocketServer(path, ingestor, listener)
         server.start()

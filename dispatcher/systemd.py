@@ -99,6 +99,14 @@ def take_listener(environ: MutableMapping[str, str], pid: int | None = None) -> 
     return sock
 
 
+def socket_name(sock: socket.socket) -> str:
+    """A passed socket's address for logs: its path, ``@name`` in the abstract namespace, or ``<unnamed>``."""
+    name = sock.getsockname()
+    if isinstance(name, bytes):
+        return "@" + name[1:].decode(errors="replace") if name else "<unnamed>"
+    return str(name) or "<unnamed>"
+
+
 def watchdog_interval_seconds(environ: MutableMapping[str, str], pid: int | None = None) -> float | None:
     """How often to send ``WATCHDOG=1``: half of ``WATCHDOG_USEC`` (as sd_watchdog_enabled advises), or None
     when the watchdog is off or meant for another process."""

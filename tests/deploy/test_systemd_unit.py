@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
 
 from dispatcher.errors import SocketPathError
-from dispatcher.systemd import Notifier, is_activated, parse_activation, watchdog_interval_seconds
+from dispatcher.systemd import (
+    Notifier,
+    is_activated,
+    parse_activation,
+    socket_name,
+    watchdog_interval_seconds,
+)
 
 
 def _listen(path: Path) -> socket.socket:
@@ -95,7 +102,7 @@ def test_reloading_is_followed_by_ready_even_when_the_reload_raises(tmp_path: Pa
 
 def test_abstract_namespace_addresses_are_supported() -> None:
     """NOTIFY_SOCKET=@name addresses the abstract namespace, as systemd uses in containers."""
-    name = f"webhooks-test-notify-{id(object())}"
+    name = f"webhooks-test-notify-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(b"\0" + name.encode())
         listener.settimeout(5)
@@ -127,3 +134,16 @@ def test_a_missing_notify_socket_is_logged_not_raised(tmp_path: Path) -> None:
         assert notifier.enabled
         assert not notifier.notify("READY=1")
         assert not notifier.notify("STOPPING=1")
+
+
+def test_socket_names_for_logs_cover_paths_and_the_abstract_namespace(tmp_path: Path) -> None:
+    """A passed socket is named by its path, or @name for an abstract one (ListenStream=@name)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(tmp_path / "s"))
+        assert socket_name(sock) == str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        name = f"webhooks-test-name-{os.getpid()}"
+        sock.bind(b"\0" + name.encode())
+        assert socket_name(sock) == "@" + name
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        assert socket_name(sock) == "<unnamed>"
