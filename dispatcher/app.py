@@ -11,6 +11,7 @@ import fcntl
 import ipaddress
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, TYPE_CHECKING
 
+from dispatcher import systemd
 from dispatcher.config import ConfigSource, initial_snapshot
 from dispatcher.egress import EgressPolicy
 from dispatcher.engine import Engine, EngineSettings
@@ -28,6 +30,7 @@ from dispatcher.ingest import Committer, Ingestor
 from dispatcher.live import LiveConfig
 from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
+from dispatcher.mounts import check_config_mount
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.server import SocketServer, serve_stdin
 from dispatcher.status import StatusServer, status_provider
@@ -59,6 +62,7 @@ class RunOptions:
     engine: EngineSettings = field(default_factory=EngineSettings)
     watch: bool = True
     delivery_processes: int = 1  # 0: attempts in this process's threads
+    activated: bool = False  # listen on the socket systemd passed (LISTEN_FDS) instead of socket_path
 
 
 def store_path(state_dir: Path) -> Path:
@@ -94,6 +98,7 @@ class Dispatcher:
         self.clock = clock
         self.stop_requested = threading.Event()
         self._reload_requested = threading.Event()
+        self.notifier = systemd.Notifier({})  # replaced in run(): NOTIFY_SOCKET belongs to the process
 
     # Signals only set flags (STYLE: loops act on them).
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -108,7 +113,11 @@ class Dispatcher:
         # Ingest threads mostly wait on sockets and SQLite; a shorter switch interval lets them take the
         # interpreter lock back from busy delivery threads sooner (acks per second, measured).
         sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-        with state_lock(o.state_dir), SQLiteStore(store_path(o.state_dir)) as store:
+        # Before any child starts: they must not inherit the passed socket or the notify variables.
+        listener = systemd.take_listener(os.environ) if o.activated and not o.use_stdin else None
+        self.notifier = systemd.Notifier(os.environ)
+        check_config_mount(o.config_dir)
+        with state_lock(o.state_dir), SQLiteStore(store_path(o.state_dir)) as store, self.notifier:
             source = ConfigSource(o.config_dir, self.environ)
             snapshot = initial_snapshot(source)
             metrics = Metrics()
@@ -129,7 +138,7 @@ class Dispatcher:
                         revision=snapshot.revision,
                         webhooks=len(snapshot.table),
                         state=str(store_path(o.state_dir)),
-                        source="stdin" if o.use_stdin else str(o.socket_path),
+                        source="stdin" if o.use_stdin else "systemd" if listener else str(o.socket_path),
                     ),
                 )
                 store.prune(self.clock(), o.retention_seconds)
@@ -151,9 +160,9 @@ class Dispatcher:
                     if o.use_stdin:
                         self._run_stdin(ingestor, engine, services)
                     else:
-                        assert o.socket_path is not None
-                        self._run_socket(o.socket_path, ingestor, services)
+                        self._run_socket(o.socket_path, ingestor, services, listener)
                 finally:
+                    self.notifier.stopping()
                     committer.close()
                     engine.stop(grace_seconds=_longest_timeout(live))
                     services.close()
@@ -165,10 +174,16 @@ class Dispatcher:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
 
-    def _run_socket(self, path: Path, ingestor: Ingestor, services: _Services) -> None:
-        server = SocketServer(path, ingestor)
+    def _run_socket(
+        self, path: Path | None, ingestor: Ingestor, services: _Services, listener: socket.socket | None
+    ) -> None:
+        if listener is not None:
+            path = Path(systemd.socket_name(listener))
+        assert path is not None
+        server = SocketServer(path, ingestor, listener)
         server.start()
-        log.info("socket.listening", extra=fields(path=str(path)))
+        log.info("socket.listening", extra=fields(path=str(path), activated=listener is not None))
+        services.announce_ready()
         try:
             while not self.stop_requested.is_set():
                 services.tick()
@@ -187,6 +202,7 @@ class Dispatcher:
                 eof.set()
 
         threading.Thread(target=read_all, name="dispatch-stdin", daemon=True).start()
+        services.announce_ready()
         while not self.stop_requested.is_set() and not eof.is_set():
             services.tick()
         # At EOF: finish the attempts that are due now; later retries stay in the store for the next run.
@@ -238,10 +254,18 @@ class _Services:
             host, port = o.metrics_address[0], self.status_server.address[1]
             log.info("metrics.listening", extra=fields(address=f"{host}:{port}"))
 
+    def announce_ready(self) -> None:
+        """READY=1 to systemd: the store is open, a valid table is loaded and events are being read."""
+        snapshot = self.live.current()
+        self.app.notifier.ready(f"revision {snapshot.revision}, {len(snapshot.table)} webhooks")
+
     def tick(self, wait_seconds: float = 0.2) -> None:
         self.app.stop_requested.wait(wait_seconds)
+        if self.engine.is_running():  # a dead engine stops the pings: systemd's watchdog restarts us
+            self.app.notifier.watchdog_tick()
         if self.app.reload_requested():
-            self.live.reload("SIGHUP")
+            with self.app.notifier.reloading():
+                self.live.reload("SIGHUP")
         now = self.app.clock()
         if now >= self._next_prune:
             self._next_prune = now + self.PRUNE_EVERY_SECONDS
@@ -257,7 +281,8 @@ class _Services:
         if self._full_reload_due:
             changed = None
         self._full_reload_due = True  # until this reload returns: the paths taken may not have been loaded
-        self.live.reload("watch", changed)
+        with self.app.notifier.reloading():
+            self.live.reload("watch", changed)
         self._full_reload_due = False
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import click
 
 from dispatcher import publish as publishing
+from dispatcher import systemd
 from dispatcher.app import DEFAULT_STATE_DIR, Dispatcher, RunOptions, store_path
 from dispatcher.egress import parse_cidr
 from dispatcher.engine import EngineSettings
@@ -56,7 +58,12 @@ def main() -> None:
 @click.option(
     "--config", "config_dir", required=True, type=click.Path(path_type=Path), help="webhooks.d directory."
 )
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Listen on this Unix socket.")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    help="Listen on this Unix socket (not needed when systemd passes one: LISTEN_FDS).",
+)
 @click.option("--stdin", "use_stdin", is_flag=True, help="Read events from standard input; acks on stdout.")
 @click.option(
     "--state", "state_dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True
@@ -108,8 +115,9 @@ def run(
     log_level: str,
 ) -> None:
     """Ingest events, store them durably, deliver them to every matching webhook."""
-    if use_stdin == (socket_path is not None):
-        raise click.UsageError("give exactly one of --socket PATH or --stdin")
+    activated = not use_stdin and systemd.is_activated(os.environ)  # LISTEN_FDS replaces --socket
+    if (use_stdin and socket_path is not None) or not (use_stdin or activated or socket_path is not None):
+        raise click.UsageError("give exactly one of --socket PATH or --stdin (or run socket-activated)")
     try:
         networks = tuple(parse_cidr(c) for c in allow_cidrs)
     except ValueError as exc:
@@ -127,6 +135,7 @@ def run(
         engine=EngineSettings(workers=workers, per_endpoint=per_endpoint),
         watch=watch,
         delivery_processes=delivery_processes,
+        activated=activated,
     )
     configure(log_format, log_level)
     try:

@@ -25,6 +25,7 @@ log = get_logger("server")
 
 _READ_SIZE = 1 << 16
 _PIPELINE_DEPTH = 16
+_ACCEPT_POLL_SECONDS = 0.2
 
 
 def serve_stream(
@@ -113,12 +114,21 @@ def bind_unix_socket(path: str | Path, mode: int = 0o660) -> socket.socket:
 
 
 class SocketServer:
-    """Accepts clients on a Unix socket; one thread per client. ``close()`` stops accepting and reading."""
+    """Accepts clients on a Unix socket; one thread per client. ``close()`` stops accepting and reading.
 
-    def __init__(self, path: str | Path, ingestor: Ingestor) -> None:
+    ``listener``: an already bound, listening socket (systemd socket activation); its path is then the
+    service manager's, and ``close()`` leaves it in place.
+    """
+
+    def __init__(self, path: str | Path, ingestor: Ingestor, listener: socket.socket | None = None) -> None:
         self.path = Path(path)
         self._ingestor = ingestor
-        self._sock = bind_unix_socket(self.path)
+        self._owns_path = listener is None
+        self._sock = bind_unix_socket(self.path) if listener is None else listener
+        if listener is not None:
+            # shutdown() would also shut the service manager's copy (one socket, two descriptors): the
+            # accept loop wakes up to see close() instead.
+            listener.settimeout(_ACCEPT_POLL_SECONDS)
         self._clients: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -132,6 +142,10 @@ class SocketServer:
         while True:
             try:
                 conn, _ = self._sock.accept()
+            except TimeoutError:
+                if self._closed:
+                    return
+                continue
             except OSError:
                 return  # closed
             with self._lock:
@@ -166,16 +180,20 @@ class SocketServer:
             self._closed = True
             clients = list(self._clients)
             handlers = list(self._handlers)
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        if self._owns_path:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        elif self._accepter.is_alive():
+            self._accepter.join(timeout)
         self._sock.close()
         for conn in clients:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RD)
         for handler in handlers:
             handler.join(timeout)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if self._owns_path:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
 
 def serve_stdin(ingestor: Ingestor, fd_in: int = 0, fd_out: int = 1) -> int:
