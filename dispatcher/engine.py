@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from dispatcher.attempt import Decision, callback_payload, decide, endpoint_key, prepare, without_attempt
 from dispatcher.config import Snapshot
-from dispatcher.errors import DeliveryError, StoreError
+from dispatcher.errors import DeliveryError, SecretError, StoreError
 from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
 from dispatcher.outbound import OutboundRequest
@@ -446,7 +446,17 @@ class Engine:
         if not hook.active:
             self._put(_Done(without_attempt(lease, OutcomeKind.HOLD), hook, lease))
             return True
-        record = self._attempt(lease, hook, snapshot, now)
+        try:
+            record = self._attempt(lease, hook, snapshot, now)
+        except SecretError as exc:
+            # A refused or unresolvable secret is this webhook's failed attempt (retried, dead at the end,
+            # with the reason: the reference, never a value), not a bug. Nothing was sent: the endpoint
+            # is not to blame.
+            self.metrics.secret_errors.inc()
+            record = AttemptRecord(started_at=now, duration_seconds=0.0, error=str(exc))
+            decision = decide(lease, hook, record, self.rng, self.clock())
+            self._put(_Done(decision.outcome, hook, lease, decision))
+            return True
         self.metrics.attempt_duration.observe(record.duration_seconds)
         decision = decide(lease, hook, record, self.rng, self.clock())
         self._put(_Done(decision.outcome, hook, lease, decision))
@@ -454,6 +464,7 @@ class Engine:
         return code is not None and code < 500 and code != 429
 
     def _attempt(self, lease: Lease, hook: Webhook, snapshot: Snapshot, now: float) -> AttemptRecord:
+        """Make the HTTP attempt; SecretError (before anything is sent) when a secret it needs is missing."""
         token: str | None = None
         if isinstance(hook.auth, TokenAuth):
             try:
