@@ -160,7 +160,7 @@ def test_secret_env_and_secrets_dir_options_widen_the_policy(tmp_path: Path) -> 
 
 
 def test_credentials_directory_is_the_default_when_set(tmp_path: Path) -> None:
-    """Without --secrets-dir, reconcile judges absolute paths against $CREDENTIALS_DIRECTORY when it is set."""
+    """Without --secrets-dir, absolute paths are judged against $CREDENTIALS_DIRECTORY when it is set."""
     text = CLEAN.replace("/run/secrets/team/clean-pw", "/run/credentials/x.service/pw")
     directory = tree(tmp_path, **{"c.yaml": text})
     runner = CliRunner(env={"CREDENTIALS_DIRECTORY": "/run/credentials/x.service"})
