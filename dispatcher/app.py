@@ -133,8 +133,14 @@ class Dispatcher:
                         webhooks=len(snapshot.table),
                         state=str(store_path(o.state_dir)),
                         source="stdin" if o.use_stdin else str(o.socket_path),
+                        secrets_dirs=list(source.sources.dirs),
+                        secret_env=list(source.sources.env_patterns),
                     ),
                 )
+                if snapshot.secret_errors:
+                    # The reasons name references only, never values; those webhooks' attempts fail with them.
+                    problems = sorted(snapshot.secret_errors.values())
+                    log.warning("secrets.unresolved", extra=fields(count=len(problems), reasons=problems))
                 store.prune(self.clock(), o.retention_seconds)
                 live.sync_store()
                 engine.start()

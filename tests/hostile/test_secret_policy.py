@@ -104,6 +104,7 @@ def test_refused_secret_references_never_leave_the_host(
     for name in hostile:
         receiver.wait_count(f"/callback-{name}", 1)
     outputs = [proc.logs()]
+    assert "secrets.unresolved" in outputs[0] and "AWS_SECRET_ACCESS_KEY" in outputs[0]  # said at start-up
     for row in _deliveries(state):
         ref = hostile[row["webhook"]][1]
         detail = json.loads(_show(state, row["id"], "json"))
