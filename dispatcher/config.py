@@ -117,6 +117,7 @@ class ConfigSource:
         self._refs: Counter[SecretRef] = Counter()  # secret references of that table's webhooks
         #: The files of those references as they were when last read (None: refused or absent).
         self._signatures: dict[SecretRef, Signature | None] = {}
+        self._cursor = 0  # where the next refresh_secrets starts looking, when it looks at a part only
 
     def load(self, changed: Collection[str] | None = None) -> LoadAttempt:
         """Load the tree; ``changed``: the paths (relative to the directory) a watcher saw change since
@@ -134,19 +135,27 @@ class ConfigSource:
         snapshot = Snapshot(table, secrets, tree.revision, git_commit(self.directory), secret_errors)
         return LoadAttempt(tree.revision, snapshot, tree.diagnostics)
 
-    def refresh_secrets(self, snapshot: Snapshot) -> Snapshot | None:
+    def refresh_secrets(self, snapshot: Snapshot, limit: int = 1000) -> Snapshot | None:
         """``snapshot`` with its file secrets read again, if any referenced file changed since it was read
-        (one stat per file); None when none did. The table and revision stay the same."""
-        changed = [
-            ref
-            for ref, seen in self._signatures.items()
-            if ref.source == "file" and file_signature(ref, self.sources) != seen
-        ]
+        (one stat per file); None when none did. The table and revision stay the same.
+
+        At most ``limit`` files are looked at per call, taking turns, so that a tree with thousands of
+        secret files costs the calling loop a bounded time (and each file is looked at every
+        ``len / limit`` calls).
+        """
+        refs = list(self._signatures)
+        if len(refs) > limit:
+            start = self._cursor % len(refs)
+            refs = (refs[start:] + refs[:start])[:limit]
+            self._cursor = start + limit
+        changed = [ref for ref in refs if file_signature(ref, self.sources) != self._signatures[ref]]
         if not changed:
             return None
         values, errors = self._read_secrets(changed)
         secrets = {r: v for r, v in snapshot.secrets.items() if r not in errors} | values
         secret_errors = {r: e for r, e in snapshot.secret_errors.items() if r not in values} | errors
+        if secrets == snapshot.secrets and secret_errors == snapshot.secret_errors:
+            return None  # touched, not changed (or still refused)
         return dataclasses.replace(snapshot, secrets=secrets, secret_errors=secret_errors)
 
     def _read_secrets(self, refs: Iterable[SecretRef]) -> tuple[dict[SecretRef, str], dict[SecretRef, str]]:

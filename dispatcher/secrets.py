@@ -23,7 +23,8 @@ from reconciler.secretsources import SecretSources, has_parent_step
 #: A secret is a key or a token: anything larger is a mistake (a wrong file), not read into memory.
 MAX_SECRET_BYTES = 64 * 1024
 
-#: What identifies one version of a secret file: (real path, st_dev, st_ino, st_size, st_mtime_ns).
+#: What identifies one version of a secret file: (path, st_dev, st_ino, st_size, st_mtime_ns), the stat
+#: following symlinks.
 Signature = tuple[str, int, int, int, int]
 
 
@@ -72,13 +73,20 @@ def locate_secret_file(ref: SecretRef, sources: SecretSources) -> str:
 
 
 def file_signature(ref: SecretRef, sources: SecretSources) -> Signature | None:
-    """What the file behind ``ref`` is now (None when refused or absent): a change means "read it again"."""
-    try:
-        real = locate_secret_file(ref, sources)
-        st = os.stat(real)
-    except (SecretError, OSError):
+    """What the file behind ``ref`` is now (None when absent or never readable): a change means "resolve and
+    read it again" (which applies the policy). Cheap enough to call every second for every reference: one
+    ``stat`` that follows symlinks, so a swapped link (Kubernetes' ``..data``) shows as another inode."""
+    name = ref.name
+    if has_parent_step(name) or "\0" in name or not name:
         return None
-    return (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    candidates = [name] if os.path.isabs(name) else [os.path.join(d, name) for d in sources.dirs]
+    for candidate in candidates:
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        return (candidate, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return None
 
 
 def _read_secret_file(ref: SecretRef, path: str) -> str:

@@ -160,7 +160,8 @@ def test_refresh_turns_a_removed_file_into_an_error_and_a_restored_one_back(tmp_
 
 
 def test_a_file_outside_the_secrets_directories_is_refused_at_load(tmp_path: Path) -> None:
-    """An absolute path outside every secrets directory is a secret error, and refresh never reads it."""
+    """An absolute path outside every secrets directory is a secret error, and stays one (unread) when the
+    file changes."""
     outside = tmp_path / "outside"
     outside.write_text("marker-outside\n", encoding="utf-8")
     (tmp_path / "secrets").mkdir()
@@ -172,3 +173,25 @@ def test_a_file_outside_the_secrets_directories_is_refused_at_load(tmp_path: Pat
     assert "refused" in reason and "marker-outside" not in reason
     outside.write_text("marker-outside-2\n", encoding="utf-8")
     assert source.refresh_secrets(snapshot) is None
+
+
+def test_refresh_looks_at_a_bounded_number_of_files_per_call_taking_turns(tmp_path: Path) -> None:
+    """With a limit below the number of secret files, successive refreshes look at every file in turn."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    root = tmp_path / "webhooks.d"
+    for i in range(3):
+        (secrets / f"s{i}").write_text(f"old-{i}\n", encoding="utf-8")
+        write(root, f"hook-{i}", secret=f"{{file: s{i}}}")
+    source = ConfigSource(root, {}, SecretSources((str(secrets),)))
+    snapshot = snapshot_of(source)
+    for i in range(3):
+        (secrets / f"s{i}").write_text(f"new-{i}-rotated\n", encoding="utf-8")
+    rotated = []
+    for _ in range(3):
+        refreshed = source.refresh_secrets(snapshot, limit=1)
+        assert refreshed is not None  # each call finds the one changed file it looked at
+        snapshot = refreshed
+        rotated.append(sum(v.endswith("-rotated") for v in snapshot.secrets.values()))
+    assert rotated == [1, 2, 3]
+    assert source.refresh_secrets(snapshot, limit=1) is None
