@@ -448,18 +448,19 @@ class Engine:
             return True
         try:
             record = self._attempt(lease, hook, snapshot, now)
+            sent = True
         except SecretError as exc:
             # A refused or unresolvable secret is this webhook's failed attempt (retried, dead at the end,
-            # with the reason: the reference, never a value), not a bug. Nothing was sent: the endpoint
-            # is not to blame.
+            # with the reason: the reference, never a value), not a bug.
             self.metrics.secret_errors.inc()
             record = AttemptRecord(started_at=now, duration_seconds=0.0, error=str(exc))
-            decision = decide(lease, hook, record, self.rng, self.clock())
-            self._put(_Done(decision.outcome, hook, lease, decision))
-            return True
-        self.metrics.attempt_duration.observe(record.duration_seconds)
+            sent = False
+        else:
+            self.metrics.attempt_duration.observe(record.duration_seconds)
         decision = decide(lease, hook, record, self.rng, self.clock())
         self._put(_Done(decision.outcome, hook, lease, decision))
+        if not sent:
+            return True  # nothing was sent: the endpoint is not to blame
         code = record.status_code
         return code is not None and code < 500 and code != 429
 
