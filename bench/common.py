@@ -37,7 +37,7 @@ RESULTS_DIR = BENCH / "results"
 BIN = Path(sys.executable).parent  # the venv's bin: the installed console scripts
 LOOPBACK = "127.0.0.1"
 ALLOW_CIDR = "127.0.0.1/32"
-SECRET_ENV = "BENCH_WEBHOOK_SECRET"
+SECRET_ENV = "WEBHOOK_BENCH_SECRET"
 SECRET_VALUE = "bench-signing-secret-not-a-real-one"
 STORE_FILE = "dispatch.sqlite3"  # dispatcher.app.STORE_FILE
 
@@ -253,7 +253,7 @@ def webhook_yaml(
     timeout_seconds: int | None = None,
     variant: int = 0,
 ) -> str:
-    """One webhook file signed with ``{env: BENCH_WEBHOOK_SECRET}``; ``variant`` varies the optional parts."""
+    """One webhook file signed with ``{env: WEBHOOK_BENCH_SECRET}``; ``variant`` varies the optional parts."""
     if not url.startswith(f"http://{LOOPBACK}:"):
         raise ValueError(f"benchmark webhooks only point at {LOOPBACK}, not {url!r}")
     types = [event_type] if isinstance(event_type, str) else list(event_type)

@@ -63,7 +63,7 @@ _TEAMS = ("fulfilment", "finance", "carriers", "marketplaces", "warehouse")
 def webhook_yaml(i: int) -> str:
     """One realistic webhook file; ``i`` picks the variant of every optional part."""
     name = f"hook-{i:05d}"
-    env = name.upper().replace("-", "_")
+    env = "WEBHOOK_" + name.upper().replace("-", "_")
     secret = f"{{env: {env}_SECRET}}" if i % 3 else f"{{file: /run/secrets/{name}}}"
     headers = [] if i % 4 == 0 else ["X-Source: oms", f"X-Tenant: tenant-{i % 50}"]
     if i % 5 == 1:

@@ -36,6 +36,7 @@ from dispatcher.server import SocketServer, serve_stdin
 from dispatcher.status import StatusServer, status_provider
 from dispatcher.store.sqlite import SQLiteStore
 from dispatcher.transport import ProcessClient
+from reconciler.secretsources import SecretSources
 
 if TYPE_CHECKING:
     from dispatcher.http import HttpClient
@@ -63,6 +64,8 @@ class RunOptions:
     watch: bool = True
     delivery_processes: int = 1  # 0: attempts in this process's threads
     activated: bool = False  # listen on the socket systemd passed (LISTEN_FDS) instead of socket_path
+    #: Where secrets may come from (--secrets-dir, --secret-env); None: the defaults for the environment.
+    secret_sources: SecretSources | None = None
 
 
 def store_path(state_dir: Path) -> Path:
@@ -118,7 +121,7 @@ class Dispatcher:
         self.notifier = systemd.Notifier(os.environ)
         check_config_mount(o.config_dir)
         with state_lock(o.state_dir), SQLiteStore(store_path(o.state_dir)) as store, self.notifier:
-            source = ConfigSource(o.config_dir, self.environ)
+            source = ConfigSource(o.config_dir, self.environ, o.secret_sources)
             snapshot = initial_snapshot(source)
             metrics = Metrics()
             metrics.watch_queue(store.counts, lambda: _age(store.oldest_open_created_at(), self.clock()))
@@ -139,8 +142,14 @@ class Dispatcher:
                         webhooks=len(snapshot.table),
                         state=str(store_path(o.state_dir)),
                         source="stdin" if o.use_stdin else "systemd" if listener else str(o.socket_path),
+                        secrets_dirs=list(source.sources.dirs),
+                        secret_env=list(source.sources.env_patterns),
                     ),
                 )
+                if snapshot.secret_errors:
+                    # The reasons name references only, never values; those webhooks' attempts fail with them.
+                    problems = sorted(snapshot.secret_errors.values())
+                    log.warning("secrets.unresolved", extra=fields(count=len(problems), reasons=problems))
                 store.prune(self.clock(), o.retention_seconds)
                 live.sync_store()
                 engine.start()
@@ -221,9 +230,11 @@ class Dispatcher:
 
 
 class _Services:
-    """Periodic housekeeping on the main thread: SIGHUP reloads and retention pruning."""
+    """Housekeeping on the main thread: SIGHUP reloads, rotated secret files, retention pruning."""
 
     PRUNE_EVERY_SECONDS = 3600.0
+    #: Secret files are stat-ed this often: a rotation takes effect within about this long.
+    SECRETS_EVERY_SECONDS = 1.0
 
     def __init__(
         self, app: Dispatcher, live: LiveConfig, engine: Engine, store: SQLiteStore, metrics: Metrics
@@ -234,6 +245,7 @@ class _Services:
         self.store = store
         self.metrics = metrics
         self._next_prune = app.clock() + self.PRUNE_EVERY_SECONDS
+        self._next_secrets_check = app.clock() + self.SECRETS_EVERY_SECONDS
         self.watcher: ConfigWatcher | None = None
         self._full_reload_due = False  # a watch reload failed part-way: the next one looks at every file
         self.status_server: StatusServer | None = None
@@ -267,6 +279,9 @@ class _Services:
             with self.app.notifier.reloading():
                 self.live.reload("SIGHUP")
         now = self.app.clock()
+        if now >= self._next_secrets_check:
+            self._next_secrets_check = now + self.SECRETS_EVERY_SECONDS
+            self.live.refresh_secrets()
         if now >= self._next_prune:
             self._next_prune = now + self.PRUNE_EVERY_SECONDS
             try:

@@ -31,7 +31,9 @@ def prepare(
 ) -> OutboundRequest:
     """The request for this attempt: delivery headers, then additional headers, then auth.
 
-    ``token`` is the Authorization value obtained by the token flow (``config.auth.type: token``).
+    ``token`` is the Authorization value obtained by the token flow (``config.auth.type: token``). Raises
+    SecretError, before anything is sent, when a secret it needs was refused or could not be resolved (the
+    engine records that as the attempt's error).
     """
     secret = snapshot.secret(hook.secret_key) if hook.secret_key is not None else None
     headers = delivery_headers(

@@ -25,6 +25,7 @@ from dispatcher.store.base import AttemptLog, Callback, Delivery, DeliveryQuery,
 from dispatcher.store.sqlite import SQLiteStore
 from dispatcher.terminal import visible
 from dispatcher.transport import default_processes
+from reconciler.secretsources import SecretSources
 
 DEFAULT_SOCKET = "dispatch.sock"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
@@ -96,6 +97,22 @@ def main() -> None:
 @click.option(
     "--watch/--no-watch", default=True, show_default=True, help="Reload when files in --config change."
 )
+@click.option(
+    "--secrets-dir",
+    "secrets_dirs",
+    metavar="DIR",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where {file:} secrets may be read (repeatable; default $CREDENTIALS_DIRECTORY when set, "
+    "else /run/secrets).",
+)
+@click.option(
+    "--secret-env",
+    "secret_env",
+    metavar="PATTERN",
+    multiple=True,
+    help="Glob of the environment variables {env:} secrets may read (repeatable; default WEBHOOK_*).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def run(
@@ -111,6 +128,8 @@ def run(
     delivery_processes: int,
     retention: str,
     watch: bool,
+    secrets_dirs: tuple[Path, ...],
+    secret_env: tuple[str, ...],
     log_format: str,
     log_level: str,
 ) -> None:
@@ -136,6 +155,7 @@ def run(
         watch=watch,
         delivery_processes=delivery_processes,
         activated=activated,
+        secret_sources=SecretSources.build(map(str, secrets_dirs), secret_env),
     )
     configure(log_format, log_level)
     try:

@@ -6,6 +6,7 @@ do (reading secrets). A snapshot is built completely off to the side; callers sw
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
@@ -13,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dispatcher.errors import ConfigError, SecretError
-from dispatcher.secrets import resolve_secret
+from dispatcher.secrets import Signature, file_signature, resolve_secret
 from reconciler.loader import TreeLoader, TreeResult
 from reconciler.model import Diagnostic, SecretRef, Webhook
 from reconciler.routing import RoutingTable, changed_webhooks
+from reconciler.secretsources import SecretSources
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class LoadAttempt:
 
 
 def resolve_secrets(
-    webhooks: Mapping[str, Webhook], environ: Mapping[str, str]
+    webhooks: Mapping[str, Webhook], environ: Mapping[str, str], sources: SecretSources
 ) -> tuple[dict[SecretRef, str], dict[SecretRef, str]]:
     """Resolve every secret reference of every webhook.
 
@@ -64,31 +66,33 @@ def resolve_secrets(
     reload resolves it. Errors name the reference, never a value.
     """
     return resolve_refs(
-        dict.fromkeys(ref for hook in webhooks.values() for ref in hook.secret_refs()), environ
+        dict.fromkeys(ref for hook in webhooks.values() for ref in hook.secret_refs()), environ, sources
     )
 
 
 def resolve_refs(
-    refs: Iterable[SecretRef], environ: Mapping[str, str]
+    refs: Iterable[SecretRef], environ: Mapping[str, str], sources: SecretSources
 ) -> tuple[dict[SecretRef, str], dict[SecretRef, str]]:
     """Resolve each reference afresh (a rotated secret file is read again): (values, reasons of failures)."""
     values: dict[SecretRef, str] = {}
     errors: dict[SecretRef, str] = {}
     for ref in refs:
         try:
-            values[ref] = resolve_secret(ref, environ)
+            values[ref] = resolve_secret(ref, environ, sources)
         except SecretError as exc:
             errors[ref] = str(exc)
     return values, errors
 
 
-def build_attempt(tree: TreeResult, environ: Mapping[str, str], git_commit: str | None = None) -> LoadAttempt:
+def build_attempt(
+    tree: TreeResult, environ: Mapping[str, str], sources: SecretSources, git_commit: str | None = None
+) -> LoadAttempt:
     """Turn a loaded tree into a snapshot, or into the reasons it cannot be applied."""
     errors = tuple(d for d in tree.diagnostics if d.is_error)
     if errors:
         return LoadAttempt(tree.revision, None, tree.diagnostics)
     table = tree.table()
-    secrets, secret_errors = resolve_secrets(table.webhooks, environ)
+    secrets, secret_errors = resolve_secrets(table.webhooks, environ, sources)
     snapshot = Snapshot(table, secrets, tree.revision, git_commit, secret_errors)
     return LoadAttempt(tree.revision, snapshot, tree.diagnostics)
 
@@ -96,14 +100,24 @@ def build_attempt(tree: TreeResult, environ: Mapping[str, str], git_commit: str 
 class ConfigSource:
     """Loads ``--config DIR`` incrementally: only changed files are parsed again, the routing table is
     patched from the previous one, and the secret references in use are counted as webhooks change (their
-    values are still read afresh on every load)."""
+    values are still read afresh on every load, and ``refresh_secrets`` reads again the files that changed
+    between loads)."""
 
-    def __init__(self, directory: str | Path, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        environ: Mapping[str, str] | None = None,
+        sources: SecretSources | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self._loader = TreeLoader(self.directory)
         self._environ = environ if environ is not None else os.environ
+        self.sources = sources if sources is not None else SecretSources.build(environ=self._environ)
         self._table: RoutingTable | None = None  # the last table built; the next is derived from it
         self._refs: Counter[SecretRef] = Counter()  # secret references of that table's webhooks
+        #: The files of those references as they were when last read (None: refused or absent).
+        self._signatures: dict[SecretRef, Signature | None] = {}
+        self._cursor = 0  # where the next refresh_secrets starts looking, when it looks at a part only
 
     def load(self, changed: Collection[str] | None = None) -> LoadAttempt:
         """Load the tree; ``changed``: the paths (relative to the directory) a watcher saw change since
@@ -116,9 +130,41 @@ class ConfigSource:
         previous, table = self._table, tree.table(self._table)
         self._refs = _count_refs(self._refs, previous.webhooks if previous else {}, table.webhooks)
         self._table = table
-        secrets, secret_errors = resolve_refs(self._refs, self._environ)
+        self._signatures = {}  # only the references in use are watched
+        secrets, secret_errors = self._read_secrets(self._refs)
         snapshot = Snapshot(table, secrets, tree.revision, git_commit(self.directory), secret_errors)
         return LoadAttempt(tree.revision, snapshot, tree.diagnostics)
+
+    def refresh_secrets(self, snapshot: Snapshot, limit: int = 1000) -> Snapshot | None:
+        """``snapshot`` with its file secrets read again, if any referenced file changed since it was read
+        (one stat per file); None when none did. The table and revision stay the same.
+
+        At most ``limit`` files are looked at per call, taking turns, so that a tree with thousands of
+        secret files costs the calling loop a bounded time (and each file is looked at every
+        ``len / limit`` calls).
+        """
+        refs = list(self._signatures)
+        if len(refs) > limit:
+            start = self._cursor % len(refs)
+            refs = (refs[start:] + refs[:start])[:limit]
+            self._cursor = start + limit
+        changed = [ref for ref in refs if file_signature(ref, self.sources) != self._signatures[ref]]
+        if not changed:
+            return None
+        values, errors = self._read_secrets(changed)
+        secrets = {r: v for r, v in snapshot.secrets.items() if r not in errors} | values
+        secret_errors = {r: e for r, e in snapshot.secret_errors.items() if r not in values} | errors
+        if secrets == snapshot.secrets and secret_errors == snapshot.secret_errors:
+            return None  # touched, not changed (or still refused)
+        return dataclasses.replace(snapshot, secrets=secrets, secret_errors=secret_errors)
+
+    def _read_secrets(self, refs: Iterable[SecretRef]) -> tuple[dict[SecretRef, str], dict[SecretRef, str]]:
+        """Resolve ``refs``, noting each file's signature first (a change while reading is seen next time)."""
+        refs = list(refs)
+        for ref in refs:
+            if ref.source == "file":
+                self._signatures[ref] = file_signature(ref, self.sources)
+        return resolve_refs(refs, self._environ, self.sources)
 
 
 def _count_refs(

@@ -25,7 +25,7 @@ from dispatcher.attempt import Decision, decide, endpoint_key, prepare, without_
 from dispatcher.callback_sender import CallbackSender
 from dispatcher.callbacks import build_callback, new_callback_id
 from dispatcher.config import Snapshot
-from dispatcher.errors import DeliveryError, StoreError
+from dispatcher.errors import DeliveryError, SecretError, StoreError
 from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
 from dispatcher.outbound import OutboundRequest
@@ -463,14 +463,26 @@ class Engine:
         if not hook.active:
             self._put(_Done(without_attempt(lease, OutcomeKind.HOLD), hook, lease))
             return True
-        record = self._attempt(lease, hook, snapshot, now)
-        self.metrics.attempt_duration.observe(record.duration_seconds)
+        try:
+            record = self._attempt(lease, hook, snapshot, now)
+            sent = True
+        except SecretError as exc:
+            # A refused or unresolvable secret is this webhook's failed attempt (retried, dead at the end,
+            # with the reason: the reference, never a value), not a bug.
+            self.metrics.secret_errors.inc()
+            record = AttemptRecord(started_at=now, duration_seconds=0.0, error=str(exc))
+            sent = False
+        else:
+            self.metrics.attempt_duration.observe(record.duration_seconds)
         decision = decide(lease, hook, record, self.rng, self.clock())
         self._put(_Done(decision.outcome, hook, lease, decision))
+        if not sent:
+            return True  # nothing was sent: the endpoint is not to blame
         code = record.status_code
         return code is not None and code < 500 and code != 429
 
     def _attempt(self, lease: Lease, hook: Webhook, snapshot: Snapshot, now: float) -> AttemptRecord:
+        """Make the HTTP attempt; SecretError (before anything is sent) when a secret it needs is missing."""
         token: str | None = None
         if isinstance(hook.auth, TokenAuth):
             try:

@@ -4,7 +4,8 @@
     ├── ConfigError          the config directory cannot be loaded at start-up
     ├── StoreError           the store cannot be opened or written (disk full, corrupt, locked)
     ├── SocketPathError      the --socket path holds something that is not a stale socket
-    ├── SecretError          a secret reference cannot be resolved (unset variable, unreadable file)
+    ├── SecretError          a secret reference is refused by the secret-source policy or cannot be
+    │                        resolved (unset variable, unreadable file); recorded as a failed attempt
     └── DeliveryError        one attempt failed before a response arrived
         ├── EgressDenied     the target resolves to an address the egress guard refuses
         ├── ConnectError     DNS failure, connection refused or reset

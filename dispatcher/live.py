@@ -103,6 +103,21 @@ class LiveConfig:
                 self._on_change()
             return True
 
+    def refresh_secrets(self) -> bool:
+        """Swap in the current snapshot with its secret files read again if any of them changed (a
+        rotation); returns whether it did. Call from the thread that reloads (the main loop)."""
+        with self._lock:
+            old = self._snapshot
+            new = self._source.refresh_secrets(old)
+            if new is None:
+                return False
+            self._snapshot = new
+        rotated = sorted(str(r) for r, v in new.secrets.items() if old.secrets.get(r) != v)
+        failing = sorted(str(r) for r in new.secret_errors.keys() - old.secret_errors.keys())
+        # References only (names of files), never values.
+        log.info("secrets.reread", extra=fields(rotated=rotated, failing=failing, revision=new.revision))
+        return True
+
     def _reject(self, attempt: LoadAttempt, now: float, reason: str) -> bool:
         detail = describe_failure(attempt)
         self._status = ReloadStatus(

@@ -72,6 +72,11 @@ class Metrics:
         self.callbacks = Counter(
             "dispatch_callbacks", "Outcome callbacks POSTed, by result.", ["result"], registry=r
         )
+        self.secret_errors = Counter(
+            "dispatch_secret_errors",
+            "Attempts failed because a secret reference was refused or could not be resolved.",
+            registry=r,
+        )
         self.reloads = Counter(
             "dispatch_config_reloads", "Configuration reload attempts by result.", ["result"], registry=r
         )

@@ -22,6 +22,8 @@ import click
 
 from reconciler.check import Checker, CheckOptions, ExitCode, watch
 from reconciler.report import RENDERERS
+from reconciler.secretcheck import load_tree_checked
+from reconciler.secretsources import SecretSources
 
 #: Ctrl-C: the shell convention (128 + SIGINT), neither "invalid" nor "internal error".
 EXIT_INTERRUPTED = 130
@@ -124,6 +126,21 @@ def _check_event_type(ctx: click.Context, param: click.Parameter, value: str | N
     is_flag=True,
     help="Keep running: on every change re-check, print diagnostics and the plan against the last good tree.",
 )
+@click.option(
+    "--secrets-dir",
+    "secrets_dirs",
+    metavar="DIR",
+    multiple=True,
+    help="Where the dispatcher reads {file:} secrets (repeatable; default $CREDENTIALS_DIRECTORY or "
+    "/run/secrets): absolute paths outside are warned about.",
+)
+@click.option(
+    "--secret-env",
+    "secret_env",
+    metavar="PATTERN",
+    multiple=True,
+    help="Glob of the variables the dispatcher may read for {env:} secrets (repeatable; default WEBHOOK_*).",
+)
 @click.version_option(package_name="webhooks-as-code", prog_name="reconcile")
 @click.pass_context
 def reconcile(
@@ -137,6 +154,8 @@ def reconcile(
     route_event: str | None,
     route_filter: dict[str, Any] | None,
     watch_mode: bool,
+    secrets_dirs: tuple[str, ...],
+    secret_env: tuple[str, ...],
 ) -> None:
     """Check the webhook definitions in DIR (default ./webhooks.d).
 
@@ -165,7 +184,8 @@ def reconcile(
         except KeyboardInterrupt:
             stop.set()
             ctx.exit(ExitCode.OK)
-    ctx.exit(Checker(options).run())
+    sources = SecretSources.build(secrets_dirs, secret_env)
+    ctx.exit(Checker(options, load=lambda directory: load_tree_checked(directory, sources)).run())
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

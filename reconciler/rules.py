@@ -8,6 +8,8 @@ Per document: ``unknown-api-version``, ``unknown-kind``, ``literal-secret``, ``u
 ``url-query-secret``, ``invalid-url``, ``insecure-url``, ``private-address``, ``reserved-header``,
 ``auth-header-conflict``, ``hop-by-hop-header``, ``header-injection``, ``duplicate-header``, ``retry-never``,
 ``retry-bounds``.
+Per document, against the operator's secret sources (``check_secret_sources``, run by ``reconcile`` only):
+``secret-path-traversal``, ``secret-path-outside``, ``secret-env-pattern``.
 Across files: ``duplicate-name``, ``unknown-event-type``.
 """
 
@@ -25,6 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from reconciler.model import API_VERSION, KIND, Diagnostic, Severity
 from reconciler.routing import pattern_matches
+from reconciler.secretsources import SecretSources, has_parent_step
 from reconciler.yamlsource import Document, JsonPath, format_json_path
 
 EVENT_TYPES_KIND = "EventTypes"
@@ -171,6 +174,50 @@ def _check_secrets(out: _Findings, spec: Mapping[str, Any]) -> None:
                 f"{field} is a literal value; secrets never go into Git: use {{env: NAME}} or {{file: PATH}}",
                 path,
             )
+
+
+def check_secret_sources(doc: Document, file: str, sources: SecretSources) -> list[Diagnostic]:
+    """Secret references the dispatcher would refuse under ``sources``, at the reference's name.
+
+    ``secret-path-traversal`` (error): a ``{file:}`` path with ``..``, never read. ``secret-path-outside``
+    (warning): an absolute path not written inside a secrets directory (the dispatcher, which may run with
+    other ``--secrets-dir`` options, refuses it unless it lies inside one of its own). ``secret-env-pattern``
+    (warning): a variable name no ``--secret-env`` glob matches.
+    """
+    out = _Findings(doc, file)
+    spec = _get(doc.data, "spec")
+    if not isinstance(spec, dict):
+        return []
+    sites: list[tuple[str, ...]] = [("spec", "secret_key"), ("spec", "config", "auth", "password")]
+    headers = spec.get("additional_headers")
+    if isinstance(headers, dict):
+        sites[1:1] = [("spec", "additional_headers", name) for name in headers]
+    for path in sites:
+        ref = _get(doc.data, *path)
+        if not isinstance(ref, dict) or len(ref) != 1:
+            continue
+        ((source, name),) = ref.items()
+        if not isinstance(name, str):
+            continue
+        where: JsonPath = (*path, source)
+        if source == "file" and has_parent_step(name):
+            message = f"secret {{file: {quote(name)}}} contains '..'; the dispatcher never reads such a path"
+            out.at_value(Severity.ERROR, "secret-path-traversal", message, where)
+        elif source == "file" and name.startswith("/") and not sources.lexically_inside(name):
+            dirs = ", ".join(sources.dirs)
+            message = (
+                f"secret {{file: {quote(name)}}} is outside the secrets directories ({dirs}); the dispatcher "
+                "refuses it unless its --secrets-dir holds it (or use a name relative to that directory)"
+            )
+            out.at_value(Severity.WARNING, "secret-path-outside", message, where)
+        elif source == "env" and not sources.env_allowed(name):
+            patterns = ", ".join(sources.env_patterns)
+            message = (
+                f"secret {{env: {quote(name)}}} matches no allowed variable pattern ({patterns}); the "
+                "dispatcher refuses it unless its --secret-env allows it"
+            )
+            out.at_value(Severity.WARNING, "secret-env-pattern", message, where)
+    return out.found
 
 
 def _looks_like_credential(name: str, value: str) -> bool:

@@ -46,10 +46,10 @@ def test_signed_delivery_verifies_with_the_standard_webhooks_library(
         config_dir,
         "erp",
         receiver.url("/erp"),
-        secret_key={"env": "ERP_SECRET"},
+        secret_key={"env": "WEBHOOK_ERP_SECRET"},
         additional_headers={"X-Source": "oms"},
     )
-    proc = _start(processes, config_dir, tmp_path, env={"ERP_SECRET": secret})
+    proc = _start(processes, config_dir, tmp_path, env={"WEBHOOK_ERP_SECRET": secret})
     acks = proc.publish([event_line(uuid="c9591f0d1c1d4da58ade880921bd7e93", payload={"id": 73})])
     assert acks == [{"ok": True, "uuid": "c9591f0d1c1d4da58ade880921bd7e93", "deliveries": 1}]
     [got] = receiver.wait_count("/erp", 1)

@@ -169,7 +169,7 @@ def test_rotated_secret_file_is_used_from_the_next_reload(
     secret_file = tmp_path / "secret"
     secret_file.write_text("first-secret\n")
     write_webhook(config_dir, "a", receiver.url("/a"), secret_key={"file": str(secret_file)})
-    proc, _base = _start(processes, config_dir, tmp_path)
+    proc, _base = _start(processes, config_dir, tmp_path, extra_args=["--secrets-dir", str(tmp_path)])
     proc.publish([event_line()])
     [one] = receiver.wait_count("/a", 1)
     assert (
@@ -238,8 +238,10 @@ def test_the_status_document_never_shows_paths_queries_or_secrets(
     receiver: Receiver, config_dir: Path, tmp_path: Path, processes: list[DispatchProcess]
 ) -> None:
     """/status lists webhooks by endpoint (scheme, host, port) only: no URL path or query, no secret."""
-    write_webhook(config_dir, "a", receiver.url("/a?token=hunter2-query"), secret_key={"env": "A_SECRET"})
-    _proc, base = _start(processes, config_dir, tmp_path, env={"A_SECRET": "hunter2-secret"})
+    write_webhook(
+        config_dir, "a", receiver.url("/a?token=hunter2-query"), secret_key={"env": "WEBHOOK_A_SECRET"}
+    )
+    _proc, base = _start(processes, config_dir, tmp_path, env={"WEBHOOK_A_SECRET": "hunter2-secret"})
     raw = _get(base + "/status")[1].decode() + _get(base + "/metrics")[1].decode()
     assert "hunter2" not in raw
     doc = yaml.safe_load(_get(base + "/status")[1])

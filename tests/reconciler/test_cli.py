@@ -32,7 +32,7 @@ def webhook_yaml(
         "apiVersion: webhooks/v1\nkind: Webhook\n"
         f"metadata:\n  name: {name}\n"
         f"spec:\n  target_url: {url}\n  event_type: {events}\n  status: {status}\n"
-        f"  secret_key: {{env: {name.upper().replace('-', '_')}_SECRET}}\n{extra}"
+        f"  secret_key: {{env: WEBHOOK_{name.upper().replace('-', '_')}_SECRET}}\n{extra}"
     )
 
 
@@ -302,9 +302,10 @@ def test_json_and_github_report_the_same_diagnostics_as_text(broken_dir: Path, t
 def test_no_secret_value_appears_in_any_output(tmp_path: Path) -> None:
     """Literal secrets are never printed back, in any format, diagnostic, plan or route test."""
     query = f"https://erp.example.com/hook?token={MARKER}"  # only a warning, so a valid tree can carry it
-    ref_name = MARKER.upper().replace("-", "_")  # a secret *reference* is not shown in plans either
+    # A secret *reference* is not shown in plans either (an allowed one: it draws no diagnostic).
+    ref_name = "WEBHOOK_" + MARKER.upper().replace("-", "_")
     rejected = {
-        "secret.yaml": webhook_yaml("lit-secret").replace("{env: LIT_SECRET_SECRET}", MARKER),
+        "secret.yaml": webhook_yaml("lit-secret").replace("{env: WEBHOOK_LIT_SECRET_SECRET}", MARKER),
         "header.yaml": webhook_yaml(
             "lit-header", extra=f"  additional_headers:\n    Authorization: Bearer {MARKER}\n"
         ),

@@ -15,6 +15,7 @@ import pytest
 
 from reconciler.loader import TreeResult, load_tree
 from reconciler.schema import WEBHOOK_SCHEMA_PATH
+from reconciler.secretsources import SecretSources, has_parent_step
 from reconciler.yamlsource import JsonPath, iter_paths, parse_source
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,11 +139,20 @@ def test_examples_use_public_example_hosts_only() -> None:
 
 
 def test_examples_hold_references_not_secrets(examples: TreeResult) -> None:
-    """Secrets in the examples are references: the webhooks hold only env names and file paths."""
+    """Secrets in the examples are references the default secret-source policy allows: WEBHOOK_* names,
+    and files named relative to the secrets directory or by a path inside /run/secrets (both forms shown)."""
+    default = SecretSources(("/run/secrets",))
+    files = []
     for hook in examples.webhooks:
         for ref in hook.secret_refs():
             assert ref.source in ("env", "file")
-            assert ref.name.isupper() or ref.name.startswith("/run/secrets/")
+            if ref.source == "env":
+                assert ref.name.isupper() and default.env_allowed(ref.name), ref
+            else:
+                assert not has_parent_step(ref.name), ref
+                assert not ref.name.startswith("/") or default.lexically_inside(ref.name), ref
+                files.append(ref.name)
+    assert {name.startswith("/") for name in files} == {True, False}
 
 
 def check_jsonschema() -> Path:
