@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
 
-
 def find_schema_dir() -> Traversable:
     """Where the bundled schemas are: package data of an installed wheel, else the checkout's ``schemas/``.
 
