@@ -2,9 +2,9 @@
 
 The Action cannot run here, so it is checked twice: ``action.yml`` against GitHub's action schema (the copy
 check-jsonschema vendors), and its shell steps run in order by a small stand-in for the runner, with the
-runner's files (``GITHUB_OUTPUT``, ``GITHUB_STEP_SUMMARY``, ...) in a temporary directory. The stand-in skips
-``uses:`` steps and the install step (the checkout's own ``reconcile`` is on PATH instead; installing the
-project is what tests/test_packaging.py covers), and understands only the expressions action.yml uses.
+runner's files (``GITHUB_OUTPUT``, ``GITHUB_STEP_SUMMARY``, ``GITHUB_PATH``) in a temporary directory. The
+stand-in skips ``uses:`` steps, runs the install step in one test (the others put the checkout's own
+``reconcile`` on PATH instead, for speed), and understands only the expressions action.yml uses.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -28,6 +29,9 @@ BIN = Path(sys.executable).parent
 EXAMPLE = (REPO / "webhooks.d" / "erp-packages.yaml").read_text(encoding="utf-8")
 BROKEN = EXAMPLE.replace("name: erp-packages", "name: erp-broken").replace(
     "secret_key: {env: ERP_WEBHOOK_SECRET}", "secret_key: s3cr3t-in-git"
+)
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "*.egg-info", "__pycache__", "*_cache", "build", "dist", "state", "results"
 )
 SARIF_SCHEMA = json.loads((REPO / "tests/vendor/sarif-2.1.0-rtm.5.json").read_text(encoding="utf-8"))
 
@@ -169,35 +173,52 @@ class ActionRun:
         return any(s.returncode for s in self.steps)
 
 
-def run_action(workspace: Path, runner: Path, **given: str) -> ActionRun:
-    """Run action.yml's shell steps like the runner would (``bash -e -o pipefail``), stopping at a failure."""
+def run_action(workspace: Path, runner: Path, *, install: bool = False, **given: str) -> ActionRun:
+    """Run action.yml's shell steps like the runner would (``bash -e -o pipefail``), stopping at a failure.
+
+    With ``install`` the install step runs too, from a copy of the checkout (the action's own directory), with
+    the test environment's Python standing in for setup-python; without it the checkout's ``reconcile`` is
+    put on PATH instead.
+    """
     inputs = {name: str(spec.get("default", "")) for name, spec in ACTION["inputs"].items()}
     inputs.update({name.replace("_", "-"): value for name, value in given.items()})
     runner.mkdir()
     files = {key: runner / key.lower() for key in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_PATH")}
     for path in files.values():
         path.touch()
+    others = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != BIN]
+    if install:
+        action_path = runner / "action"
+        shutil.copytree(REPO, action_path, ignore=_NOT_SOURCE)
+        setup_python = runner / "setup-python"
+        setup_python.mkdir()
+        (setup_python / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        (setup_python / "python").chmod(0o755)
+        path = [str(setup_python), *others]
+    else:
+        action_path, path = REPO, [str(BIN), *others]
     base_env = {
         **os.environ,
-        **{key: str(path) for key, path in files.items()},
+        **{key: str(file) for key, file in files.items()},
         "RUNNER_TEMP": str(runner),
-        "GITHUB_ACTION_PATH": str(REPO),
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "GITHUB_ACTION_PATH": str(action_path),
     }
     steps: list[StepRun] = []
     for step in ACTION["runs"]["steps"]:
-        if "uses" in step or step.get("name") == "Install reconcile":
+        if "uses" in step or (step.get("name") == "Install reconcile" and not install):
             continue
         if "if" in step and not _condition(step["if"], inputs):
             continue
-        env = {**base_env, **{k: _INPUT.sub(lambda m: inputs[m.group(1)], v) for k, v in step["env"].items()}}
+        added = files["GITHUB_PATH"].read_text().split()  # the runner prepends what steps add
+        step_env = {k: _INPUT.sub(lambda m: inputs[m.group(1)], v) for k, v in step.get("env", {}).items()}
+        env = {**base_env, "PATH": os.pathsep.join([*reversed(added), *path]), **step_env}
         done = subprocess.run(
             ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]],
             cwd=workspace,
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
         )
         steps.append(StepRun(step["name"], done.returncode, done.stdout + done.stderr))
         if done.returncode:
@@ -211,11 +232,16 @@ def _condition(expression: str, inputs: Mapping[str, str]) -> bool:
     return inputs[match.group(1)] != ""
 
 
-def test_action_annotates_and_fails_an_invalid_tree_and_still_writes_sarif(tmp_path: Path) -> None:
-    """With a broken file the Action writes a valid SARIF log, annotates the error and fails at the check."""
+def test_action_installs_annotates_and_fails_an_invalid_tree_and_still_writes_sarif(tmp_path: Path) -> None:
+    """The Action installs itself, writes a valid SARIF log, annotates the error and fails at the check."""
     workspace = make_repo(tmp_path / "ws", {"webhooks.d/erp.yaml": EXAMPLE, "webhooks.d/bad.yaml": BROKEN})
-    result = run_action(workspace, tmp_path / "runner", sarif="reconcile.sarif")
-    assert [(s.name, s.returncode) for s in result.steps] == [("Write SARIF", 0), ("Check", 1)]
+    result = run_action(workspace, tmp_path / "runner", install=True, sarif="reconcile.sarif")
+    assert [(s.name, s.returncode) for s in result.steps] == [
+        ("Install reconcile", 0),
+        ("Write SARIF", 0),
+        ("Check", 1),
+    ], result.steps
+    assert (tmp_path / "runner" / "reconcile-venv" / "bin" / "reconcile").exists()
     assert "::error file=webhooks.d/bad.yaml,line=12,col=15,title=literal-secret::" in result.steps[-1].stdout
     assert "file=reconcile.sarif" in result.outputs.splitlines()
     log = json.loads((workspace / "reconcile.sarif").read_text(encoding="utf-8"))
