@@ -77,6 +77,7 @@ def write(root: Path, files: Mapping[str, str]) -> None:
 # --- pre-commit --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pre_commit_hook_fails_a_broken_webhook_and_passes_the_fixed_one(tmp_path: Path) -> None:
     """``pre-commit try-repo`` with this repository's hook fails a literal secret, then passes once fixed."""
     if not (REPO / ".git").exists():
@@ -232,6 +233,7 @@ def _condition(expression: str, inputs: Mapping[str, str]) -> bool:
     return inputs[match.group(1)] != ""
 
 
+@pytest.mark.slow
 def test_action_installs_annotates_and_fails_an_invalid_tree_and_still_writes_sarif(tmp_path: Path) -> None:
     """The Action installs itself, writes a valid SARIF log, annotates the error and fails at the check."""
     workspace = make_repo(tmp_path / "ws", {"webhooks.d/erp.yaml": EXAMPLE, "webhooks.d/bad.yaml": BROKEN})

@@ -79,6 +79,7 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_schemas_folder_as_package_data_byte_for_byte(installed: Installed) -> None:
     """The wheel holds exactly the top-level schemas/ files, unchanged, as reconciler/schemas/."""
     with zipfile.ZipFile(installed.wheel) as wheel:
@@ -90,6 +91,7 @@ def test_wheel_ships_the_schemas_folder_as_package_data_byte_for_byte(installed:
     assert shipped == {p.name: p.read_bytes() for p in (REPO / "schemas").iterdir() if p.is_file()}
 
 
+@pytest.mark.slow
 def test_installed_reconcile_checks_the_examples_from_another_directory(
     installed: Installed, tmp_path: Path
 ) -> None:
@@ -107,6 +109,7 @@ def test_installed_reconcile_checks_the_examples_from_another_directory(
     assert "webhooks valid" in done.stdout
 
 
+@pytest.mark.slow
 def test_installed_package_reads_its_own_schemas(installed: Installed, tmp_path: Path) -> None:
     """The installed code and the schemas it reads are the wheel's, not the checkout's."""
     code = "import reconciler, reconciler.schema as s; print(reconciler.__file__); print(s.SCHEMA_DIR)"
@@ -115,6 +118,7 @@ def test_installed_package_reads_its_own_schemas(installed: Installed, tmp_path:
     assert Path(schemas) == installed.site_packages / "reconciler" / "schemas"
 
 
+@pytest.mark.slow
 def test_installed_reconcile_uses_the_bundled_event_catalogue(installed: Installed, tmp_path: Path) -> None:
     """A misspelt event type is found against the packaged catalogue (the read that used to fail)."""
     example = (REPO / "webhooks.d" / "erp-packages.yaml").read_text(encoding="utf-8")
@@ -126,6 +130,7 @@ def test_installed_reconcile_uses_the_bundled_event_catalogue(installed: Install
     assert "unknown-event-type" in rules
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["reconcile", "dispatch"])
 def test_installed_commands_print_the_version(installed: Installed, tmp_path: Path, command: str) -> None:
     """Both installed commands answer ``--version`` with the version in pyproject.toml."""
