@@ -242,7 +242,12 @@ def _delivery_json(d: Delivery) -> dict[str, Any]:
 @click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time.")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="At most this many.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output."
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
 )
 def list_deliveries(
     state_dir: Path, status: str | None, webhook: str | None, since: str | None, limit: int, fmt: str
@@ -271,7 +276,12 @@ def list_deliveries(
 @deliveries.command("show")
 @_state_option
 @click.option(
-    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output."
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
 )
 @click.argument("delivery_id", type=int)
 def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
