@@ -51,6 +51,7 @@ def _address(text: str) -> tuple[str, int]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="webhooks-as-code", prog_name="dispatch")
 def main() -> None:
     """Durable, signed webhook delivery for events piped in by the OMS."""
 
@@ -67,14 +68,23 @@ def main() -> None:
 )
 @click.option("--stdin", "use_stdin", is_flag=True, help="Read events from standard input; acks on stdout.")
 @click.option(
-    "--state", "state_dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True
+    "--state",
+    "state_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Directory of the embedded SQLite store.",
 )
 @click.option(
     "--allow-cidr", "allow_cidrs", multiple=True, help="Allow deliveries to this network (repeatable)."
 )
 @click.option("--metrics", "metrics_address", help="Serve /metrics, /healthz and /status on HOST:PORT.")
 @click.option(
-    "--max-line-bytes", type=click.IntRange(1024), default=DEFAULT_MAX_LINE_BYTES, show_default=True
+    "--max-line-bytes",
+    type=click.IntRange(1024),
+    default=DEFAULT_MAX_LINE_BYTES,
+    show_default=True,
+    help="Longest accepted event line; longer lines are rejected.",
 )
 @click.option(
     "--workers", type=click.IntRange(1, 1024), default=64, show_default=True, help="Delivery threads."
@@ -113,8 +123,20 @@ def main() -> None:
     multiple=True,
     help="Glob of the environment variables {env:} secrets may read (repeatable; default WEBHOOK_*).",
 )
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log line format (stderr).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Least severe log level written.",
+)
 def run(
     config_dir: Path,
     socket_path: Path | None,
@@ -168,7 +190,12 @@ def run(
 
 @main.command()
 @click.option(
-    "--socket", "socket_path", type=click.Path(path_type=Path), default=DEFAULT_SOCKET, show_default=True
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_SOCKET,
+    show_default=True,
+    help="The running dispatcher's Unix socket.",
 )
 @click.argument("source", default="-")
 def publish(socket_path: Path, source: str) -> None:
@@ -199,7 +226,12 @@ def deliveries() -> None:
 
 
 _state_option = click.option(
-    "--state", "state_dir", type=click.Path(path_type=Path), default=DEFAULT_STATE_DIR, show_default=True
+    "--state",
+    "state_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    help="Directory of the store (as given to dispatch run).",
 )
 
 
@@ -255,11 +287,18 @@ def _callback_json(c: Callback) -> dict[str, Any]:
 
 @deliveries.command("list")
 @_state_option
-@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]))
-@click.option("--webhook")
+@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), help="Only this status.")
+@click.option("--webhook", help="Only this webhook's deliveries.")
 @click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="At most this many.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
 def list_deliveries(
     state_dir: Path, status: str | None, webhook: str | None, since: str | None, limit: int, fmt: str
 ) -> None:
@@ -286,7 +325,14 @@ def list_deliveries(
 
 @deliveries.command("show")
 @_state_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
 @click.argument("delivery_id", type=int)
 def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
     """Show one delivery and every attempt: time, status code, duration, response excerpt, error."""
@@ -349,7 +395,7 @@ def _echo_attempts(attempts: tuple[AttemptLog, ...]) -> None:
 @deliveries.command("retry")
 @_state_option
 @click.option("--all-dead", is_flag=True, help="Requeue every dead delivery (filtered by --webhook/--since).")
-@click.option("--webhook")
+@click.option("--webhook", help="With --all-dead: only this webhook's deliveries.")
 @click.option("--since", help="Only deliveries created since: a duration ago (2h, 7d) or an ISO time.")
 @click.argument("delivery_ids", nargs=-1, type=int)
 def retry_deliveries(
@@ -379,11 +425,18 @@ def callbacks() -> None:
 
 @callbacks.command("list")
 @_state_option
-@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]))
-@click.option("--webhook")
+@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), help="Only this status.")
+@click.option("--webhook", help="Only this webhook's callbacks.")
 @click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="At most this many.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
 def list_callbacks(
     state_dir: Path, status: str | None, webhook: str | None, since: str | None, limit: int, fmt: str
 ) -> None:
@@ -411,7 +464,14 @@ def list_callbacks(
 
 @callbacks.command("show")
 @_state_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
 @click.argument("callback_id", type=int)
 def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
     """Show one callback: the outcome record it POSTs and every attempt."""
@@ -453,7 +513,7 @@ def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
 @callbacks.command("retry")
 @_state_option
 @click.option("--all-dead", is_flag=True, help="Requeue every dead callback (filtered by --webhook/--since).")
-@click.option("--webhook")
+@click.option("--webhook", help="With --all-dead: only this webhook's callbacks.")
 @click.option("--since", help="Only callbacks created since: a duration ago (2h, 7d) or an ISO time.")
 @click.argument("callback_ids", nargs=-1, type=int)
 def retry_callbacks(
@@ -479,8 +539,8 @@ def retry_callbacks(
 
 
 @main.command()
-@click.option("--port", type=click.IntRange(0, 65535), required=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), required=True, help="Port to listen on (0: any free).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--secret", envvar="DISPATCH_RECEIVE_SECRET", help="Verify signatures with this secret.")
 @click.option("--strict", is_flag=True, help="Answer 401 and exit 1 on a bad signature.")
 @click.option(

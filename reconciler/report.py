@@ -1,4 +1,4 @@
-"""Reporters: render the outcome of one ``reconcile`` run as text, JSON or GitHub workflow commands.
+"""Reporters: render the outcome of one ``reconcile`` run as text, JSON, GitHub workflow commands or SARIF.
 
 Pure functions from a ``Report`` (the loaded tree plus the optional plan and route test) to a string; the CLI
 writes the string to stdout. Every format renders the same diagnostics in the same order (file, line, column).
@@ -14,11 +14,13 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, Protocol
 
 from reconciler.explain import RouteExplanation, render_route_text, route_to_json
 from reconciler.model import Diagnostic, Webhook
 from reconciler.plan import Plan, plan_to_json, render_plan_text
+from reconciler.sarif import build_sarif_log
 
 FORMAT_VERSION = "1.0"
 
@@ -241,6 +243,31 @@ def _group(title: str, body: str) -> str:
     return f"::group::{title}\n{body}::endgroup::\n"
 
 
+# --- sarif -------------------------------------------------------------------------------------------------
+
+
+def render_sarif(report: Report) -> str:
+    """A SARIF 2.1.0 log of the diagnostics, for code scanning (``reconciler.sarif``).
+
+    SARIF describes findings only: the plan and the route test are left out (they are in the other formats).
+    """
+    log = build_sarif_log(_diags(report), tool_version=tool_version())
+    return json.dumps(log, ensure_ascii=False, indent=2) + "\n"
+
+
+def tool_version() -> str:
+    """The installed distribution's version (what ``--version`` prints)."""
+    try:
+        return metadata.version("webhooks-as-code")
+    except metadata.PackageNotFoundError:  # imported from a bare checkout, never installed
+        return "0+unknown"
+
+
 Renderer = Callable[[Report], str]
 
-RENDERERS: dict[str, Renderer] = {"text": render_text, "json": render_json, "github": render_github}
+RENDERERS: dict[str, Renderer] = {
+    "text": render_text,
+    "json": render_json,
+    "github": render_github,
+    "sarif": render_sarif,
+}

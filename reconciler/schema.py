@@ -12,6 +12,8 @@ import functools
 import json
 import re
 from collections.abc import Callable, Collection, Iterator
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,21 @@ from reconciler.yamlsource import Document, JsonPath, format_json_path
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+def find_schema_dir() -> Traversable:
+    """Where the bundled schemas are: package data of an installed wheel, else the checkout's ``schemas/``.
+
+    The top-level ``schemas/`` folder is the only copy in the repository (editors find it through the
+    modeline of every webhook file); the build maps it into the wheel as ``reconciler/schemas/``. An editable
+    install has no such package folder, so the checkout's folder is read directly.
+    """
+    packaged = resources.files("reconciler") / "schemas"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+SCHEMA_DIR = find_schema_dir()
 WEBHOOK_SCHEMA_PATH = SCHEMA_DIR / "webhook.v1.json"
 CATALOGUE_PATH = SCHEMA_DIR / "events.v1.json"
 
@@ -59,7 +75,7 @@ _TYPE_WORDS = {
 _SECRET_REF = "a secret reference ({env: NAME} or {file: PATH})"
 
 
-def load_json(path: Path) -> Any:
+def load_json(path: Traversable) -> Any:
     """Read one bundled JSON file; a missing or malformed one is an installation problem."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))

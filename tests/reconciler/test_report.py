@@ -1,13 +1,20 @@
-"""Reporters (text, JSON, GitHub annotations) and the route-test explanation they print."""
+"""Reporters (text, JSON, GitHub annotations, SARIF) and the route-test explanation they print."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
+import jsonschema
+from click.testing import CliRunner
+
+from reconciler.cli import reconcile
 from reconciler.explain import Outcome, explain_route, render_route_text, route_to_json
+from reconciler.loader import load_tree
 from reconciler.model import Diagnostic, Severity, Source, Webhook
 from reconciler.plan import build_plan
 from reconciler.report import (
@@ -17,10 +24,13 @@ from reconciler.report import (
     escape_property,
     render_github,
     render_json,
+    render_sarif,
     render_text,
     summary_line,
 )
 from reconciler.routing import build_routing_table
+from reconciler.ruledocs import RULE_DOCS
+from reconciler.sarif import artifact_location, fingerprint
 
 
 @dataclass(frozen=True)
@@ -234,3 +244,139 @@ def test_route_section_in_text_and_json() -> None:
     data = json.loads(render_json(report))["route"]
     assert [(w["name"], w["outcome"]) for w in data["webhooks"]] == [("all", "deliver"), ("other", "deliver")]
     assert re.search(r"::group::Route\n", render_github(report))
+
+
+# --- sarif -------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+SARIF_SCHEMA = json.loads((REPO / "tests/vendor/sarif-2.1.0-rtm.5.json").read_text(encoding="utf-8"))
+
+
+def sarif(report: Report) -> dict[str, Any]:
+    log: dict[str, Any] = json.loads(render_sarif(report))
+    return log
+
+
+def sarif_schema_errors(log: Any) -> list[str]:
+    validator = jsonschema.Draft4Validator(SARIF_SCHEMA)
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(log)]
+
+
+def test_sarif_validates_against_the_sarif_2_1_0_schema() -> None:
+    """SARIF output for the invalid fixtures (every kind of problem) is valid SARIF 2.1.0."""
+    tree = load_tree("tests/reconciler/fixtures/invalid")
+    assert tree.diagnostics
+    assert sarif_schema_errors(sarif(Report(tree))) == []
+
+
+def test_sarif_schema_check_can_fail() -> None:
+    """The vendored SARIF schema rejects a log that lacks a result's message (the check is not vacuous)."""
+    log = sarif(Report(FakeTree(DIAGS)))
+    del log["runs"][0]["results"][0]["message"]
+    assert sarif_schema_errors(log)
+
+
+def test_sarif_results_carry_rule_level_message_and_region() -> None:
+    """Each result names its rule, level and message, and points at file, line and column, sorted."""
+    run = sarif(Report(FakeTree(DIAGS)))["runs"][0]
+    first = run["results"][0]
+    assert first["ruleId"] == "yaml-duplicate-key"
+    assert first["level"] == "error"
+    assert first["message"] == {"text": "duplicate key 'kind'"}
+    (location,) = first["locations"]
+    assert location["physicalLocation"] == {
+        "artifactLocation": {"uri": "webhooks.d/a.yaml", "uriBaseId": "%SRCROOT%"},
+        "region": {"startLine": 2, "startColumn": 5},
+    }
+    assert location["logicalLocations"] == [{"fullyQualifiedName": "$"}]
+    assert [r["level"] for r in run["results"]] == ["error", "warning", "error"]
+    assert run["columnKind"] == "unicodeCodePoints"
+
+
+def test_sarif_describes_every_rule_it_reports() -> None:
+    """``tool.driver.rules`` has an entry with a summary and help for every result's rule, at its index."""
+    tree = load_tree("tests/reconciler/fixtures/invalid")
+    run = sarif(Report(tree))["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    for result in run["results"]:
+        rule = rules[result["ruleIndex"]]
+        assert rule["id"] == result["ruleId"]
+        assert rule["shortDescription"]["text"] and rule["help"]["text"]
+        assert rule["defaultConfiguration"]["level"] in ("error", "warning")
+    assert {r["id"] for r in rules} >= set(RULE_DOCS)
+
+
+def test_sarif_describes_an_undocumented_rule_plainly() -> None:
+    """A rule id without documentation still gets a rule entry, and the log stays valid."""
+    log = sarif(Report(FakeTree((err("w/a.yaml", 1, 1, "odd", rule="brand-new-rule"),))))
+    run = log["runs"][0]
+    rule = run["tool"]["driver"]["rules"][run["results"][0]["ruleIndex"]]
+    assert rule["id"] == "brand-new-rule"
+    assert rule["help"]["text"]
+    assert sarif_schema_errors(log) == []
+
+
+def test_sarif_of_a_valid_tree_has_an_empty_results_list() -> None:
+    """No diagnostics is an empty ``results`` array (code scanning then closes fixed alerts)."""
+    log = sarif(Report(FakeTree()))
+    assert log["version"] == "2.1.0"
+    assert log["runs"][0]["results"] == []
+    assert sarif_schema_errors(log) == []
+
+
+def test_sarif_keeps_warnings_as_warnings_under_strict() -> None:
+    """--strict fails the run but does not turn a warning result into an error."""
+    run = sarif(Report(FakeTree(DIAGS), strict=True))["runs"][0]
+    assert [r["level"] for r in run["results"] if r["ruleId"] == "unknown-event-type"] == ["warning"]
+
+
+def test_sarif_uris_are_relative_to_the_source_root_or_file_uris() -> None:
+    """Relative paths stay relative (``./`` dropped, spaces percent-encoded); absolute ones are file URIs."""
+    assert artifact_location("./webhooks.d/my hook.yaml") == {
+        "uri": "webhooks.d/my%20hook.yaml",
+        "uriBaseId": "%SRCROOT%",
+    }
+    assert artifact_location("/srv/repo/webhooks.d/a.yaml") == {"uri": "file:///srv/repo/webhooks.d/a.yaml"}
+
+
+def test_sarif_fingerprint_survives_line_moves_only() -> None:
+    """The fingerprint ignores line and column but changes with the rule, file, path or message."""
+    d = err("webhooks.d/x.yaml", 7, 3, "'target_url' is a required property", path="$.spec")
+    assert fingerprint(replace(d, line=70, column=1)) == fingerprint(d)
+    for changed in (
+        replace(d, rule="other"),
+        replace(d, file="webhooks.d/y.yaml"),
+        replace(d, json_path="$.spec.config"),
+        replace(d, message="another"),
+    ):
+        assert fingerprint(changed) != fingerprint(d)
+
+
+def test_every_documented_rule_matches_what_the_rules_report() -> None:
+    """Each diagnostic of the invalid fixtures has a documented rule with the same severity."""
+    tree = load_tree("tests/reconciler/fixtures/invalid")
+    for d in tree.diagnostics:
+        assert d.rule in RULE_DOCS, d.rule
+        assert RULE_DOCS[d.rule].severity is d.severity, d.rule
+
+
+def test_every_rule_id_in_the_source_is_documented() -> None:
+    """Every rule id the reconciler's source can emit has an entry in ``reconciler.ruledocs``."""
+    emitted: set[str] = set()
+    for source in (REPO / "reconciler").glob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        emitted |= set(re.findall(r"Severity\.(?:ERROR|WARNING),\s*\"([a-z][a-z0-9-]*)\"", text))
+        emitted |= set(re.findall(r"\.problem\(\s*\"([a-z][a-z0-9-]*)\"", text))
+    assert len(emitted) >= 20  # the scan finds the rules (it cannot pass by finding none)
+    assert sorted(emitted - set(RULE_DOCS)) == []
+
+
+def test_cli_format_sarif_prints_one_log_and_exits_like_the_others() -> None:
+    """``reconcile --check --format sarif`` prints only the SARIF log and exits 1 for an invalid tree."""
+    result = CliRunner().invoke(
+        reconcile, ["--check", "--format", "sarif", "tests/reconciler/fixtures/invalid"]
+    )
+    assert result.exit_code == 1
+    log = json.loads(result.stdout)
+    assert log["runs"][0]["tool"]["driver"]["name"] == "reconcile"
+    assert sarif_schema_errors(log) == []
