@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,11 @@ from dispatcher.config import Snapshot
 from dispatcher.ingest import route_event
 from dispatcher.protocol import ParsedEvent, parse_line
 from dispatcher.store.base import NewEvent
-from reconciler.explain import Outcome, explain_route
+from reconciler.explain import Outcome, explain_route, render_route_text, route_to_json
 from reconciler.importer import build_import
 from reconciler.loader import load_tree
 from reconciler.model import Webhook
+from reconciler.plan import build_plan
 from reconciler.routing import RoutingTable, build_routing_table, scope_admits
 
 FIXTURES = Path(__file__).parent / "fixtures" / "import"
@@ -197,3 +200,25 @@ def test_match_and_scope_both_apply() -> None:
     assert [h.name for h in table.route("package.created", {"a": 1})] == ["both"]
     assert table.route("package.created", None) == ()  # match wants a filter
     assert table.route("package.created", {"a": 1, "b": 2}) == ()  # scope lacks b
+
+
+def test_route_text_and_json_show_the_scope_that_left_a_webhook_out(imported: RoutingTable) -> None:
+    """`reconcile --route` prints `skipped: config.scope {...}`; its JSON has the scope and the outcome."""
+    route = explain_route(imported, "package.created", {"channel_id": 3})
+    text = render_route_text(route)
+    assert re.search(r"✗ carrier-example-net-package-created-3 .*skipped: config\.scope \{\}", text)
+    assert 'skipped: config.scope {"channel_id": 5}' in text
+    shown = {w["name"]: w for w in route_to_json(route)["webhooks"]}
+    assert shown["carrier-example-net-package-created-3"]["outcome"] == "out-of-scope"
+    assert shown["carrier-example-net-package-created-3"]["scope"] == {}
+    assert "scope" not in shown["erp-example-com-package-created-1"]
+
+
+def test_the_plan_shows_a_scope_appearing_or_changing() -> None:
+    """Adding config.scope (even {}) or changing one of its values is a change in the plan."""
+    base = Webhook("a", "https://example.com/in", ("package.created",))
+    scoped = dataclasses.replace(base, scope={})
+    changed = dataclasses.replace(base, scope={"channel_id": 3})
+    for before, after in ((base, scoped), (scoped, changed)):
+        plan = build_plan({"a": before}, {"a": after})
+        assert [f.path for c in plan.changes for f in c.fields] == ["spec.config.scope"]
