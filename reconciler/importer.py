@@ -21,6 +21,9 @@ becomes one document:
 Every document is rendered as YAML and checked by the reconciler's own per-file checks before it is
 accepted, so what the import writes is what ``reconcile --check`` accepts. Any error anywhere makes the whole
 result unwritable (``ImportResult.ok``); every problem of every row is reported at once.
+
+Rows are read by ``reconciler.importrows``, events mapped by ``reconciler.importevents``, text rendered by
+``reconciler.importrender``; ``reconciler.importcli`` is the only part that reads or writes files.
 """
 
 from __future__ import annotations
@@ -28,14 +31,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from reconciler.fastschema import json_equal
 from reconciler.filecheck import build_file
+from reconciler.importevents import map_events
 from reconciler.importrender import render_webhook
+from reconciler.importrows import Finding, Problems, Row, json_field, shown, split_rows
 from reconciler.model import API_VERSION, KIND, Severity
 from reconciler.redact import is_sensitive_name
 from reconciler.rules import (
@@ -52,26 +57,9 @@ from reconciler.yamlsource import parse_source
 #: MAX_RETRY_COUNT (18).
 OMS_MAX_ATTEMPTS = 19
 OMS_CHOICES = ("fixed", "linear", "exponential", "random")
-WEBHOOK_MODEL = "whisperer.webhook"
-EVENT_MODEL = "whisperer.webhookevent"
 _EVENT_TYPE = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TOKEN_OPTIONS = ("url", "username_field", "password_field", "token_key", "header_format")
-_HEX32 = re.compile(r"[0-9a-f]{32}")
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One problem or notice about one row of one export file. Never holds a secret value."""
-
-    severity: Severity
-    source: str  # the export file, as given
-    where: str  # e.g. "$[3] (id 7)"; "" for the file as a whole
-    message: str
-
-    def render(self) -> str:
-        where = f" {self.where}:" if self.where else ""
-        return f"{self.source}:{where} {self.severity.value}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,34 +89,6 @@ class ImportResult:
         return not any(f.severity is Severity.ERROR for f in self.findings)
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    source: str
-    where: str
-    pk: Any
-    fields: Mapping[str, Any]
-
-
-class _Problems:
-    """Findings of one import, in the order found."""
-
-    def __init__(self) -> None:
-        self.found: list[Finding] = []
-
-    def error(self, row: _Row, message: str) -> None:
-        self.found.append(Finding(Severity.ERROR, row.source, row.where, message))
-
-    def warning(self, row: _Row, message: str) -> None:
-        self.found.append(Finding(Severity.WARNING, row.source, row.where, message))
-
-    def about_file(self, severity: Severity, source: str, message: str) -> None:
-        self.found.append(Finding(severity, source, "", message))
-
-    @property
-    def errors(self) -> int:
-        return sum(1 for f in self.found if f.severity is Severity.ERROR)
-
-
 def build_import(
     exports: Sequence[tuple[str, Any]], *, with_events: bool, out_display: str = "webhooks.d"
 ) -> ImportResult:
@@ -136,14 +96,14 @@ def build_import(
 
     ``out_display`` names the output directory in the diagnostics of the in-memory check.
     """
-    problems = _Problems()
-    hooks: list[_Row] = []
-    events: list[_Row] = []
+    problems = Problems()
+    hooks: list[Row] = []
+    events: list[Row] = []
     for source, data in exports:
-        _split_rows(source, data, hooks, events, problems)
+        split_rows(source, data, hooks, events, problems)
     imported: list[ImportedWebhook] = []
     secrets: list[Secret] = []
-    names: dict[str, _Row] = {}  # name -> the row that took it
+    names: dict[str, Row] = {}  # name -> the row that took it
     by_id: dict[str, tuple[str, str]] = {}  # str(pk) -> (name, event type)
     envs: set[str] = set()
     for row in hooks:
@@ -170,70 +130,14 @@ def build_import(
             "for dispatch publish",
         )
     elif events:
-        lines = list(_map_events(events, by_id, problems))
+        lines = list(map_events(events, by_id, problems))
     return ImportResult(tuple(imported), tuple(secrets), tuple(lines), tuple(problems.found))
-
-
-# --- rows -------------------------------------------------------------------------------------------------
-
-
-def _split_rows(source: str, data: Any, hooks: list[_Row], events: list[_Row], problems: _Problems) -> None:
-    """Sort the rows of one export into webhook and event rows (dumpdata, REST list, REST page)."""
-    prefix = "$"
-    if isinstance(data, dict) and isinstance(data.get("results"), list):
-        data, prefix = data["results"], "$.results"
-    elif isinstance(data, dict) and ("target_url" in data or "request_payload" in data):
-        data, prefix = [data], ""
-    if not isinstance(data, list):
-        message = "not a dj-whisperer export: expected a list of rows or a page with results"
-        problems.about_file(Severity.ERROR, source, message)
-        return
-    others: dict[str, int] = {}
-    for i, item in enumerate(data):
-        where = f"{prefix}[{i}]" if prefix else "$"
-        if isinstance(item, dict) and isinstance(item.get("fields"), dict) and "model" in item:
-            model = str(item["model"]).lower()
-            row = _Row(source, _where(where, item.get("pk")), item.get("pk"), item["fields"])
-            if model == WEBHOOK_MODEL:
-                hooks.append(row)
-            elif model == EVENT_MODEL:
-                events.append(row)
-            else:
-                others[model] = others.get(model, 0) + 1
-        elif isinstance(item, dict) and "target_url" in item:
-            hooks.append(_Row(source, _where(where, item.get("id")), item.get("id"), item))
-        elif isinstance(item, dict) and "request_payload" in item:
-            events.append(_Row(source, _where(where, item.get("id")), item.get("id"), item))
-        else:
-            problems.about_file(
-                Severity.ERROR, source, f"{where} is neither a webhook nor a webhook event row"
-            )
-    for model, count in sorted(others.items()):
-        problems.about_file(Severity.WARNING, source, f"{count} rows of model {model!r} ignored")
-
-
-def _where(path: str, pk: Any) -> str:
-    return f"{path} (id {pk})" if isinstance(pk, int | str) and not isinstance(pk, bool) else path
-
-
-def _json_field(row: _Row, key: str, default: Any, problems: _Problems) -> Any:
-    """A JSON column: older Django versions dump it as a JSON string, newer ones as the value."""
-    value = row.fields.get(key, default)
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            problems.error(row, f"{key} is a string that is not JSON")
-            return None
-    return default if value is None else value
 
 
 # --- webhooks ---------------------------------------------------------------------------------------------
 
 
-def _map_webhook(
-    row: _Row, problems: _Problems, envs: set[str]
-) -> tuple[dict[str, Any], list[Secret]] | None:
+def _map_webhook(row: Row, problems: Problems, envs: set[str]) -> tuple[dict[str, Any], list[Secret]] | None:
     """The document and secrets of one webhook row; None (with errors reported) when it cannot be mapped."""
     errors_before = problems.errors
     fields = row.fields
@@ -245,7 +149,7 @@ def _map_webhook(
         problems.error(
             row,
             "event_type must be a lowercase event type such as 'package.created' (no wildcards: the OMS "
-            f"matches it literally), got {_shown(event_type)}",
+            f"matches it literally), got {shown(event_type)}",
         )
         return None
     if "." not in event_type:
@@ -279,8 +183,8 @@ def _map_webhook(
         spec["secret_key"] = secret("SECRET", secret_key, "secret_key")
     elif secret_key not in (None, ""):
         problems.error(row, "secret_key is not a string")
-    headers = _json_field(row, "additional_headers", {}, problems)
-    config = _json_field(row, "config", {}, problems)
+    headers = json_field(row, "additional_headers", {}, problems)
+    config = json_field(row, "config", {}, problems)
     if not isinstance(headers, dict):
         problems.error(row, "additional_headers is not an object")
         headers = {}
@@ -303,7 +207,7 @@ def _map_webhook(
     if callback:
         problems.warning(
             row,
-            f"callback {_shown(callback)} is a Python function inside the OMS; it has no equivalent here "
+            f"callback {shown(callback)} is a Python function inside the OMS; it has no equivalent here "
             "and was dropped (spec.callback can report outcomes to a URL instead)",
         )
     if problems.errors > errors_before:
@@ -347,18 +251,13 @@ def _unique_env(env: str, taken: set[str]) -> str:
     return candidate
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:76] + "...'"
-
-
-def _map_headers(row: _Row, headers: Mapping[str, Any], problems: _Problems, secret: Any) -> dict[str, Any]:
+def _map_headers(row: Row, headers: Mapping[str, Any], problems: Problems, secret: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     seen: set[str] = set()
     for name, value in headers.items():
         lowered = name.lower()
         if not _HEADER_NAME.fullmatch(name):
-            problems.error(row, f"additional_headers: {_shown(name)} is not an HTTP header name")
+            problems.error(row, f"additional_headers: {shown(name)} is not an HTTP header name")
         elif lowered in RESERVED_HEADERS:
             problems.warning(
                 row,
@@ -381,14 +280,14 @@ def _map_headers(row: _Row, headers: Mapping[str, Any], problems: _Problems, sec
     return out
 
 
-def _map_auth(row: _Row, auth: Any, problems: _Problems, secret: Any) -> dict[str, Any] | None:
+def _map_auth(row: Row, auth: Any, problems: Problems, secret: Any) -> dict[str, Any] | None:
     if not isinstance(auth, dict):
         problems.error(row, "config.auth is not an object")
         return None
     kind = auth.get("auth_type")
     allowed = {"auth_type", "username", "password", *(_TOKEN_OPTIONS if kind == "token" else ())}
     if kind not in ("basic", "token"):
-        problems.error(row, f"config.auth: auth_type {_shown(kind)} is neither 'basic' nor 'token'")
+        problems.error(row, f"config.auth: auth_type {shown(kind)} is neither 'basic' nor 'token'")
         return None
     username, password = auth.get("username"), auth.get("password")
     if not isinstance(username, str) or not username or not isinstance(password, str):
@@ -404,7 +303,7 @@ def _map_auth(row: _Row, auth: Any, problems: _Problems, secret: Any) -> dict[st
 
 
 def _split_url_credentials(
-    row: _Row, url: str, has_auth: bool, problems: _Problems, secret: Any
+    row: Row, url: str, has_auth: bool, problems: Problems, secret: Any
 ) -> tuple[str, dict[str, Any]] | None:
     """``user:password@`` in a target URL (which requests sends as Basic auth) as config.auth."""
     try:
@@ -427,8 +326,8 @@ def _split_url_credentials(
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment)), auth
 
 
-def _map_retry(row: _Row, problems: _Problems) -> dict[str, Any] | None:
-    retry = _json_field(row, "retry_countdown_config", None, problems)
+def _map_retry(row: Row, problems: Problems) -> dict[str, Any] | None:
+    retry = json_field(row, "retry_countdown_config", None, problems)
     if retry is None:
         problems.warning(row, "no retry_countdown_config: the default schedule applies")
         return None
@@ -436,7 +335,7 @@ def _map_retry(row: _Row, problems: _Problems) -> dict[str, Any] | None:
     if choice not in OMS_CHOICES:
         problems.error(
             row,
-            f"retry_countdown_config: choice {_shown(choice)} has no equivalent (expected one of "
+            f"retry_countdown_config: choice {shown(choice)} has no equivalent (expected one of "
             f"{', '.join(OMS_CHOICES)})",
         )
         return None
@@ -468,7 +367,7 @@ def _attempts_within_bounds(choice: str, kwargs: Any) -> int:
 
 
 def _check_document(
-    row: _Row, document: dict[str, Any], out_display: str, problems: _Problems, into: list[ImportedWebhook]
+    row: Row, document: dict[str, Any], out_display: str, problems: Problems, into: list[ImportedWebhook]
 ) -> bool:
     """Render, then run the reconciler's per-file checks on the text; keep it if it has no error."""
     name = document["metadata"]["name"]
@@ -485,41 +384,3 @@ def _check_document(
         return False
     into.append(ImportedWebhook(name, text))
     return True
-
-
-# --- events -----------------------------------------------------------------------------------------------
-
-
-def _map_events(rows: list[_Row], by_id: Mapping[str, tuple[str, str]], problems: _Problems) -> Iterator[str]:
-    """One ``dispatch publish`` line per undelivered event row, addressed to its one webhook."""
-    seen: dict[str, _Row] = {}
-    for row in rows:
-        if row.fields.get("delivered") is True:
-            continue
-        uuid = row.fields.get("uuid")
-        normal = uuid.replace("-", "").lower() if isinstance(uuid, str) else ""
-        if not _HEX32.fullmatch(normal):
-            problems.error(row, f"event uuid {_shown(uuid)} is not a UUID")
-            continue
-        hook = row.fields.get("webhook")
-        hook_id = hook.get("id", hook.get("pk")) if isinstance(hook, dict) else hook
-        target = by_id.get(str(hook_id)) if hook_id is not None else None
-        if target is None:
-            problems.error(row, f"event's webhook {_shown(hook_id)} is not among the imported webhooks")
-            continue
-        name, event_type = target
-        payload = _json_field(row, "request_payload", None, problems)
-        if isinstance(payload, dict) and isinstance(payload.get("event"), dict):
-            envelope = {k: v for k, v in payload.items() if k not in ("filter", "webhook")}
-            envelope["event"] = {**payload["event"], "uuid": normal}
-            envelope["event"].setdefault("type", event_type)
-        else:
-            envelope = {"event": {"type": event_type, "uuid": normal}, "payload": payload}
-        if normal in seen:
-            problems.warning(
-                row,
-                f"uuid {normal} is also the uuid of {seen[normal].where}; the dispatcher accepts a uuid "
-                "once, so only the first is delivered",
-            )
-        seen.setdefault(normal, row)
-        yield json.dumps({**envelope, "webhook": name}, ensure_ascii=False, separators=(",", ":"))
