@@ -129,8 +129,9 @@ def _write(path: Path, text: str, mode: int, force: bool) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             os.fchmod(out.fileno(), mode & ~_umask() if mode != 0o600 else mode)
             out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
+            if mode == 0o600:  # the secrets: the one copy outside the OMS until they are loaded
+                out.flush()
+                os.fsync(out.fileno())
         if force:
             os.replace(temporary, path)
         else:

@@ -25,7 +25,11 @@ class _Flow(dict[str, Any]):
     """A mapping written on one line: ``{env: NAME}``."""
 
 
-class _Dumper(yaml.SafeDumper):
+# libyaml's emitter when PyYAML has it (the pure-Python one is most of an import's time), the same output.
+_BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
     pass
 
 
