@@ -25,34 +25,46 @@ def _env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in pairs if k.startswith("WEBHOOK_")}
 
 
+def hook_row(pk: int, url: str, **fields: object) -> dict[str, object]:
+    """A REST row of an active package.created hook."""
+    row = {"id": pk, "target_url": url, "event_type": "package.created", "is_active": True}
+    return {**row, "retry_countdown_config": RETRY, **fields}
+
+
 def test_an_imported_export_is_delivered_signed_scoped_and_replayed(
     receiver: Receiver, tmp_path: Path, processes: list[DispatchProcess]
 ) -> None:
     """The imported tree routes filtered and unfiltered events as the OMS does, signs with the exported
     secret, sends the credential header and basic auth from the secrets file, and replays an undelivered
     event."""
+    auth = {"auth_type": "basic", "username": "oms", "password": "basic-pw-Cc33"}
+    envelope = {
+        "event": {"type": "package.created", "uuid": "0b6d3c1e5a524c0e9f3e2d4b8f9a1c77"},
+        "payload": {"id": 74},
+    }
     rows = [
-        {"id": 1, "target_url": receiver.url("/ch3"), "event_type": "package.created", "is_active": True,
-         "secret_key": "imp-secret-Aa11", "additional_headers": {"Authorization": "Token hdr-tok-Bb22"},
-         "config": {"channel_id": 3}, "retry_countdown_config": RETRY},
-        {"id": 2, "target_url": receiver.url("/all"), "event_type": "package.created", "is_active": True,
-         "config": {"auth": {"auth_type": "basic", "username": "oms", "password": "basic-pw-Cc33"}},
-         "retry_countdown_config": RETRY},
-        {"id": 3, "target_url": receiver.url("/ch5"), "event_type": "package.created", "is_active": True,
-         "config": {"channel_id": 5}, "retry_countdown_config": RETRY},
-        {"id": 90, "webhook": {"id": 2}, "uuid": "0b6d3c1e-5a52-4c0e-9f3e-2d4b8f9a1c77", "delivered": False,
-         "request_payload": {"event": {"type": "package.created", "uuid": "0b6d3c1e5a524c0e9f3e2d4b8f9a1c77"},
-                             "payload": {"id": 74}}},
-    ]  # fmt: skip
+        hook_row(
+            1,
+            receiver.url("/ch3"),
+            secret_key="imp-secret-Aa11",
+            config={"channel_id": 3},
+            additional_headers={"Authorization": "Token hdr-tok-Bb22"},
+        ),
+        hook_row(2, receiver.url("/all"), config={"auth": auth}),
+        hook_row(3, receiver.url("/ch5"), config={"channel_id": 5}),
+        {
+            "id": 90,
+            "webhook": {"id": 2},
+            "uuid": "0b6d3c1e-5a52-4c0e-9f3e-2d4b8f9a1c77",
+            "delivered": False,
+            "request_payload": envelope,
+        },
+    ]
     export = tmp_path / "hooks.json"
     export.write_text(json.dumps({"count": 4, "next": None, "previous": None, "results": rows}))
     out, secrets_file, events = tmp_path / "webhooks.d", tmp_path / "secrets.env", tmp_path / "events.ndjson"
-    done = subprocess.run(
-        [str(RECONCILE), "import", str(export), "--out", str(out), "--secrets-out", str(secrets_file),
-         "--events", str(events)],
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+    command = [str(RECONCILE), "import", str(export), "--out", str(out), "--secrets-out", str(secrets_file)]
+    done = subprocess.run([*command, "--events", str(events)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for value in ("imp-secret-Aa11", "hdr-tok-Bb22", "basic-pw-Cc33"):
         assert value not in done.stdout + done.stderr
