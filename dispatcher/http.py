@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 import requests.adapters
@@ -270,10 +271,11 @@ class HttpClient:
         return self.send(json_request(url, payload, timeout_seconds))
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
-        """dj-whisperer's token flow: POST the credentials as JSON to ``auth.url``, return ``token_key`` of
-        the JSON answer. Raises DeliveryError (message without password or token)."""
-        body = json.dumps({auth.username_field: auth.username, auth.password_field: password}).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        """dj-whisperer's token flow: POST the credentials form-encoded (its ``requests.post(data=...)``) to
+        ``auth.url``, return ``token_key`` of the JSON answer. Raises DeliveryError (message without password
+        or token)."""
+        body = urlencode({auth.username_field: auth.username, auth.password_field: password}).encode("ascii")
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         where = f"token endpoint {auth.url}"
         try:
             exchange = self._exchange(

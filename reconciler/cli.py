@@ -189,5 +189,10 @@ def reconcile(
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Console-script entry point."""
-    reconcile.main(args=argv, prog_name="reconcile")
+    """Console-script entry point: ``reconcile import ...`` (``reconciler.importcli``), else ``reconcile``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["import"]:
+        from reconciler.importcli import import_command  # imports this module: loaded only when asked for
+
+        import_command.main(args=args[1:], prog_name="reconcile import")
+    reconcile.main(args=args, prog_name="reconcile")

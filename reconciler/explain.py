@@ -13,13 +13,14 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.redact import redact_url
-from reconciler.routing import RoutingTable, filter_matches, pattern_matches
+from reconciler.routing import RoutingTable, filter_matches, pattern_matches, scope_admits
 
 
 class Outcome(StrEnum):
     DELIVER = "deliver"
     INACTIVE = "inactive"  # its pattern matches, but ``spec.status`` is inactive
     FILTERED = "filtered"  # its pattern matches, but the event's filter lacks ``spec.config.match``
+    OUT_OF_SCOPE = "out-of-scope"  # its pattern matches, but the filter asks for more than ``config.scope``
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class RouteHit:
     patterns: tuple[str, ...]  # the webhook's event_type patterns that match the event type
     outcome: Outcome
     match: dict[str, Any] = field(default_factory=dict)  # the webhook's config.match (shown when FILTERED)
+    scope: dict[str, Any] | None = None  # the webhook's config.scope (shown when OUT_OF_SCOPE)
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,12 @@ def explain_route(
             outcome = Outcome.INACTIVE
         elif not filter_matches(hook.match, event_filter):
             outcome = Outcome.FILTERED
+        elif not scope_admits(hook.scope, event_filter):
+            outcome = Outcome.OUT_OF_SCOPE
         else:  # pragma: no cover - would mean the table and pattern_matches disagree
             raise AssertionError(f"route of {name!r} for {event_type!r} is inconsistent")
         url = redact_url(hook.target_url)
-        hits.append(RouteHit(name, url, hook.source.file, patterns, outcome, hook.match))
+        hits.append(RouteHit(name, url, hook.source.file, patterns, outcome, hook.match, hook.scope))
     return RouteExplanation(event_type, dict(event_filter) if event_filter is not None else None, tuple(hits))
 
 
@@ -78,7 +82,11 @@ def render_route_text(route: RouteExplanation) -> str:
     for hit in route.delivered:
         lines.append(f"  → {hit.name}  {hit.target_url}  (matched {_patterns(hit)})")
     for hit in route.skipped:
-        reason = "inactive" if hit.outcome is Outcome.INACTIVE else f"config.match {_compact(hit.match)}"
+        reason = {
+            Outcome.INACTIVE: "inactive",
+            Outcome.FILTERED: f"config.match {_compact(hit.match)}",
+            Outcome.OUT_OF_SCOPE: f"config.scope {_compact(hit.scope)}",
+        }[hit.outcome]
         lines.append(f"  ✗ {hit.name}  {hit.target_url}  (matched {_patterns(hit)}; skipped: {reason})")
     reached = len(route.delivered)
     skipped = f", {len(route.skipped)} skipped" if route.skipped else ""
@@ -108,6 +116,7 @@ def route_to_json(route: RouteExplanation) -> dict[str, Any]:
                 "patterns": list(h.patterns),
                 "outcome": h.outcome.value,
                 **({"match": h.match} if h.outcome is Outcome.FILTERED else {}),
+                **({"scope": h.scope} if h.outcome is Outcome.OUT_OF_SCOPE else {}),
             }
             for h in route.hits
         ],

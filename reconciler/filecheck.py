@@ -211,6 +211,7 @@ def build_webhook(document: dict[str, Any], source: Source) -> Webhook:
         timeout_seconds=_shared(float(config.get("timeout", 10.0))),
         auth=_auth(config["auth"]) if "auth" in config else None,
         match=_texts(config.get("match") or {}),
+        scope=_texts(config["scope"]) if "scope" in config else None,
         retry=_retry(retry) if retry is not None else None,
         callback=Callback(callback["url"], _shared(frozenset(map(_text, callback.get("on", ("dead",))))))
         if callback

@@ -124,6 +124,9 @@ class Webhook:
     timeout_seconds: float = 10.0
     auth: Auth | None = None
     match: dict[str, Any] = field(default_factory=dict)
+    #: ``config.scope``, the OMS's (dj-whisperer's) routing rule; None when the file has none. See
+    #: ``reconciler.routing.scope_admits``: ``{}`` is not the same as None.
+    scope: dict[str, Any] | None = None
     retry: RetryConfig | None = None  # None = the default schedule (SPEC section 5)
     callback: Callback | None = None
     labels: dict[str, str] = field(default_factory=dict)

@@ -146,6 +146,8 @@ def _iter_fields(hook: Webhook) -> Iterator[tuple[str, _Field]]:
             yield f"spec.config.auth.{f.name}", item
     for key in sorted(hook.match):
         yield f"spec.config.match.{key}", _plain(hook.match[key])
+    if hook.scope is not None:  # one field: adding or removing a key changes whom filtered events reach
+        yield "spec.config.scope", _plain(hook.scope)
     if hook.retry is not None:
         yield "spec.retry_countdown_config.choice", _plain(hook.retry.choice)
         for key in sorted(hook.retry.kwargs):

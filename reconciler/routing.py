@@ -3,6 +3,15 @@
 Event-type patterns are dot-separated. ``*`` matches exactly one segment; a trailing ``.**`` matches one or
 more remaining segments; a lone ``*`` (or ``**``) matches every event type. Patterns are indexed in a segment
 trie, so routing cost depends on the depth of the event type, not on the number of webhooks.
+
+An event's ``filter`` then meets two rules, read from opposite sides (both hold when a webhook has both):
+
+- ``config.match`` (ours): the webhook names key/values the event must carry. A webhook with a match never
+  receives an event without a filter; one without a match receives every event, filtered or not.
+- ``config.scope`` (the OMS's: dj-whisperer's ``deliver_event(config_filter={k: v})`` selects the hooks whose
+  ``config`` has ``k == v``): the event names key/values the webhook must carry. An event without a filter
+  reaches every webhook whatever its scope; a filtered one reaches only webhooks whose scope has every filter
+  key with an equal value, so ``scope: {}`` receives unfiltered events only. No scope at all: the rule is off.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import operator
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from reconciler.fastschema import json_equal
 from reconciler.model import Webhook
 
 _REST = "**"
@@ -52,6 +62,22 @@ def filter_matches(match: Mapping[str, Any], event_filter: Mapping[str, Any] | N
         if have != want:
             return False
     return True
+
+
+def scope_admits(scope: Mapping[str, Any] | None, event_filter: Mapping[str, Any] | None) -> bool:
+    """Whether the OMS would deliver an event with ``event_filter`` to a hook whose config is ``scope``.
+
+    None (no ``config.scope``) admits everything. Values compare as JSON values, as PostgreSQL's jsonb does
+    for dj-whisperer's ``config__k=v``: ``3`` equals ``3.0`` but not ``"3"``, ``true`` is not ``1``.
+    """
+    if scope is None or not event_filter:
+        return True
+    return all(key in scope and json_equal(scope[key], want) for key, want in event_filter.items())
+
+
+def admits(hook: Webhook, event_filter: Mapping[str, Any] | None) -> bool:
+    """Whether an event's filter lets it reach ``hook`` (its ``config.match`` and ``config.scope``)."""
+    return filter_matches(hook.match, event_filter) and scope_admits(hook.scope, event_filter)
 
 
 def _is_number(value: Any) -> bool:
@@ -180,7 +206,7 @@ class RoutingTable:
         """Active webhooks that an event of this type (and filter) reaches, sorted by name."""
         names = sorted(self._trie.names(event_type))
         hooks = (self._webhooks[n] for n in names)
-        return tuple(h for h in hooks if filter_matches(h.match, event_filter))
+        return tuple(h for h in hooks if admits(h, event_filter))
 
     def patched(self, webhooks: Mapping[str, Webhook], revision: str) -> RoutingTable:
         """The table of ``webhooks``, built by changing only the webhooks that differ from this table's.

@@ -220,7 +220,8 @@ def check_secret_sources(doc: Document, file: str, sources: SecretSources) -> li
     return out.found
 
 
-def _looks_like_credential(name: str, value: str) -> bool:
+def looks_like_credential(name: str, value: str) -> bool:
+    """Whether a header's name or value says it carries a credential (``literal-secret`` for headers)."""
     lowered = name.lower()
     return any(part in lowered for part in _CREDENTIAL_NAME_PARTS) or bool(
         _CREDENTIAL_VALUE.match(value.strip())
@@ -262,7 +263,7 @@ def _check_headers(out: _Findings, headers: Mapping[str, Any], *, has_auth: bool
         reported = (
             lowered in RESERVED_HEADERS or lowered in HOP_BY_HOP_HEADERS
         )  # already an error: say it once
-        if isinstance(value, str) and not reported and _looks_like_credential(name, value):
+        if isinstance(value, str) and not reported and looks_like_credential(name, value):
             message = (
                 f"header {quote(name)} carries a literal credential; use {{env: NAME}} or {{file: PATH}}"
             )

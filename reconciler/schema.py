@@ -181,7 +181,12 @@ def _subject(path: JsonPath) -> str:
     if not path:
         return "the document"
     if len(path) >= 2 and isinstance(path[-1], str):
-        prefix = {"additional_headers": "header", "labels": "label", "match": "match key"}.get(str(path[-2]))
+        prefix = {
+            "additional_headers": "header",
+            "labels": "label",
+            "match": "match key",
+            "scope": "scope key",
+        }.get(str(path[-2]))
         if prefix:
             return f"{prefix} {path[-1]!r}"
     i = len(path)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -302,16 +303,20 @@ TOKEN_AUTH = TokenAuth(url="https://auth.example.test/token", username="oms", pa
 
 @responses.activate
 def test_fetch_token_posts_credentials_and_reads_the_token() -> None:
-    """The token flow POSTs {username, password} as JSON and returns the answer's token_key."""
+    """The token flow POSTs username and password form-encoded (as dj-whisperer does), returns token_key."""
     responses.add(responses.POST, TOKEN_AUTH.url, json={"key": "tok-123"})
     with mocked_client() as c:
         assert c.fetch_token(TOKEN_AUTH, "pw-secret", 5.0) == "tok-123"
-    assert json.loads(sent_body(0)) == {"username": "oms", "password": "pw-secret"}
+    assert parse_qs(sent_body(0).decode(), strict_parsing=True) == {
+        "username": ["oms"],
+        "password": ["pw-secret"],
+    }
+    assert responses.calls[0].request.headers["Content-Type"] == "application/x-www-form-urlencoded"
 
 
 @responses.activate
 def test_fetch_token_uses_the_configured_field_names() -> None:
-    """username_field, password_field and token_key rename the JSON fields."""
+    """username_field, password_field and token_key rename the form fields and the answer's field."""
     auth = TokenAuth(
         url="https://auth.example.test/login",
         username="oms",
@@ -323,7 +328,7 @@ def test_fetch_token_uses_the_configured_field_names() -> None:
     responses.add(responses.POST, auth.url, json={"access": "abc", "key": "wrong"})
     with mocked_client() as c:
         assert c.fetch_token(auth, "pw", 5.0) == "abc"
-    assert json.loads(sent_body(0)) == {"email": "oms", "pass": "pw"}
+    assert parse_qs(sent_body(0).decode()) == {"email": ["oms"], "pass": ["pw"]}
 
 
 @pytest.mark.parametrize(

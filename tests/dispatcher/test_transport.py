@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -136,7 +136,7 @@ def test_token_flow_and_callbacks_are_made_by_the_child(server: LocalServer) -> 
         record = client.post_json(server.url("/callback"), {"b": 1, "a": "x"}, 5.0)
     assert record.status_code == 200
     token_request, _, callback = server.requests
-    assert json.loads(token_request.body) == {"username": "oms", "password": "s3cret-pw"}
+    assert parse_qs(token_request.body.decode()) == {"username": ["oms"], "password": ["s3cret-pw"]}
     assert (callback.path, callback.body) == ("/callback", b'{"a":"x","b":1}')
     assert callback.headers["Content-Type"] == "application/json"
 

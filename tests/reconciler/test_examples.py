@@ -21,7 +21,7 @@ from reconciler.yamlsource import JsonPath, iter_paths, parse_source
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "webhooks.d").glob("*.yaml"))
 MODELINE = "# yaml-language-server: $schema=../schemas/webhook.v1.json"
-FREE_MAPS = ("labels", "match", "additional_headers")  # keys chosen by the author, not by the schema
+FREE_MAPS = ("labels", "match", "scope", "additional_headers")  # keys chosen by the author, not by the schema
 # The webhook scripts/demo delivers to: a loopback receiver the demo allows with --allow-cidr. It is the one
 # example that may point at a private address, and it draws exactly the two warnings that say so.
 DEMO_FILES = {"demo-receiver.yaml": {"insecure-url", "private-address"}}
