@@ -5,6 +5,10 @@ connections whose ``_new_conn`` resolves the host through the egress guard and c
 address (so a DNS answer cannot change between check and connect); the Host header, TLS SNI and certificate
 verification still use the hostname from the URL.
 
+``config.timeout`` bounds the whole attempt (connect, TLS, request, every 1xx, status line, headers and the
+excerpt of the body): each blocking socket operation gets only the time left until the attempt's deadline
+(``dispatcher/deadline.py``), so a receiver trickling bytes cannot hold a delivery thread past it.
+
 Every foreign exception (``requests``, ``urllib3``, ``http.client``, ``ssl``, ``OSError``) is translated here:
 ``send`` and ``post_json`` turn it into ``AttemptRecord.error``; ``fetch_token`` raises a ``DeliveryError``.
 Messages never contain header values, request bodies or tokens.
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import requests
@@ -34,6 +38,7 @@ import urllib3.exceptions
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from dispatcher.deadline import DeadlineSocket, attempt_deadline, bound, current_deadline, time_left
 from dispatcher.egress import CheckedAddress, EgressPolicy, Resolver, resolve_checked
 from dispatcher.errors import AttemptTimeout, ConnectError, DeliveryError, EgressDenied
 from dispatcher.outbound import OutboundRequest, json_request
@@ -97,6 +102,7 @@ class _Egress:
         host = conn._dns_host  # urllib3 keeps a trailing dot here for DNS; `host` drops it for SNI and Host
         port = conn.port if conn.port is not None else conn.default_port
         timeout = conn.timeout if isinstance(conn.timeout, int | float) else None
+        deadline = current_deadline()
         try:
             addresses: list[CheckedAddress] = resolve_checked(host, port, self.policy, resolver=self.resolver)
         except socket.gaierror as exc:
@@ -104,9 +110,19 @@ class _Egress:
         error: OSError | None = None
         for family, sockaddr in addresses:
             try:
-                return self.connect(family, sockaddr, timeout, conn.source_address, conn.socket_options)
+                left = time_left(deadline)
+                sock = self.connect(family, sockaddr, _sooner(timeout, left), conn.source_address,
+                                    conn.socket_options)  # fmt: skip
             except OSError as exc:  # try the next checked address, as create_connection does
                 error = exc
+                continue
+            try:
+                bound(sock, deadline)  # the TLS handshake that follows gets only what is left
+            except TimeoutError as exc:
+                sock.close()
+                error = exc
+                break
+            return sock
         if error is None:  # unreachable: resolve_checked raises rather than return an empty list
             raise ConnectError(f"{host} resolves to no address")
         if isinstance(error, TimeoutError):
@@ -114,22 +130,56 @@ class _Egress:
         raise ConnectError(_describe_os_error(error)) from error
 
 
+def _sooner(timeout: float | None, left: float | None) -> float | None:
+    if timeout is None:
+        return left
+    return timeout if left is None else min(timeout, left)
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """``http.client``'s response, reading through a file whose every read ends at the attempt's deadline:
+    the 1xx answers, status line, headers and body all share one budget."""
+
+    def __init__(
+        self, sock: socket.socket, debuglevel: int = 0, method: str | None = None, url: str | None = None
+    ) -> None:
+        deadline = current_deadline()
+        if deadline is not None:
+            sock = cast(socket.socket, DeadlineSocket(sock, deadline))
+        super().__init__(sock, debuglevel, method, url)
+
+
 class _GuardedHTTPConnection(HTTPConnection):
+    response_class = _DeadlineResponse
+
     def __init__(self, *args: Any, egress: _Egress, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._egress = egress
 
     def _new_conn(self) -> socket.socket:
         return self._egress.open(self)
+
+    def send(self, data: Any) -> None:
+        # One sendall per call; CPython bounds the whole sendall by the socket timeout set here.
+        if self.sock is not None:
+            bound(self.sock, current_deadline())
+        super().send(data)
 
 
 class _GuardedHTTPSConnection(HTTPSConnection):
+    response_class = _DeadlineResponse
+
     def __init__(self, *args: Any, egress: _Egress, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._egress = egress
 
     def _new_conn(self) -> socket.socket:
         return self._egress.open(self)
+
+    def send(self, data: Any) -> None:
+        if self.sock is not None:
+            bound(self.sock, current_deadline())
+        super().send(data)
 
 
 class _GuardedHTTPConnectionPool(HTTPConnectionPool):
@@ -330,40 +380,43 @@ class HttpClient:
         basic_auth: tuple[str, str] | None,
         limit: int,
     ) -> _Exchange:
-        """POST and read at most ``limit`` bytes of the answer; every failure raised as a DeliveryError."""
-        try:
-            # The adapter directly, not Session.post: a delivery needs no cookies, hooks, redirects or
-            # environment merging, and skipping them halves the client's CPU per attempt (profiled).
-            response = self._adapter.send(
-                self._prepare(url, body, headers, basic_auth),
-                stream=True,
-                timeout=(timeout_seconds, timeout_seconds),
-                verify=self._verify,
-                cert=None,
-                proxies={},
-            )
-        except DeliveryError:
-            raise
-        except Exception as exc:
-            raise _translate(exc, timeout_seconds) from exc
-        try:
-            content, too_large = _read_body(response.raw, limit, time.monotonic() + timeout_seconds)
-        except Exception as exc:
-            raise _translate(exc, timeout_seconds) from exc
-        finally:
-            response.close()  # returns the connection to the pool when the body was read to the end
+        """POST and read at most ``limit`` bytes of the answer, all within ``timeout_seconds``; every failure
+        raised as a DeliveryError."""
+        with attempt_deadline(timeout_seconds):
+            try:
+                # The adapter directly, not Session.post: a delivery needs no cookies, hooks, redirects or
+                # environment merging, and skipping them halves the client's CPU per attempt (profiled).
+                response = self._adapter.send(
+                    self._prepare(url, body, headers, basic_auth),
+                    stream=True,
+                    timeout=(timeout_seconds, timeout_seconds),
+                    verify=self._verify,
+                    cert=None,
+                    proxies={},
+                )
+            except DeliveryError:
+                raise
+            except Exception as exc:
+                raise _translate(exc, timeout_seconds) from exc
+            try:
+                content, too_large = _read_body(response.raw, limit)
+            except Exception as exc:
+                raise _translate(exc, timeout_seconds) from exc
+            finally:
+                response.close()  # returns the connection to the pool when the body was read to the end
         kept = {
             name: value for name in HEADERS_OF_INTEREST if (value := response.headers.get(name)) is not None
         }
         return _Exchange(response.status_code, kept, content, too_large)
 
 
-def _read_body(raw: Any, limit: int, deadline: float) -> tuple[bytes, bool]:
+def _read_body(raw: Any, limit: int) -> tuple[bytes, bool]:
     """Read up to ``limit`` bytes, then drain a small remainder so the connection can be reused.
 
-    Returns the bytes and whether the body was longer than ``limit``. The read timeout only bounds each read,
-    so a server trickling bytes is cut off at ``deadline`` (checked between reads; ``read1`` returns whatever
-    has arrived): the connection is then closed rather than reused.
+    Returns the bytes and whether the body was longer than ``limit``. Every read ends at the attempt's
+    deadline: a body whose first ``limit`` bytes (or end) do not arrive in time fails the attempt as a
+    timeout; a remainder still arriving at the deadline is left unread and the connection is then closed
+    rather than reused.
     """
     chunks: list[bytes] = []
     size = 0
@@ -373,14 +426,15 @@ def _read_body(raw: Any, limit: int, deadline: float) -> tuple[bytes, bool]:
             return b"".join(chunks), False
         chunks.append(chunk)
         size += len(chunk)
-        if time.monotonic() >= deadline:
-            return b"".join(chunks), True
     drained = 0
-    while drained <= DRAIN_LIMIT_BYTES and time.monotonic() < deadline:
-        chunk = raw.read1(8192, decode_content=True)
-        if not chunk:
-            break
-        drained += len(chunk)
+    try:
+        while drained <= DRAIN_LIMIT_BYTES:
+            chunk = raw.read1(8192, decode_content=True)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except Exception:  # the answer is complete: a remainder not read only costs the connection
+        return b"".join(chunks), True
     return b"".join(chunks), drained > 0
 
 
@@ -408,7 +462,7 @@ def _translate(exc: Exception, timeout_seconds: float) -> DeliveryError:
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return AttemptTimeout(f"timed out after {timeout_seconds:g}s connecting")
     if isinstance(exc, requests.exceptions.Timeout | urllib3.exceptions.TimeoutError | TimeoutError):
-        return AttemptTimeout(f"timed out after {timeout_seconds:g}s")
+        return AttemptTimeout(f"timed out: no complete answer within {timeout_seconds:g}s")
     if isinstance(exc, requests.exceptions.InvalidHeader):
         # requests quotes the offending value, which may be a secret.
         return DeliveryError("invalid header value (not shown)")

@@ -250,7 +250,7 @@ def test_only_headers_of_interest_are_kept() -> None:
 @pytest.mark.parametrize(
     ("exception", "expected"),
     [
-        (requests.exceptions.ReadTimeout("read timed out"), "timed out after 10s"),
+        (requests.exceptions.ReadTimeout("read timed out"), "timed out: no complete answer within 10s"),
         (requests.exceptions.ConnectTimeout("connect timed out"), "timed out after 10s connecting"),
         (requests.exceptions.ConnectionError(ConnectionRefusedError(111, "refused")), "connection refused"),
         (requests.exceptions.ConnectionError(ConnectionResetError(104, "reset")), "connection reset by peer"),
@@ -339,7 +339,7 @@ def test_fetch_token_uses_the_configured_field_names() -> None:
         ({"status": 200, "json": {"token": "tok-999"}}, "no 'key'"),
         ({"status": 200, "json": ["tok-999"]}, "no 'key'"),
         ({"status": 200, "json": {"key": "tok-999", "pad": "x" * 70000}}, "too many bytes"),
-        ({"body": requests.exceptions.ReadTimeout("slow")}, "timed out after 5s"),
+        ({"body": requests.exceptions.ReadTimeout("slow")}, "timed out: no complete answer within 5s"),
     ],
 )
 def test_fetch_token_failures_never_reveal_password_or_token(kwargs: dict[str, Any], fragment: str) -> None:
@@ -534,7 +534,7 @@ def test_slow_server_times_out(server: LocalServer, client: HttpClient) -> None:
     started = time.monotonic()
     record = client.send(request(server.url(), timeout_seconds=0.2))
     release.set()
-    assert record.error == "timed out after 0.2s"
+    assert record.error == "timed out: no complete answer within 0.2s"
     assert time.monotonic() - started < 3
 
 
