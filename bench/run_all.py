@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "throughput": ("throughput.py", [], ["--quick"]),
     "latency": ("latency.py", [], ["--quick"]),
     "isolation": ("isolation.py", [], ["--quick"]),
+    "attack": ("attack.py", [], ["--quick"]),
     "ingest": ("ingest.py", [], ["--quick"]),
     "reconcile": ("reconcile.py", ["--files", "10000"], ["--files", "50", "--rounds", "1"]),
     "reload": ("reload.py", [], ["--quick"]),

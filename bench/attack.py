@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""Benchmark: isolation under attack (SPEC 9, issue #9 acceptance 3).
+
+    python bench/attack.py --events 2000 --rounds 3
+
+"While one client floods hostile lines and 8 receivers stall in the header phase, other clients' acks keep
+flowing and a healthy webhook's delivery rate stays >= 0.9x its rate without them."
+
+- attack: a fresh ``dispatch run`` with one healthy webhook (nginx answering 204; the Python receiver when
+  nginx is missing) and 8 webhooks, all for the same event type, each pointing at its own stalling receiver
+  on 127.0.0.1 that accepts, reads the request and then never finishes its answer: it trickles the status
+  line one byte per 0.3 s, sends ``HTTP/1.1 100 Continue`` again and again, sends one more header every
+  0.3 s, or sends a huge header block slowly (the four kinds, twice each; ``config.timeout`` 5 s). One
+  client floods hostile lines on its own connection the whole time (deeply nested JSON, NaN, lone
+  surrogates escaped and raw, invalid JSON, lines over the 1 MiB limit) and reads its acks. The attack is
+  under way before the measurement: a warm-up batch of events is published and the measurement starts once
+  every stalling receiver has cost at least one attempt (``--no-warmup`` measures from a cold start).
+  Then a well-behaved client publishes N events (pipelined).
+- baseline: the same run, same warm-up, with only the healthy webhook and no flood.
+- measured: healthy rate = N / (the last of the N healthy deliveries recorded - first byte of the N
+  published); the well-behaved client's ack rate = N / (its last ack - its first byte), and that every one of
+  its lines was acknowledged ok.
+
+Target: healthy rate under attack >= 0.9 x baseline (medians of the rounds, interleaved); every line of the
+well-behaved client acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from common import (
+    LOOPBACK,
+    Dispatcher,
+    Rounds,
+    StoreWatch,
+    Target,
+    add_receiver_option,
+    event_line,
+    fast_receiver,
+    loopback_url,
+    parser,
+    print_table,
+    print_targets,
+    progress,
+    publish_pipelined,
+    webhook_yaml,
+    write_atomic,
+    write_result,
+)
+
+TARGET_RATIO = 0.9
+STALLED = 8
+STALLED_TIMEOUT_SECONDS = 5
+HEALTHY = "bench-healthy"
+STALLED_PREFIX = "bench-stalled-"
+MAX_LINE_BYTES = 1 << 20  # the dispatcher's default --max-line-bytes
+
+# -- stalling receivers ----------------------------------------------------------------------------------
+
+#: One way of never finishing an answer: (connection, stop flag) -> returns when stopped or hung up on.
+Stall = Callable[[socket.socket, threading.Event], None]
+
+
+def _send_every(
+    conn: socket.socket, stop: threading.Event, interval: float, piece: Callable[[int], bytes]
+) -> None:
+    n = 0
+    while not stop.wait(interval):
+        data = piece(n)
+        if not data:
+            return
+        conn.sendall(data)
+        n += 1
+
+
+def trickle_status_line(conn: socket.socket, stop: threading.Event) -> None:
+    """``HTTP/1.1 200 OOOO...``, one byte every 0.3 s, never the end of the line."""
+    head = b"HTTP/1.1 200 "
+    _send_every(conn, stop, 0.3, lambda n: head[n : n + 1] if n < len(head) else b"O")
+
+
+def continue_forever(conn: socket.socket, stop: threading.Event) -> None:
+    """``100 Continue`` every 0.2 s, never a final answer."""
+    _send_every(conn, stop, 0.2, lambda n: b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+def headers_forever(conn: socket.socket, stop: threading.Event) -> None:
+    """A status line, then one more header every 0.3 s, never the blank line."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    _send_every(conn, stop, 0.3, lambda n: b"X-Pad-%d: y\r\n" % n)
+
+
+def huge_header_block(conn: socket.socket, stop: threading.Event) -> None:
+    """Megabytes of headers (99 of 60 kB each), 4 KiB every 0.1 s."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    block = b"".join(b"X-Big-%02d: %s\r\n" % (i, b"z" * 60000) for i in range(99))
+    _send_every(conn, stop, 0.1, lambda n: block[n * 4096 : (n + 1) * 4096])
+
+
+STALLS: tuple[Stall, ...] = (trickle_status_line, continue_forever, headers_forever, huge_header_block)
+
+
+class StallingReceiver:
+    """A TCP server on 127.0.0.1: a thread per connection reads the request head, then runs ``stall``."""
+
+    def __init__(self, stall: Stall) -> None:
+        self.kind = stall.__name__
+        self._stall = stall
+        self._stop = threading.Event()
+        self._sock = socket.create_server((LOOPBACK, 0), backlog=256)
+        self._sock.settimeout(0.2)
+        self.port = int(self._sock.getsockname()[1])
+        self.accepted = 0
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._accept, name=f"stall-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return loopback_url(self.port, path)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.settimeout(1.0)
+            head = b""
+            while b"\r\n\r\n" not in head and not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    head += chunk
+            self._stall(conn, self._stop)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+        for thread in self._threads:
+            thread.join(5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+# -- the hostile client ----------------------------------------------------------------------------------
+
+
+def hostile_lines() -> list[bytes]:
+    """One cycle of the flood: every kind of line the dispatcher must reject without harm. Lines that a
+    lenient parser might accept carry event types no webhook routes (``flood.*``), so they never add
+    deliveries to the figures measured."""
+    return [
+        b"[" * 100_000 + b"\n",  # nested far beyond any parser's recursion limit
+        b'{"event": {"type": "flood.nested"}, "payload": ' + b"[" * 5_000 + b"]" * 5_000 + b"}\n",
+        b'{"event": {"type": "flood.nan"}, "payload": {"x": NaN}}\n',
+        b'{"event": {"type": "flood.inf"}, "payload": {"x": -Infinity}}\n',
+        b'{"event": {"type": "flood.\\ud800"}, "payload": {}}\n',  # a lone surrogate, escaped
+        b'{"event": {"type": "flood.raw"}, "payload": {"s": "\xed\xa0\x80"}}\n',  # ... and as raw bytes
+        b'{"event": {"type": "flood.cut"}, "payload": \n',  # invalid JSON
+        b"\xff\xfe not even text\n",
+        b'{"event": {"type": "flood.long"}, "payload": "' + b"x" * (MAX_LINE_BYTES + 16) + b'"}\n',
+    ]
+
+
+class Flood:
+    """One client sending hostile lines as fast as the dispatcher takes them and reading its acks, until
+    closed. When the dispatcher drops its connection it reconnects at once and carries on (an attacker
+    would); ``disconnects`` counts how often that happened."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self._path = socket_path
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self.sent = 0
+        self.acks = 0
+        self.rejected = 0
+        self.disconnects = 0
+        self._cycle = hostile_lines()
+        self._thread = threading.Thread(target=self._run, name="flood", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock = sock
+            reader = threading.Thread(target=self._read, args=(sock,), name="flood-reader", daemon=True)
+            try:
+                sock.connect(str(self._path))
+                reader.start()
+                while not self._stop.is_set():
+                    for line in self._cycle:
+                        sock.sendall(line)
+                        self.sent += 1
+            except OSError:
+                if not self._stop.is_set():
+                    self.disconnects += 1
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                if reader.is_alive():
+                    reader.join(10)
+                sock.close()
+
+    def _read(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(1 << 16):
+                self.acks += chunk.count(b"\n")
+                self.rejected += chunk.count(b'"ok":false') + chunk.count(b'"ok": false')
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
+
+
+# -- one run ---------------------------------------------------------------------------------------------
+
+
+def write_config(directory: Path, healthy_url: str, stalled_urls: Sequence[str]) -> None:
+    directory.mkdir()
+    write_atomic(directory / f"{HEALTHY}.yaml", webhook_yaml(HEALTHY, healthy_url, timeout_seconds=10))
+    for i, url in enumerate(stalled_urls):
+        name = f"{STALLED_PREFIX}{i}"
+        text = webhook_yaml(name, url, timeout_seconds=STALLED_TIMEOUT_SECONDS, variant=4 * i)
+        write_atomic(directory / f"{name}.yaml", text)
+
+
+def _stalled_attempted(store_path: Path) -> int:
+    """How many stalled webhooks have had an attempt recorded (read-only, as ``StoreWatch`` reads)."""
+    sql = "SELECT COUNT(DISTINCT webhook) FROM deliveries WHERE webhook LIKE ? AND attempts > 0"
+    with contextlib.closing(sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=10)) as conn:
+        (n,) = conn.execute(sql, (STALLED_PREFIX + "%",)).fetchone()
+    return int(n)
+
+
+def run_once(
+    workdir: Path, lines: Sequence[bytes], warmup: Sequence[bytes], attack: bool, timeout_seconds: float
+) -> dict[str, float]:
+    """Healthy deliveries/s and the well-behaved client's acks/s for the config in ``workdir/webhooks.d``."""
+    n = len(lines)
+    with Dispatcher(workdir, workdir / "webhooks.d") as dispatcher, ExitStack() as stack:
+        flood = Flood(dispatcher.socket_path) if attack else None
+        if flood is not None:
+            stack.callback(flood.close)
+        store = stack.enter_context(StoreWatch(dispatcher.store_path))
+        if warmup:
+            result = publish_pipelined(dispatcher.socket_path, b"".join(warmup), timeout_seconds)
+            if result.accepted != len(warmup):
+                raise RuntimeError(f"warm-up: {result.accepted} of {len(warmup)} accepted")
+            deadline = time.monotonic() + timeout_seconds
+            while store.delivered(HEALTHY)[0] < len(warmup) or (
+                attack and _stalled_attempted(dispatcher.store_path) < STALLED
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the warm-up did not complete")
+                time.sleep(0.05)
+        before = store.delivered(HEALTHY)[0]
+        result = publish_pipelined(dispatcher.socket_path, b"".join(lines), timeout_seconds)
+        if result.accepted != n:
+            raise RuntimeError(f"{result.accepted} of {n} accepted: {result.first_rejection}")
+        deadline = time.monotonic() + timeout_seconds
+        while (count := store.delivered(HEALTHY)[0]) < before + n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        count, last = store.delivered(HEALTHY)
+        counts = store.counts()
+        got = count - before
+        if got < n:  # starved: the rate is what got through in the time allowed
+            progress(f"  only {got} of {n} healthy deliveries within {timeout_seconds:g}s")
+            rate = got / timeout_seconds
+        else:
+            assert last is not None
+            rate = n / (float(last) - result.started)
+        figures = {"healthy_per_second": rate, "acks_per_second": n / result.last_ack_seconds}
+        if flood is not None:
+            flood_figures = {
+                "flood_sent": flood.sent,
+                "flood_acks": flood.acks,
+                "flood_rejected": flood.rejected,
+                "flood_disconnects": flood.disconnects,
+            }
+            figures.update({k: float(v) for k, v in flood_figures.items()})
+        progress(
+            f"  {workdir.name}: {n} acks in {result.last_ack_seconds:.2f}s, healthy {rate:,.0f}/s, "
+            f"deliveries by status {counts}"
+            + (
+                f"; flood: {flood.sent} lines sent, {flood.rejected} rejected, dropped {flood.disconnects}x"
+                if flood
+                else ""
+            )
+        )
+        return figures
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser(__doc__ or "", rounds=3)
+    p.add_argument("--events", type=int, help="events per round (default 2000; 100 with --quick)")
+    p.add_argument("--warmup-events", type=int, default=50, help="events published before measuring")
+    p.add_argument("--no-warmup", action="store_true", help="measure from a cold start (no warm-up)")
+    p.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds allowed for the healthy deliveries of a round"
+    )
+    add_receiver_option(p)
+    args = p.parse_args(argv)
+    n = args.events or (100 if args.quick else 2000)
+    rounds = 1 if args.quick else args.rounds
+    warmup_n = 0 if args.no_warmup else (10 if args.quick else args.warmup_events)
+    series = Rounds()
+    with tempfile.TemporaryDirectory(prefix="bench-attack-") as tmp, ExitStack() as stack:
+        receiver = fast_receiver(args.receiver, Path(tmp))
+        stack.enter_context(receiver)
+        stalling = [stack.enter_context(StallingReceiver(STALLS[i % len(STALLS)])) for i in range(STALLED)]
+        progress(
+            f"receiver: {receiver.note}; 1 healthy webhook + {STALLED} stalling in the header phase "
+            f"({', '.join(s.kind for s in stalling[: len(STALLS)])}; timeout {STALLED_TIMEOUT_SECONDS}s) and "
+            f"one client flooding hostile lines; {warmup_n} warm-up + {n} events per round, {rounds} round(s)"
+        )
+        for r in range(rounds):
+            lines = [event_line(i) for i in range(n)]
+            warmup = [event_line(i) for i in range(warmup_n)]
+            for side, attack in (("without", False), ("with", True)):
+                workdir = Path(tmp) / f"round-{r}-{side}-attack"
+                workdir.mkdir()
+                stalled_urls = [s.url(f"/hook/stalled-{i}") for i, s in enumerate(stalling)] if attack else []
+                write_config(workdir / "webhooks.d", receiver.url("/hook/healthy"), stalled_urls)
+                for name, value in run_once(workdir, lines, warmup, attack, args.timeout).items():
+                    series.add(f"{side}_{name}", value)
+            under, calm = (series.values[f"{side}_healthy_per_second"][-1] for side in ("with", "without"))
+            progress(f"round {r + 1}/{rounds}: healthy {under:,.0f}/s under attack, {calm:,.0f}/s without")
+        accepted = {s.kind: 0 for s in stalling}
+        for s in stalling:
+            accepted[s.kind] += s.accepted
+        receiver_note = receiver.note
+
+    healthy_with, healthy_without = (
+        series.median("with_healthy_per_second"),
+        series.median("without_healthy_per_second"),
+    )
+    acks_with, acks_without = series.median("with_acks_per_second"), series.median("without_acks_per_second")
+    ratio = healthy_with / healthy_without
+    print()
+    print_table(
+        ["events", "side", "median healthy deliveries/s", "median acks/s (other client)"],
+        [
+            [n, f"1 healthy + {STALLED} stalling + hostile flood", healthy_with, acks_with],
+            [n, "1 healthy only (baseline)", healthy_without, acks_without],
+        ],
+    )
+    targets = [
+        Target(
+            what="isolation under attack (healthy rate)",
+            measured=healthy_with,
+            unit="deliveries/s",
+            baseline=healthy_without,
+            baseline_what="no stalling receivers, no flood",
+            target=f">= {TARGET_RATIO:g}x baseline",
+            met=ratio >= TARGET_RATIO,
+            ratio=ratio,
+        ),
+        Target(
+            what="acks of another client under attack",
+            measured=acks_with,
+            unit="acks/s",
+            baseline=acks_without,
+            baseline_what="no stalling receivers, no flood",
+            target="every line acknowledged",
+            met=True,  # run_once raises when a line of the well-behaved client is not acknowledged ok
+            ratio=acks_with / acks_without,
+        ),
+    ]
+    print_targets(targets)
+    write_result(
+        "attack",
+        args.out,
+        args,
+        {
+            "events": n,
+            "warmup_events": warmup_n,
+            "stalling_receivers": STALLED,
+            "stalled_timeout_seconds": STALLED_TIMEOUT_SECONDS,
+            "stalling_connections_accepted": accepted,
+            "receiver_note": receiver_note,
+            "series": series.as_json(),
+            "ratio": round(ratio, 3),
+            "targets": targets,
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
