@@ -3,10 +3,10 @@
 A socket timeout restarts with every ``recv``: a receiver trickling its status line a byte at a time, sending
 ``100 Continue`` again and again or an endless header block, would hold a delivery thread for as long as it
 likes while never letting a single read time out. So the attempt's thread carries an absolute deadline
-(``attempt_deadline``), and every blocking socket operation of the attempt is given the time *left* until it:
-the connect and TLS handshake (``time_left`` in ``dispatcher/http.py``), each ``sendall`` and each ``recv`` of
-the response, 1xx answers, status line, headers and body alike (``DeadlineSocketIO``). Past the deadline an
-operation raises ``TimeoutError`` at once, which the HTTP client reports like any timeout.
+(``attempt_deadline``), and every blocking step of the attempt is given the time *left* until it: the DNS
+lookup (``call_within``), the connect and TLS handshake (``time_left``), each ``sendall``, each ``recv`` of
+the response, 1xx answers, status line, headers and body alike (``DeadlineSocketIO``). Past the deadline a
+step raises ``TimeoutError`` at once, which the HTTP client reports like any timeout.
 
 A thread-local rather than an argument: the reads happen deep inside ``http.client`` and urllib3, which know
 nothing of it; the attempt runs start to finish on one thread, and the deadline is cleared when it ends.
@@ -18,9 +18,11 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 _current = threading.local()
 
@@ -57,6 +59,31 @@ def bound(sock: socket.socket, deadline: float | None) -> None:
     """Give the next blocking operation on ``sock`` only the time left until ``deadline``."""
     if deadline is not None:
         sock.settimeout(time_left(deadline))
+
+
+def call_within(deadline: float | None, call: Callable[[], T]) -> T:
+    """``call()``, given up on at ``deadline`` (``TimeoutError``) for calls that take no timeout, such as
+    ``getaddrinfo``: it runs on a helper thread, which is left to finish on its own when time runs out."""
+    if deadline is None:
+        return call()
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="attempt-resolve", daemon=True).start()
+    if not done.wait(time_left(deadline)):
+        raise TimeoutError("the attempt's deadline has passed")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 class DeadlineSocketIO(socket.SocketIO):

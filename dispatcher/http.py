@@ -5,8 +5,8 @@ connections whose ``_new_conn`` resolves the host through the egress guard and c
 address (so a DNS answer cannot change between check and connect); the Host header, TLS SNI and certificate
 verification still use the hostname from the URL.
 
-``config.timeout`` bounds the whole attempt (connect, TLS, request, every 1xx, status line, headers and the
-excerpt of the body): each blocking socket operation gets only the time left until the attempt's deadline
+``config.timeout`` bounds the whole attempt (DNS, connect, TLS, request, every 1xx, status line, headers and
+the excerpt of the body): each blocking socket operation gets only the time left until the attempt's deadline
 (``dispatcher/deadline.py``), so a receiver trickling bytes cannot hold a delivery thread past it.
 
 Every foreign exception (``requests``, ``urllib3``, ``http.client``, ``ssl``, ``OSError``) is translated here:
@@ -38,7 +38,14 @@ import urllib3.exceptions
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from dispatcher.deadline import DeadlineSocket, attempt_deadline, bound, current_deadline, time_left
+from dispatcher.deadline import (
+    DeadlineSocket,
+    attempt_deadline,
+    bound,
+    call_within,
+    current_deadline,
+    time_left,
+)
 from dispatcher.egress import CheckedAddress, EgressPolicy, Resolver, resolve_checked
 from dispatcher.errors import AttemptTimeout, ConnectError, DeliveryError, EgressDenied
 from dispatcher.outbound import OutboundRequest, json_request
@@ -104,9 +111,13 @@ class _Egress:
         timeout = conn.timeout if isinstance(conn.timeout, int | float) else None
         deadline = current_deadline()
         try:
-            addresses: list[CheckedAddress] = resolve_checked(host, port, self.policy, resolver=self.resolver)
+            addresses: list[CheckedAddress] = call_within(
+                deadline, lambda: resolve_checked(host, port, self.policy, resolver=self.resolver)
+            )
         except socket.gaierror as exc:
             raise ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from exc
+        except TimeoutError as exc:  # getaddrinfo has no timeout of its own: a slow DNS server is waited on
+            raise AttemptTimeout(f"timed out after {_seconds(timeout)} resolving {host}") from exc
         error: OSError | None = None
         for family, sockaddr in addresses:
             try:

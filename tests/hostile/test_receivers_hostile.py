@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -230,6 +231,32 @@ def test_callback_post_ends_at_the_timeout(behave: Behaviour, process_client: Pr
             started = time.monotonic()
             record = maker.post_json(hostile.url("/outcomes"), {"outcome": "dead"}, TIMEOUT_SECONDS)
             _assert_timed_out(record.error, time.monotonic() - started)
+
+
+def test_a_dns_lookup_that_never_returns_ends_at_the_timeout() -> None:
+    """A target whose name lookup hangs fails the attempt as a timeout within about the timeout (the lookup
+    is left to finish on its own thread), and nothing is connected to."""
+    release = threading.Event()
+    looked_up = threading.Event()
+
+    def hanging(host: str, port: int, family: int, type: int) -> list[tuple[Any, ...]]:
+        looked_up.set()
+        release.wait(STALL_SECONDS)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    def forbidden_connect(*args: Any) -> socket.socket:
+        raise AssertionError("connected although the lookup had not returned in time")
+
+    try:
+        with HttpClient(EgressPolicy(LOOPBACK_NETS), resolver=hanging, connect=forbidden_connect) as client:
+            started = time.monotonic()
+            record = client.send(_request("http://slow-dns.example.test/hook"))
+            elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    assert looked_up.is_set()
+    assert record.error == "timed out after 1s resolving slow-dns.example.test"
+    assert elapsed < BOUND_SECONDS, f"the attempt took {elapsed:.1f}s"
 
 
 def test_deadline_does_not_outlive_its_attempt(process_client: ProcessClient) -> None:
