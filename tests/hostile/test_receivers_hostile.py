@@ -233,6 +233,26 @@ def test_callback_post_ends_at_the_timeout(behave: Behaviour, process_client: Pr
             _assert_timed_out(record.error, time.monotonic() - started)
 
 
+def test_an_answer_whose_excerpt_arrived_is_kept_when_the_rest_trickles() -> None:
+    """A receiver that sends its status, headers and the first 4 KiB of the body at once and then trickles
+    the rest gives a successful attempt with the excerpt, ended at the deadline (the rest is not waited for,
+    the connection is not reused)."""
+
+    def excerpt_then_trickle(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"e" * 5000)
+        _trickle(conn, stop, b"t" * int(STALL_SECONDS / 0.3), 0.3)
+
+    with HostileReceiver(excerpt_then_trickle) as hostile, HttpClient(EgressPolicy(LOOPBACK_NETS)) as client:
+        started = time.monotonic()
+        first = client.send(_request(hostile.url()))
+        elapsed = time.monotonic() - started
+        second = client.send(_request(hostile.url()))
+        connections = hostile.connections
+    assert (first.status_code, first.error, first.response_excerpt) == (200, None, "e" * 4096)
+    assert elapsed < BOUND_SECONDS, f"the attempt took {elapsed:.1f}s"
+    assert second.status_code == 200 and connections == 2
+
+
 def test_a_dns_lookup_that_never_returns_ends_at_the_timeout() -> None:
     """A target whose name lookup hangs fails the attempt as a timeout within about the timeout (the lookup
     is left to finish on its own thread), and nothing is connected to."""
