@@ -265,12 +265,19 @@ def _stalled_attempted(store_path: Path) -> int:
 
 
 def run_once(
-    workdir: Path, lines: Sequence[bytes], warmup: Sequence[bytes], attack: bool, timeout_seconds: float
+    workdir: Path,
+    lines: Sequence[bytes],
+    warmup: Sequence[bytes],
+    *,
+    flooded: bool,
+    stalled: int,
+    timeout_seconds: float,
 ) -> dict[str, float]:
-    """Healthy deliveries/s and the well-behaved client's acks/s for the config in ``workdir/webhooks.d``."""
+    """Healthy deliveries/s and the well-behaved client's acks/s for the config in ``workdir/webhooks.d``
+    (``stalled`` webhooks of it stalling), with a hostile client flooding when ``flooded``."""
     n = len(lines)
     with Dispatcher(workdir, workdir / "webhooks.d") as dispatcher, ExitStack() as stack:
-        flood = Flood(dispatcher.socket_path) if attack else None
+        flood = Flood(dispatcher.socket_path) if flooded else None
         if flood is not None:
             stack.callback(flood.close)
         store = stack.enter_context(StoreWatch(dispatcher.store_path))
@@ -280,7 +287,7 @@ def run_once(
                 raise RuntimeError(f"warm-up: {result.accepted} of {len(warmup)} accepted")
             deadline = time.monotonic() + timeout_seconds
             while store.delivered(HEALTHY)[0] < len(warmup) or (
-                attack and _stalled_attempted(dispatcher.store_path) < STALLED
+                _stalled_attempted(dispatcher.store_path) < stalled
             ):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the warm-up did not complete")
@@ -327,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--events", type=int, help="events per round (default 2000; 100 with --quick)")
     p.add_argument("--warmup-events", type=int, default=50, help="events published before measuring")
     p.add_argument("--no-warmup", action="store_true", help="measure from a cold start (no warm-up)")
+    p.add_argument("--no-flood", action="store_true", help="attack with the stalling receivers only")
+    p.add_argument("--no-stall", action="store_true", help="attack with the hostile flood only")
     p.add_argument(
         "--timeout", type=float, default=180.0, help="seconds allowed for the healthy deliveries of a round"
     )
@@ -340,10 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         receiver = fast_receiver(args.receiver, Path(tmp))
         stack.enter_context(receiver)
         stalling = [stack.enter_context(StallingReceiver(STALLS[i % len(STALLS)])) for i in range(STALLED)]
+        kinds = ", ".join(s.kind for s in stalling[: len(STALLS)])
+        stall_what = (
+            f"{STALLED} webhooks stalling in the header phase ({kinds}; timeout {STALLED_TIMEOUT_SECONDS}s)"
+        )
+        parts = ([] if args.no_stall else [stall_what]) + ([] if args.no_flood else ["a hostile flood"])
         progress(
-            f"receiver: {receiver.note}; 1 healthy webhook + {STALLED} stalling in the header phase "
-            f"({', '.join(s.kind for s in stalling[: len(STALLS)])}; timeout {STALLED_TIMEOUT_SECONDS}s) and "
-            f"one client flooding hostile lines; {warmup_n} warm-up + {n} events per round, {rounds} round(s)"
+            f"receiver: {receiver.note}; 1 healthy webhook; attack: {' + '.join(parts) or 'none'}; "
+            f"{warmup_n} warm-up + {n} events per round, {rounds} round(s)"
         )
         for r in range(rounds):
             lines = [event_line(i) for i in range(n)]
@@ -351,9 +364,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for side, attack in (("without", False), ("with", True)):
                 workdir = Path(tmp) / f"round-{r}-{side}-attack"
                 workdir.mkdir()
-                stalled_urls = [s.url(f"/hook/stalled-{i}") for i, s in enumerate(stalling)] if attack else []
+                stall = attack and not args.no_stall
+                stalled_urls = [s.url(f"/hook/stalled-{i}") for i, s in enumerate(stalling)] if stall else []
                 write_config(workdir / "webhooks.d", receiver.url("/hook/healthy"), stalled_urls)
-                for name, value in run_once(workdir, lines, warmup, attack, args.timeout).items():
+                figures = run_once(
+                    workdir,
+                    lines,
+                    warmup,
+                    flooded=attack and not args.no_flood,
+                    stalled=len(stalled_urls),
+                    timeout_seconds=args.timeout,
+                )
+                for name, value in figures.items():
                     series.add(f"{side}_{name}", value)
             under, calm = (series.values[f"{side}_healthy_per_second"][-1] for side in ("with", "without"))
             progress(f"round {r + 1}/{rounds}: healthy {under:,.0f}/s under attack, {calm:,.0f}/s without")
@@ -368,11 +390,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     acks_with, acks_without = series.median("with_acks_per_second"), series.median("without_acks_per_second")
     ratio = healthy_with / healthy_without
+    names = ([] if args.no_stall else [f"{STALLED} stalling"]) + ([] if args.no_flood else ["hostile flood"])
+    attack_what = " + ".join(names) or "nothing"
     print()
     print_table(
         ["events", "side", "median healthy deliveries/s", "median acks/s (other client)"],
         [
-            [n, f"1 healthy + {STALLED} stalling + hostile flood", healthy_with, acks_with],
+            [n, f"1 healthy + {attack_what}", healthy_with, acks_with],
             [n, "1 healthy only (baseline)", healthy_without, acks_without],
         ],
     )
@@ -406,7 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         {
             "events": n,
             "warmup_events": warmup_n,
-            "stalling_receivers": STALLED,
+            "stalling_receivers": 0 if args.no_stall else STALLED,
+            "flood": not args.no_flood,
             "stalled_timeout_seconds": STALLED_TIMEOUT_SECONDS,
             "stalling_connections_accepted": accepted,
             "receiver_note": receiver_note,
