@@ -109,7 +109,13 @@ def huge_header_block(conn: socket.socket, stop: threading.Event) -> None:
     _send_every(conn, stop, 0.1, lambda n: block[n * 4096 : (n + 1) * 4096])
 
 
+def silent(conn: socket.socket, stop: threading.Event) -> None:
+    """Says nothing at all (a control: the timeout a socket read timeout alone already enforced)."""
+    stop.wait()
+
+
 STALLS: tuple[Stall, ...] = (trickle_status_line, continue_forever, headers_forever, huge_header_block)
+KINDS: dict[str, Stall] = {stall.__name__: stall for stall in (*STALLS, silent)}
 
 
 class StallingReceiver:
@@ -337,6 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-flood", action="store_true", help="attack with the stalling receivers only")
     p.add_argument("--no-stall", action="store_true", help="attack with the hostile flood only")
     p.add_argument(
+        "--stalls",
+        nargs="+",
+        choices=list(KINDS),
+        default=[s.__name__ for s in STALLS],
+        help="how the stalling receivers stall, in turn (default: the four header-phase kinds; 'silent' as a "
+        "control)",
+    )
+    p.add_argument(
         "--timeout", type=float, default=180.0, help="seconds allowed for the healthy deliveries of a round"
     )
     add_receiver_option(p)
@@ -348,8 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-attack-") as tmp, ExitStack() as stack:
         receiver = fast_receiver(args.receiver, Path(tmp))
         stack.enter_context(receiver)
-        stalling = [stack.enter_context(StallingReceiver(STALLS[i % len(STALLS)])) for i in range(STALLED)]
-        kinds = ", ".join(s.kind for s in stalling[: len(STALLS)])
+        kinds_chosen = [KINDS[name] for name in args.stalls]
+        stalling = [
+            stack.enter_context(StallingReceiver(kinds_chosen[i % len(kinds_chosen)])) for i in range(STALLED)
+        ]
+        kinds = ", ".join(args.stalls)
         stall_what = (
             f"{STALLED} webhooks stalling in the header phase ({kinds}; timeout {STALLED_TIMEOUT_SECONDS}s)"
         )
