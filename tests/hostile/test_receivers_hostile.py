@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import shutil
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from dispatcher.http import HttpClient
 from dispatcher.outbound import OutboundRequest
 from dispatcher.transport import ProcessClient
 from reconciler.model import SecretRef, TokenAuth
+from tests.dispatcher.test_http import loopback_resolver, make_cert
 from tests.e2e.harness import (
     DispatchProcess,
     Receiver,
@@ -49,8 +52,9 @@ class HostileReceiver:
     """A TCP server on 127.0.0.1 that reads each request's head and then runs ``behave`` on the connection,
     one thread per connection. ``close()`` stops every thread and asserts they are gone."""
 
-    def __init__(self, behave: Behaviour) -> None:
+    def __init__(self, behave: Behaviour, tls: ssl.SSLContext | None = None) -> None:
         self._behave = behave
+        self._tls = tls
         self._stop = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.05)
@@ -80,6 +84,10 @@ class HostileReceiver:
             thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # ssl.SSLError is an OSError too
+            if self._tls is not None:
+                conn.settimeout(5.0)
+                conn = self._tls.wrap_socket(conn, server_side=True)
         with conn, contextlib.suppress(OSError):
             conn.settimeout(0.2)
             head = b""
@@ -231,6 +239,26 @@ def test_callback_post_ends_at_the_timeout(behave: Behaviour, process_client: Pr
             started = time.monotonic()
             record = maker.post_json(hostile.url("/outcomes"), {"outcome": "dead"}, TIMEOUT_SECONDS)
             _assert_timed_out(record.error, time.monotonic() - started)
+
+
+@pytest.mark.parametrize("behave", [trickle_status_line, continue_forever], ids=lambda b: b.__name__)
+def test_tls_attempt_ends_at_the_timeout(behave: Behaviour, tmp_path: Path) -> None:
+    """Over TLS (a real handshake with a certificate for the URL's hostname), a receiver that stalls after
+    the handshake fails the attempt as a timeout within about the timeout."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = make_cert(tmp_path, "hooks.example.test")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    with (
+        HostileReceiver(behave, tls=context) as hostile,
+        HttpClient(EgressPolicy(LOOPBACK_NETS), resolver=loopback_resolver, ca_bundle=str(cert)) as client,
+    ):
+        url = f"https://hooks.example.test:{hostile.port}/hook"
+        started = time.monotonic()
+        record = client.send(_request(url))
+        elapsed = time.monotonic() - started
+    _assert_timed_out(record.error, elapsed)
 
 
 def test_an_answer_whose_excerpt_arrived_is_kept_when_the_rest_trickles() -> None:
