@@ -23,6 +23,10 @@ flowing and a healthy webhook's delivery rate stays >= 0.9x its rate without the
 
 Target: healthy rate under attack >= 0.9 x baseline (medians of the rounds, interleaved); every line of the
 well-behaved client acknowledged.
+
+To see what each half of the attack costs: ``--no-flood`` (stalling receivers only), ``--no-stall`` (the
+flood only), ``--stalls silent`` (receivers that say nothing at all: what a socket read timeout alone already
+bounded, as a control for the header-phase kinds).
 """
 
 from __future__ import annotations
