@@ -59,12 +59,16 @@ class EndpointQueues:
 
     An endpoint whose last attempt failed without a useful answer (timeout, connection error, 5xx, 429) is
     limited to one attempt at a time until an attempt succeeds: a dead endpoint then holds one worker, not
-    ``per_endpoint`` of them, so many dead endpoints cannot take every worker from the healthy ones.
+    ``per_endpoint`` of them, so many dead endpoints cannot take every worker from the healthy ones. An
+    endpoint that has not answered yet (new, or since start-up) starts the same way, with one slot until its
+    first healthy answer: a handful of receivers that stall from the first byte cannot take every worker for
+    a whole timeout before they are known to fail.
     """
 
     def __init__(self, per_endpoint: int) -> None:
         self._limit = per_endpoint
         self._failing: set[str] = set()
+        self._proven: set[str] = set()  # endpoints that have answered healthy at least once
         self._cond = threading.Condition()
         self._queues: dict[str, deque[Lease]] = {}
         self._inflight: dict[str, int] = {}
@@ -119,6 +123,7 @@ class EndpointQueues:
         with self._cond:
             if healthy:
                 self._failing.discard(key)
+                self._proven.add(key)
             else:
                 self._failing.add(key)
             self._busy -= 1
@@ -132,7 +137,7 @@ class EndpointQueues:
                 self._cond.notify_all()  # wait_idle(); otherwise waking every worker is a thundering herd
 
     def _mark_ready(self, key: str) -> None:
-        limit = 1 if key in self._failing else self._limit
+        limit = self._limit if key in self._proven and key not in self._failing else 1
         if key not in self._is_ready and key in self._queues and self._inflight.get(key, 0) < limit:
             self._ready.append(key)
             self._is_ready.add(key)

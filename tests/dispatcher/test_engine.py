@@ -111,6 +111,7 @@ def _statuses(store: MemoryStore) -> dict[str, DeliveryStatus]:
 def test_endpoint_queues_never_exceed_the_per_endpoint_limit() -> None:
     """A worker is never handed a lease of an endpoint already at its in-flight limit."""
     queues = EndpointQueues(per_endpoint=2)
+    _prove(queues, "slow")
     for i in range(5):
         queues.put("slow", _lease(i))
     queues.put("fast", _lease(99))
@@ -346,6 +347,7 @@ def test_stop_releases_queued_leases_for_the_next_run(store: MemoryStore, client
     gate = threading.Event()
     client.slow[hook.target_url] = gate
     engine = _engine(store, client, [_snapshot(hook)])
+    _prove(engine.queues, endpoint_key(hook.target_url))  # it has answered before: both slots are open
     engine.start()
     for i in range(5):
         _enqueue(store, engine, "a", uuid=f"{i:032x}")
@@ -355,9 +357,30 @@ def test_stop_releases_queued_leases_for_the_next_run(store: MemoryStore, client
     assert len(store.lease(time.time(), 10, 60)) == 3  # 2 were in flight and finished; 3 were released
 
 
+def _prove(queues: EndpointQueues, key: str) -> None:
+    """One attempt to ``key`` that answered healthy: the endpoint has its full limit from now on."""
+    queues.put(key, _lease(10_000))
+    taken = queues.take(0.01)
+    assert taken is not None and taken[0] == key
+    queues.done(key, healthy=True)
+
+
+def test_an_endpoint_gets_one_slot_until_its_first_healthy_answer() -> None:
+    """A new endpoint has one attempt in flight until one answers healthy, then its full limit: receivers
+    that stall from the first byte hold one worker each, not per_endpoint of them."""
+    queues = EndpointQueues(per_endpoint=3)
+    for i in range(6):
+        queues.put("new", _lease(i))
+    assert queues.take(0.01) is not None
+    assert queues.take(0.01) is None  # unproven: one in flight
+    queues.done("new", healthy=True)
+    assert [queues.take(0.01) is not None for _ in range(4)] == [True, True, True, False]
+
+
 def test_failing_endpoint_is_limited_to_one_slot_until_it_answers() -> None:
     """After a failed attempt an endpoint gets one slot at a time; a success restores its full limit."""
     queues = EndpointQueues(per_endpoint=3)
+    _prove(queues, "dead")
     for i in range(6):
         queues.put("dead", _lease(i))
     first = queues.take(0.01)
