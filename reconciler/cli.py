@@ -90,7 +90,12 @@ def _check_event_type(ctx: click.Context, param: click.Parameter, value: str | N
     return value
 
 
-@click.command(cls=ReconcileCommand, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    cls=ReconcileCommand,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Also: 'reconcile import FILE... --out DIR --secrets-out FILE' turns dj-whisperer exports (Django "
+    "dumpdata, REST pages) into webhook files; 'reconcile import --help' for its options.",
+)
 @click.argument(
     "directory",
     metavar="[DIR]",

@@ -343,3 +343,11 @@ def test_no_secret_value_appears_in_any_output(tmp_path: Path) -> None:
     for output in outputs:
         assert MARKER not in output
         assert ref_name not in output
+
+
+def test_help_names_the_import_subcommand() -> None:
+    """``reconcile --help`` tells a new user that ``reconcile import`` exists and how to ask for its help."""
+    result = CliRunner().invoke(reconcile, ["--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())  # click wraps the epilog
+    assert "reconcile import FILE..." in text and "reconcile import --help" in text
