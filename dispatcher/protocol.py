@@ -1,20 +1,38 @@
 """The event protocol (SPEC section 4): NDJSON envelopes in, one acknowledgement line out per input line.
 
 Pure functions only: parsing a line, building the body that is POSTed, formatting acknowledgements.
+
+Parsing is strict, so whatever a line holds its failure is that line's rejection and nothing downstream
+(the store, the body, the HTTP headers) meets a value it cannot handle: UTF-8 only (no raw surrogates, no
+invalid bytes), no lone surrogate escapes, no ``NaN``/``Infinity``/``-Infinity`` and no number that overflows
+to infinity (bodies stay JSON), at most ``MAX_DEPTH`` nested arrays/objects (checked before the recursive
+parser runs), and an ``event.type`` of visible ASCII (it is sent as the ``X-Whisperer-Event`` header). The
+checks cost almost nothing on ordinary lines: the surrogate check runs only when a line holds a surrogate
+escape, the precise depth scan only when the line holds more brackets than the limit.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+#: Arrays and objects nested deeper than this are refused (the envelope itself is level 1).
+MAX_DEPTH = 64
 
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 _DASHED = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: Visible ASCII: what an HTTP header value carries unchanged (no spaces, controls or other encodings).
+_EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,255}")
+_WEBHOOK_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+#: A JSON string, or an unterminated one running to the end: always matches, so the scan stays linear.
+_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+\\?(?:"|\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 #: Top-level keys that steer routing and are not part of the delivered envelope.
 _ROUTING_KEYS = ("filter", "webhook")
 
@@ -52,9 +70,19 @@ def normalise_uuid(value: Any) -> str | None:
 def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
     """Parse one NDJSON line (without its newline) into an event, or say precisely why not."""
     try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = raw.decode("utf-8")  # strict: json.loads(bytes) would let raw surrogates through
+    except UnicodeDecodeError as exc:
+        return BadLine(line_no, f"not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})")
+    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(text):
+        return BadLine(line_no, f"nested deeper than {MAX_DEPTH} arrays/objects")
+    try:
+        obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NotFinite as exc:
+        return BadLine(line_no, f"not valid JSON: {exc} is not a finite number")
+    except ValueError as exc:
         return BadLine(line_no, f"not valid JSON: {_short(exc)}")
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
+        return BadLine(line_no, "not valid JSON text: a lone surrogate escape (\\ud800-\\udfff)")
     if not isinstance(obj, dict):
         return BadLine(line_no, f"expected a JSON object, got {_json_kind(obj)}")
     event = obj.get("event")
@@ -63,8 +91,10 @@ def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
     event_type = event.get("type")
     if not isinstance(event_type, str) or not event_type.strip():
         return BadLine(line_no, "missing 'event.type' (a non-empty string)")
-    if len(event_type) > 255 or any(c.isspace() for c in event_type):
-        return BadLine(line_no, "'event.type' must be at most 255 characters without whitespace")
+    if not _EVENT_TYPE.fullmatch(event_type):
+        return BadLine(
+            line_no, "'event.type' must be at most 255 visible ASCII characters, without whitespace"
+        )
     raw_uuid = event.get("uuid")
     if raw_uuid is None:
         event_uuid = uuidlib.uuid4().hex
@@ -77,8 +107,8 @@ def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
     if event_filter is not None and not isinstance(event_filter, dict):
         return BadLine(line_no, "'filter' must be a JSON object")
     webhook = obj.get("webhook")
-    if webhook is not None and not isinstance(webhook, str):
-        return BadLine(line_no, "'webhook' must be a webhook name (a string)")
+    if webhook is not None and not (isinstance(webhook, str) and _WEBHOOK_NAME.fullmatch(webhook)):
+        return BadLine(line_no, "'webhook' must be a webhook name (a lowercase DNS label)")
     if raw_uuid is not None and "filter" not in obj and "webhook" not in obj:
         body = bytes(raw).strip()  # already the envelope as JSON: deliver the producer's own bytes
     else:
@@ -103,6 +133,47 @@ def ack_duplicate(event_uuid: str) -> bytes:
 
 def ack_rejected(line_no: int, error: str) -> bytes:
     return (json.dumps({"ok": False, "line": line_no, "error": error}) + "\n").encode()
+
+
+class _NotFinite(ValueError):
+    """A number the parser would turn into NaN or an infinity."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # e.g. 1e999: valid JSON, but Python reads it as inf and writes it as Infinity
+        raise _NotFinite(text if len(text) <= 40 else f"{text[:40]}...")
+    return value
+
+
+def _too_deep(text: str) -> bool:
+    """Whether arrays/objects nest deeper than ``MAX_DEPTH`` (brackets inside strings do not count).
+
+    Agrees with the parser on every prefix it can parse, so it never lets through a line that would make the
+    parser recurse deeper; an unclosed bracket counts as open, as it does for the parser."""
+    depth = 0
+    for ch in _NOT_BRACKET.sub("", _STRING.sub("", text)):
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    """Whether any key or string holds a surrogate code point (a valid escaped pair decodes to one character).
+    ``obj`` is at most ``MAX_DEPTH`` deep, so the C encoder's recursion is bounded."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _short(exc: Exception) -> str:
