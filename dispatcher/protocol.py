@@ -30,9 +30,10 @@ _DASHED = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 _EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,255}")
 _WEBHOOK_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-#: A JSON string, or an unterminated one running to the end: always matches, so the scan stays linear.
-_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+\\?(?:"|\Z)', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+#: For the depth scan: keep quotes and brackets only, and count objects as arrays.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
 #: Top-level keys that steer routing and are not part of the delivered envelope.
 _ROUTING_KEYS = ("filter", "webhook")
 
@@ -73,7 +74,7 @@ def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
         text = raw.decode("utf-8")  # strict: json.loads(bytes) would let raw surrogates through
     except UnicodeDecodeError as exc:
         return BadLine(line_no, f"not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})")
-    if text.count("[") + text.count("{") > MAX_DEPTH and _too_deep(text):
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(raw):
         return BadLine(line_no, f"nested deeper than {MAX_DEPTH} arrays/objects")
     try:
         obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
@@ -81,7 +82,7 @@ def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
         return BadLine(line_no, f"not valid JSON: {exc} is not a finite number")
     except ValueError as exc:
         return BadLine(line_no, f"not valid JSON: {_short(exc)}")
-    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(text, obj):
         return BadLine(line_no, "not valid JSON text: a lone surrogate escape (\\ud800-\\udfff)")
     if not isinstance(obj, dict):
         return BadLine(line_no, f"expected a JSON object, got {_json_kind(obj)}")
@@ -150,25 +151,49 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _too_deep(text: str) -> bool:
+def _too_deep(raw: bytes) -> bool:
     """Whether arrays/objects nest deeper than ``MAX_DEPTH`` (brackets inside strings do not count).
 
     Agrees with the parser on every prefix it can parse, so it never lets through a line that would make the
-    parser recurse deeper; an unclosed bracket counts as open, as it does for the parser."""
+    parser recurse deeper; an unclosed bracket counts as open, as it does for the parser. Only bytes methods
+    (no per-character Python): UTF-8 multi-byte sequences never contain these ASCII bytes."""
+    # Escaped backslashes, then escaped quotes, go first (left to right, as the parser pairs them); what is
+    # left of a string is then its quotes and the brackets inside it.
+    skeleton = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(_ONE_KIND, _NOT_STRUCTURE)
+    # Two adjacent quotes close one string and open the next, or enclose nothing: removing them keeps
+    # everything outside strings as it was.
+    skeleton = skeleton.replace(b'""', b"")
+    if b'"' in skeleton:  # strings holding brackets (an unterminated one runs to the end)
+        skeleton = b"".join(skeleton.split(b'"')[::2])
+    brackets = skeleton
+    # Each round removes the innermost pairs, so a balanced text is empty after as many rounds as it is deep.
+    for _ in range(MAX_DEPTH):
+        if not brackets:
+            return False
+        fewer = brackets.replace(b"[]", b"")
+        if fewer == brackets:
+            break  # unbalanced (not valid JSON): count the slow way, as the parser would recurse
+        brackets = fewer
+    else:
+        return bool(brackets)
     depth = 0
-    for ch in _NOT_BRACKET.sub("", _STRING.sub("", text)):
-        if ch in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                return True
-        else:
-            depth -= 1
+    for byte in skeleton:
+        depth += 1 if byte == 0x5B else -1  # "["
+        if depth > MAX_DEPTH:
+            return True
+        if depth <= 0:
+            return False  # the parser stops here: an unmatched closing bracket, or the value ended
     return False
 
 
-def _has_lone_surrogate(obj: Any) -> bool:
+def _has_lone_surrogate(text: str, obj: Any) -> bool:
     """Whether any key or string holds a surrogate code point (a valid escaped pair decodes to one character).
-    ``obj`` is at most ``MAX_DEPTH`` deep, so the C encoder's recursion is bounded."""
+
+    Without escaped backslashes every ``\\u`` in ``text`` is an escape, and the pairs the parser joins are
+    exactly those the regular expression removes; otherwise the parsed ``obj`` is encoded to find out (it is
+    at most ``MAX_DEPTH`` deep, so the C encoder's recursion is bounded)."""
+    if "\\\\" not in text:
+        return _SURROGATE_ESCAPE.search(_SURROGATE_PAIR.sub("", text)) is not None
     try:
         json.dumps(obj, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

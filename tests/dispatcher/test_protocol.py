@@ -150,3 +150,20 @@ def test_finite_floats_and_nul_in_payload_are_delivered_as_json() -> None:
     parsed = parse_line(b'{"event":{"type":"a"},"payload":[1e308,-2.5e-300,"\\u0000"]}', 1)
     assert isinstance(parsed, ParsedEvent)
     assert json.loads(parsed.body)["payload"] == [1e308, -2.5e-300, "\x00"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'"\\\\"', b'"\\\\\\"[[["', b'["\\"]", "{"]', b'{"k\\"{[": "]}"}'],
+    ids=["escaped-backslash", "escaped-quote-after-backslash", "quoted-brackets", "brackets-in-key"],
+)
+def test_escapes_and_quoted_brackets_do_not_confuse_the_depth_scan(payload: bytes) -> None:
+    """Escaped backslashes and quotes end (or do not end) strings as the parser says."""
+    padding = (
+        b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+    )  # over the bracket count, one level too deep with the envelope
+    line = b'{"event":{"type":"a"},"payload":[' + payload + b"]," + b'"x":' + padding + b"}"
+    deep = parse_line(line, 1)
+    assert isinstance(deep, BadLine) and "nested deeper than" in deep.error
+    shallow = b'{"event":{"type":"a"},"payload":[' + payload + b',"' + b"[" * 100 + b'"]}'
+    assert isinstance(parse_line(shallow, 1), ParsedEvent)
