@@ -34,6 +34,11 @@ _SURROGATE_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a
 #: For the depth scan: keep quotes and brackets only, and count objects as arrays.
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 _ONE_KIND = bytes.maketrans(b"{}", b"[]")
+#: Where a float literal may overflow to infinity: a three-digit exponent ending a number, or 309 digits
+#: in a row (a false alarm only costs a call per float of that line).
+_LONG_EXPONENTS = tuple(re.compile(e + rb"[+-]?[0-9]{3,}+(?=[,\]}\s])") for e in (b"e", b"E"))
+_OVERFLOW_DIGITS = 309
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 #: Top-level keys that steer routing and are not part of the delivered envelope.
 _ROUTING_KEYS = ("filter", "webhook")
 
@@ -74,10 +79,11 @@ def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
         text = raw.decode("utf-8")  # strict: json.loads(bytes) would let raw surrogates through
     except UnicodeDecodeError as exc:
         return BadLine(line_no, f"not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})")
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _too_deep(raw):
-        return BadLine(line_no, f"nested deeper than {MAX_DEPTH} arrays/objects")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and (problem := _nesting_problem(raw)):
+        return BadLine(line_no, problem)
     try:
-        obj = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        # Checking floats costs a call each: only where a literal could overflow to infinity.
+        obj = (_CHECKING_DECODER if _may_overflow(raw) else _DECODER).decode(text)
     except _NotFinite as exc:
         return BadLine(line_no, f"not valid JSON: {exc} is not a finite number")
     except ValueError as exc:
@@ -151,39 +157,44 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _too_deep(raw: bytes) -> bool:
-    """Whether arrays/objects nest deeper than ``MAX_DEPTH`` (brackets inside strings do not count).
+def _may_overflow(raw: bytes) -> bool:
+    """Whether a float literal in ``raw`` could be too large for a float (cheap; false alarms possible)."""
+    if any(pattern.search(raw) for pattern in _LONG_EXPONENTS):
+        return True
+    return len(raw) >= _OVERFLOW_DIGITS and b"0" * _OVERFLOW_DIGITS in raw.translate(_DIGITS_AS_ZERO)
 
-    Agrees with the parser on every prefix it can parse, so it never lets through a line that would make the
-    parser recurse deeper; an unclosed bracket counts as open, as it does for the parser. Only bytes methods
-    (no per-character Python): UTF-8 multi-byte sequences never contain these ASCII bytes."""
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_CHECKING_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _nesting_problem(raw: bytes) -> str | None:
+    """Why the arrays/objects of ``raw`` cannot be parsed safely: nested deeper than ``MAX_DEPTH``, or
+    brackets that do not balance (never valid JSON); None when neither. Brackets inside strings do not count.
+
+    Exact for valid JSON, so it never turns one away that is at most ``MAX_DEPTH`` deep, and it never lets
+    the parser recurse deeper than that. Only bytes methods, no per-character Python: UTF-8 multi-byte
+    sequences never contain these ASCII bytes."""
     # Escaped backslashes, then escaped quotes, go first (left to right, as the parser pairs them); what is
     # left of a string is then its quotes and the brackets inside it.
-    skeleton = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(_ONE_KIND, _NOT_STRUCTURE)
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = raw.translate(_ONE_KIND, _NOT_STRUCTURE)
     # Two adjacent quotes close one string and open the next, or enclose nothing: removing them keeps
     # everything outside strings as it was.
     skeleton = skeleton.replace(b'""', b"")
     if b'"' in skeleton:  # strings holding brackets (an unterminated one runs to the end)
         skeleton = b"".join(skeleton.split(b'"')[::2])
-    brackets = skeleton
-    # Each round removes the innermost pairs, so a balanced text is empty after as many rounds as it is deep.
+    # Each round removes the innermost pairs, so balanced brackets are gone after as many rounds as they
+    # are deep; a round that removes nothing leaves brackets that do not balance.
     for _ in range(MAX_DEPTH):
-        if not brackets:
-            return False
-        fewer = brackets.replace(b"[]", b"")
-        if fewer == brackets:
-            break  # unbalanced (not valid JSON): count the slow way, as the parser would recurse
-        brackets = fewer
-    else:
-        return bool(brackets)
-    depth = 0
-    for byte in skeleton:
-        depth += 1 if byte == 0x5B else -1  # "["
-        if depth > MAX_DEPTH:
-            return True
-        if depth <= 0:
-            return False  # the parser stops here: an unmatched closing bracket, or the value ended
-    return False
+        if not skeleton:
+            return None
+        fewer = skeleton.replace(b"[]", b"")
+        if fewer == skeleton:
+            return "not valid JSON: unbalanced brackets"
+        skeleton = fewer
+    return None if not skeleton else f"nested deeper than {MAX_DEPTH} arrays/objects"
 
 
 def _has_lone_surrogate(text: str, obj: Any) -> bool:

@@ -19,7 +19,8 @@ def _envelope(payload: bytes, event: bytes = b'"type":"package.created"') -> byt
 PARSE_CORPUS: list[tuple[str, bytes, str]] = [
     ("deep-array", _envelope(b"[" * 100_000 + b"]" * 100_000), "nested deeper than"),
     ("deep-object", _envelope(b'{"a":' * 50_000 + b"1" + b"}" * 50_000), "nested deeper than"),
-    ("deep-unclosed", b"[" * 200_000, "nested deeper than"),
+    ("deep-unclosed", b"[" * 200_000, "unbalanced brackets"),
+    ("unbalanced-flood", b"[" + b"[]" * 300_000, "unbalanced brackets"),
     ("one-too-deep", _envelope(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH), "nested deeper than"),
     ("nan", _envelope(b"NaN"), "NaN is not a finite number"),
     ("infinity", _envelope(b'{"x":Infinity}'), "Infinity is not a finite number"),
