@@ -11,6 +11,7 @@ shared deadline to take the acknowledgements of the lines already read, then shu
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import select
@@ -33,6 +34,11 @@ _PIPELINE_DEPTH = 16
 _ACCEPT_POLL_SECONDS = 0.2
 #: After the close deadline, how long handlers get to notice their sockets were shut down.
 _FORCED_JOIN_SECONDS = 1.0
+#: accept() errors that pass (a client gave up, or descriptors/memory are short for a moment).
+_TRANSIENT_ACCEPT_ERRORS = frozenset(
+    {errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EINTR}
+)
+_ACCEPT_BACKOFF_SECONDS = 0.1
 
 
 def serve_stream(
@@ -161,8 +167,12 @@ class SocketServer:
                 if self._closed:
                     return
                 continue
-            except OSError:
-                return  # closed
+            except OSError as exc:
+                if self._closed or exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
+                    return  # closed (anything else: the supervisor sees this thread end)
+                log.warning("socket.accept_failed", extra=fields(error=exc.strerror or str(exc)))
+                time.sleep(_ACCEPT_BACKOFF_SECONDS)  # out of descriptors or memory: let clients finish
+                continue
             with self._lock:
                 if self._closed:
                     conn.close()
