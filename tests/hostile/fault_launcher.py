@@ -14,9 +14,12 @@ import sys
 import time
 from typing import Any
 
+#: Stands for what an exception message could carry (an event, a secret): it must never be shown.
+MESSAGE_MARKER = "zq-private-7731"
+
 
 def _raise(*_args: Any, **_kwargs: Any) -> Any:
-    raise RuntimeError("injected fault: a secret-looking message that must not be shown")
+    raise RuntimeError(f"injected fault: {MESSAGE_MARKER}")
 
 
 def main() -> None:

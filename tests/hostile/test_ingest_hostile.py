@@ -28,6 +28,7 @@ from tests.e2e.harness import (
     write_webhook,
 )
 from tests.hostile.corpus import PARSE_CORPUS, TOO_LONG
+from tests.hostile.fault_launcher import MESSAGE_MARKER
 
 LAUNCHER = Path(__file__).with_name("fault_launcher.py")
 HOSTILE = [line for _, line, _ in PARSE_CORPUS] + [TOO_LONG]
@@ -188,14 +189,14 @@ def test_a_dying_internal_thread_turns_healthz_503_and_exits_70(
         wait_until(unhealthy, timeout=15, interval=0.02)
         body = answers[-1][1]
         assert thread in body and "RuntimeError at " in body
-        assert "secret" not in body
+        assert MESSAGE_MARKER not in body
         hold.touch()
         assert proc.wait(timeout=15) == EXIT_INTERNAL_FAILURE
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    assert "secret" not in (tmp_path / "log").read_text()
+    assert MESSAGE_MARKER not in (tmp_path / "log").read_text()
 
 
 def test_a_dying_internal_thread_ends_the_process_unattended(tmp_path: Path, config_dir: Path) -> None:
