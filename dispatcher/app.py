@@ -1,7 +1,8 @@
 """``dispatch run``: wires the store, the live config, the engine and an event source, and runs until done.
 
 Signals only set flags; the main thread acts on them: SIGTERM/SIGINT stop (stop accepting, let attempts in
-flight finish within the longest timeout, release the rest), SIGHUP reloads ``--config`` now.
+flight finish within the longest timeout, release the rest), SIGHUP reloads ``--config`` now. Internal threads
+run under a ``Supervisor``: one that dies stops the run, which then exits ``EXIT_INTERNAL_FAILURE`` (70).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +37,7 @@ from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.server import SocketServer, serve_stdin
 from dispatcher.status import StatusServer, status_provider
 from dispatcher.store.sqlite import SQLiteStore
+from dispatcher.supervise import EXIT_INTERNAL_FAILURE, Supervisor
 from dispatcher.transport import ProcessClient
 from reconciler.secretsources import SecretSources
 
@@ -75,8 +78,12 @@ def store_path(state_dir: Path) -> Path:
 @contextlib.contextmanager
 def state_lock(state_dir: Path) -> Iterator[None]:
     """Only one dispatcher per state directory: it reclaims every lease it finds at start-up."""
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    handle: IO[str] = open(state_dir / "dispatch.lock", "w")  # noqa: SIM115 - held for the whole run
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=state_dir).close()  # writable? (an existing lock file could still open)
+        handle: IO[str] = open(state_dir / "dispatch.lock", "w")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise DispatcherError(f"state directory {state_dir} is not writable: {exc.strerror or exc}") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -102,6 +109,7 @@ class Dispatcher:
         self.stop_requested = threading.Event()
         self._reload_requested = threading.Event()
         self.notifier = systemd.Notifier({})  # replaced in run(): NOTIFY_SOCKET belongs to the process
+        self.supervisor = Supervisor(on_fault=self.stop_requested.set)
 
     # Signals only set flags (STYLE: loops act on them).
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -152,7 +160,7 @@ class Dispatcher:
                     log.warning("secrets.unresolved", extra=fields(count=len(problems), reasons=problems))
                 store.prune(self.clock(), o.retention_seconds)
                 live.sync_store()
-                engine.start()
+                engine.start(self.supervisor.spawn)
                 committer = Committer(
                     store,
                     self.clock,
@@ -161,6 +169,7 @@ class Dispatcher:
                     engine.behind,
                     o.engine.lease_seconds,
                     metrics,
+                    spawn=self.supervisor.spawn,
                 )
                 ingestor = Ingestor(committer, live.current, metrics, o.max_line_bytes)
                 services = _Services(self, live, engine, store, metrics)
@@ -172,10 +181,14 @@ class Dispatcher:
                         self._run_socket(o.socket_path, ingestor, services, listener)
                 finally:
                     self.notifier.stopping()
+                    self.supervisor.stopping()
                     committer.close()
                     engine.stop(grace_seconds=_longest_timeout(live))
                     services.close()
                 log.info("dispatch.stopped")
+        if self.supervisor.fault is not None:
+            log.error("dispatch.failed", extra=fields(reason=str(self.supervisor.fault)))
+            return EXIT_INTERNAL_FAILURE
         return 0
 
     def _install_signals(self) -> None:
@@ -189,7 +202,7 @@ class Dispatcher:
         if listener is not None:
             path = Path(systemd.socket_name(listener))
         assert path is not None
-        server = SocketServer(path, ingestor, listener)
+        server = SocketServer(path, ingestor, listener, spawn=self.supervisor.spawn)
         server.start()
         log.info("socket.listening", extra=fields(path=str(path), activated=listener is not None))
         services.announce_ready()
@@ -197,6 +210,7 @@ class Dispatcher:
             while not self.stop_requested.is_set():
                 services.tick()
         finally:
+            self.supervisor.stopping()
             server.close()
 
     def _run_stdin(self, ingestor: Ingestor, engine: Engine, services: _Services) -> None:
@@ -210,7 +224,7 @@ class Dispatcher:
             finally:
                 eof.set()
 
-        threading.Thread(target=read_all, name="dispatch-stdin", daemon=True).start()
+        self.supervisor.spawn("dispatch-stdin", read_all, until_stop=False)
         services.announce_ready()
         while not self.stop_requested.is_set() and not eof.is_set():
             services.tick()
@@ -253,14 +267,16 @@ class _Services:
     def start(self) -> None:
         o = self.app.options
         if o.watch:
-            self.watcher = ConfigWatcher(o.config_dir, self._reload_from_watch, log=get_logger("watch"))
+            on_change = self.app.supervisor.guard("dispatch-watch", self._reload_from_watch)
+            self.watcher = ConfigWatcher(o.config_dir, on_change, log=get_logger("watch"))
             self.watcher.start()
         if o.metrics_address is not None:
             self.status_server = StatusServer(
                 o.metrics_address,
                 self.metrics,
                 status_provider(self.live, self.store, self.app.clock),
-                self.engine.is_running,
+                self._problem,
+                spawn=self.app.supervisor.spawn,
             )
             self.status_server.start()
             host, port = o.metrics_address[0], self.status_server.address[1]
@@ -271,9 +287,15 @@ class _Services:
         snapshot = self.live.current()
         self.app.notifier.ready(f"revision {snapshot.revision}, {len(snapshot.table)} webhooks")
 
+    def _problem(self) -> str | None:
+        """/healthz: the supervisor's fault, or an engine thread found dead without one."""
+        if (reason := self.app.supervisor.reason()) is not None:
+            return reason
+        return None if self.engine.is_running() else "an engine thread is not running"
+
     def tick(self, wait_seconds: float = 0.2) -> None:
         self.app.stop_requested.wait(wait_seconds)
-        if self.engine.is_running():  # a dead engine stops the pings: systemd's watchdog restarts us
+        if self._problem() is None:  # a dead thread stops the pings: systemd's watchdog restarts us
             self.app.notifier.watchdog_tick()
         if self.app.reload_requested():
             with self.app.notifier.reloading():

@@ -30,6 +30,7 @@ from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
 from dispatcher.outbound import OutboundRequest
 from dispatcher.store.base import AttemptRecord, Lease, Outcome, OutcomeKind, Store
+from dispatcher.supervise import Spawn, start_thread
 from reconciler.model import TokenAuth, Webhook
 
 log = get_logger("engine")
@@ -245,8 +246,9 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Reclaim leases left by a previous process, then start the threads."""
+    def start(self, spawn: Spawn = start_thread) -> None:
+        """Reclaim leases left by a previous process, then start the threads (through ``spawn``: the
+        supervisor's, in ``dispatch run``)."""
         reclaimed = self.store.reclaim_expired(self.clock() + self.settings.lease_seconds * 2)
         if reclaimed:
             log.info("leases.reclaimed", extra=fields(count=reclaimed, at="start-up"))
@@ -258,9 +260,7 @@ class Engine:
         specs.append(("callbacks", self._callback_sender))
         specs.extend((f"worker-{i}", self._worker) for i in range(self.settings.workers))
         for name, target in specs:
-            thread = threading.Thread(target=target, name=f"dispatch-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._threads.append(spawn(f"dispatch-{name}", target))
 
     def stop(self, grace_seconds: float = 60.0) -> None:
         """Stop taking work, let attempts in flight finish (up to ``grace_seconds``), release the rest."""

@@ -4,6 +4,12 @@ A reader turns whatever bytes are available into complete lines, parses and rout
 batch to the ``Committer``. The committer merges every batch waiting at that moment into one store
 transaction (group commit), then answers each batch. The reader writes the acknowledgements in input order.
 So a pipelining client gets one transaction per burst, and a one-at-a-time client one per line.
+
+Containment: whatever one line holds, its failure is that line's rejection. A line whose handling raises is
+rejected alone; a group commit that fails with anything but a ``StoreError`` is bisected until the events
+that cannot be stored are found, and only they are rejected (a ``StoreError`` still rejects the group: "retry
+this event"). If the committer thread itself dies, every waiting batch is rejected rather than left waiting,
+and the supervisor (``dispatcher.supervise``) ends the process.
 """
 
 from __future__ import annotations
@@ -26,8 +32,13 @@ from dispatcher.protocol import (
     parse_line,
 )
 from dispatcher.store.base import EnqueueResult, Lease, NewEvent, Store
+from dispatcher.supervise import Spawn, describe, start_thread
 
 log = get_logger("ingest")
+
+RETRY = "not stored: the store failed; retry this event"
+UNSTORABLE = "not stored: this event cannot be stored"
+STOPPED = "not stored: the dispatcher stopped ingesting; retry this event"
 
 
 def route_event(event: ParsedEvent, snapshot: Snapshot, line_no: int) -> NewEvent | BadLine:
@@ -45,8 +56,13 @@ def route_event(event: ParsedEvent, snapshot: Snapshot, line_no: int) -> NewEven
 class _Batch:
     events: list[NewEvent]
     done: threading.Event = field(default_factory=threading.Event)
-    results: list[EnqueueResult] | None = None
-    error: str | None = None
+    #: One per event, in order: what the store said, or why the event was not stored.
+    results: list[EnqueueResult | str] | None = None
+
+    def finish(self, results: list[EnqueueResult | str]) -> None:
+        if not self.done.is_set():
+            self.results = results
+            self.done.set()
 
 
 class Committer:
@@ -61,6 +77,8 @@ class Committer:
         behind: Callable[[list[str]], set[str]],
         lease_seconds: float,
         metrics: Metrics,
+        *,
+        spawn: Spawn = start_thread,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -70,8 +88,9 @@ class Committer:
         self._lease_seconds = lease_seconds
         self._metrics = metrics
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="dispatch-committer", daemon=True)
-        self._thread.start()
+        self._current: list[_Batch] = []
+        self._dead = False
+        self._thread = spawn("dispatch-committer", self._run)
 
     def submit(self, events: list[NewEvent]) -> _Batch:
         """Queue events for the next group commit; ``batch.done`` is set once they are durable (or failed).
@@ -79,9 +98,10 @@ class Committer:
         batch = _Batch(events)
         if events:
             self._queue.put(batch)
+            if self._dead:  # nobody will take it
+                self._fail_waiting()
         else:
-            batch.results = []
-            batch.done.set()
+            batch.finish([])
         return batch
 
     def commit(self, events: list[NewEvent]) -> _Batch:
@@ -95,6 +115,25 @@ class Committer:
         self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:
+            self._dead = True
+            self._fail_waiting()  # their clients get a rejection now rather than wait for ever
+            raise
+
+    def _fail_waiting(self) -> None:
+        for batch in self._current:
+            batch.finish([STOPPED] * len(batch.events))
+        while True:
+            try:
+                batch_or_stop = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if batch_or_stop is not None:
+                batch_or_stop.finish([STOPPED] * len(batch_or_stop.events))
+
+    def _loop(self) -> None:
         while True:
             first = self._queue.get()
             if first is None:
@@ -112,7 +151,9 @@ class Committer:
                     break
                 batches.append(more)
                 size += len(more.events)
+            self._current = batches
             self._commit(batches)
+            self._current = []
             if stop:
                 return
 
@@ -122,23 +163,39 @@ class Committer:
         names = [name for e in events for name in e.webhooks]
         lease_seconds = self._lease_seconds if self._room() >= len(names) else None
         unleased = self._behind(names) if lease_seconds is not None and names else set()
-        try:
-            results = self._store.enqueue(events, self._clock(), lease_seconds, unleased)
-        except StoreError as exc:
-            log.error("ingest.store_error", extra=fields(events=len(events), error=str(exc)))
-            for b in batches:
-                b.error = "not stored: the store failed; retry this event"
-                b.done.set()
-            return
+        results = self._store_isolating(events, lease_seconds, unleased)
         offset = 0
         for b in batches:
-            b.results = results[offset : offset + len(b.events)]
+            b.finish(results[offset : offset + len(b.events)])
             offset += len(b.events)
-            b.done.set()
         if lease_seconds is not None:
-            ids = [i for r in results for i in r.delivery_ids]
+            ids = [i for r in results if isinstance(r, EnqueueResult) for i in r.delivery_ids]
             if ids:
-                self._on_committed(self._store.lease_for(ids))
+                try:
+                    leases = self._store.lease_for(ids)
+                except StoreError as exc:  # committed all the same: the leases expire and are reclaimed
+                    log.error("ingest.lease_error", extra=fields(deliveries=len(ids), error=str(exc)))
+                    return
+                self._on_committed(leases)
+
+    def _store_isolating(
+        self, events: list[NewEvent], lease_seconds: float | None, unleased: set[str]
+    ) -> list[EnqueueResult | str]:
+        """Enqueue ``events`` in one transaction; if that fails with anything but a StoreError, in halves
+        (recursively) so that only the events that cannot be stored are rejected."""
+        try:
+            return list(self._store.enqueue(events, self._clock(), lease_seconds, unleased))
+        except StoreError as exc:
+            log.error("ingest.store_error", extra=fields(events=len(events), error=str(exc)))
+            return [RETRY] * len(events)
+        except Exception as exc:
+            if len(events) == 1:
+                log.error("ingest.unstorable", extra=fields(uuid=events[0].uuid, error=describe(exc)))
+                return [UNSTORABLE]
+        middle = len(events) // 2
+        return self._store_isolating(events[:middle], lease_seconds, unleased) + self._store_isolating(
+            events[middle:], lease_seconds, unleased
+        )
 
 
 class LineReader:
@@ -225,8 +282,12 @@ class Ingestor:
             if not raw.strip():
                 answers.append(ack_rejected(line_no, "empty line"))
                 continue
-            parsed = parse_line(raw, line_no)
-            routed = parsed if isinstance(parsed, BadLine) else route_event(parsed, snapshot, line_no)
+            try:
+                parsed = parse_line(raw, line_no)
+                routed = parsed if isinstance(parsed, BadLine) else route_event(parsed, snapshot, line_no)
+            except Exception as exc:  # a bug: this line's failure, never the connection's
+                log.error("ingest.line_failed", extra=fields(line=line_no, error=describe(exc)))
+                routed = BadLine(line_no, "internal error while handling this line")
             if isinstance(routed, BadLine):
                 answers.append(ack_rejected(routed.line, routed.error))
                 continue
@@ -247,20 +308,20 @@ class Ingestor:
         batch: _Batch,
     ) -> bytes:
         batch.done.wait()
-        if batch.error is not None:
-            for slot in slots:  # answers[i] answers lines[i]
-                answers[slot] = ack_rejected(lines[slot][0], batch.error)
-            self._metrics.events_rejected.inc(len(slots))
-        else:
-            assert batch.results is not None
-            duplicates = 0
-            for slot, result in zip(slots, batch.results, strict=True):
-                if result.duplicate:
-                    duplicates += 1
-                    answers[slot] = ack_duplicate(result.uuid)
-                else:
-                    answers[slot] = ack_accepted(result.uuid, len(result.delivery_ids))
-            self._metrics.events_accepted.inc(len(slots) - duplicates)
-            if duplicates:
-                self._metrics.events_duplicate.inc(duplicates)
+        assert batch.results is not None
+        duplicates = rejected = 0
+        for slot, result in zip(slots, batch.results, strict=True):  # answers[i] answers lines[i]
+            if isinstance(result, str):
+                rejected += 1
+                answers[slot] = ack_rejected(lines[slot][0], result)
+            elif result.duplicate:
+                duplicates += 1
+                answers[slot] = ack_duplicate(result.uuid)
+            else:
+                answers[slot] = ack_accepted(result.uuid, len(result.delivery_ids))
+        self._metrics.events_accepted.inc(len(slots) - duplicates - rejected)
+        if duplicates:
+            self._metrics.events_duplicate.inc(duplicates)
+        if rejected:
+            self._metrics.events_rejected.inc(rejected)
         return b"".join(a for a in answers if a is not None)

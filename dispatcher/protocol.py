@@ -1,20 +1,44 @@
 """The event protocol (SPEC section 4): NDJSON envelopes in, one acknowledgement line out per input line.
 
 Pure functions only: parsing a line, building the body that is POSTed, formatting acknowledgements.
+
+Parsing is strict, so whatever a line holds its failure is that line's rejection and nothing downstream
+(the store, the body, the HTTP headers) meets a value it cannot handle: UTF-8 only (no raw surrogates, no
+invalid bytes), no lone surrogate escapes, no ``NaN``/``Infinity``/``-Infinity`` and no number that overflows
+to infinity (bodies stay JSON), at most ``MAX_DEPTH`` nested arrays/objects (checked before the recursive
+parser runs), and an ``event.type`` of visible ASCII (it is sent as the ``X-Whisperer-Event`` header). The
+checks cost almost nothing on ordinary lines: the surrogate check runs only when a line holds a surrogate
+escape, the precise depth scan only when the line holds more brackets than the limit.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Any
 
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+#: Arrays and objects nested deeper than this are refused (the envelope itself is level 1).
+MAX_DEPTH = 64
 
 _HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
 _DASHED = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+#: Visible ASCII: what an HTTP header value carries unchanged (no spaces, controls or other encodings).
+_EVENT_TYPE = re.compile(r"[\x21-\x7e]{1,255}")
+_WEBHOOK_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_PAIR = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+#: For the depth scan: keep quotes and brackets only, and count objects as arrays.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")
+#: Where a float literal may overflow to infinity: a three-digit exponent ending a number, or 309 digits
+#: in a row (a false alarm only costs a call per float of that line).
+_LONG_EXPONENTS = tuple(re.compile(e + rb"[+-]?[0-9]{3,}+(?=[,\]}\s])") for e in (b"e", b"E"))
+_OVERFLOW_DIGITS = 309
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 #: Top-level keys that steer routing and are not part of the delivered envelope.
 _ROUTING_KEYS = ("filter", "webhook")
 
@@ -52,9 +76,20 @@ def normalise_uuid(value: Any) -> str | None:
 def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
     """Parse one NDJSON line (without its newline) into an event, or say precisely why not."""
     try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+        text = raw.decode("utf-8")  # strict: json.loads(bytes) would let raw surrogates through
+    except UnicodeDecodeError as exc:
+        return BadLine(line_no, f"not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and (problem := _nesting_problem(raw)):
+        return BadLine(line_no, problem)
+    try:
+        # Checking floats costs a call each: only where a literal could overflow to infinity.
+        obj = (_CHECKING_DECODER if _may_overflow(raw) else _DECODER).decode(text)
+    except _NotFinite as exc:
+        return BadLine(line_no, f"not valid JSON: {exc} is not a finite number")
+    except ValueError as exc:
         return BadLine(line_no, f"not valid JSON: {_short(exc)}")
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(text, obj):
+        return BadLine(line_no, "not valid JSON text: a lone surrogate escape (\\ud800-\\udfff)")
     if not isinstance(obj, dict):
         return BadLine(line_no, f"expected a JSON object, got {_json_kind(obj)}")
     event = obj.get("event")
@@ -63,8 +98,10 @@ def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
     event_type = event.get("type")
     if not isinstance(event_type, str) or not event_type.strip():
         return BadLine(line_no, "missing 'event.type' (a non-empty string)")
-    if len(event_type) > 255 or any(c.isspace() for c in event_type):
-        return BadLine(line_no, "'event.type' must be at most 255 characters without whitespace")
+    if not _EVENT_TYPE.fullmatch(event_type):
+        return BadLine(
+            line_no, "'event.type' must be at most 255 visible ASCII characters, without whitespace"
+        )
     raw_uuid = event.get("uuid")
     if raw_uuid is None:
         event_uuid = uuidlib.uuid4().hex
@@ -77,8 +114,8 @@ def parse_line(raw: bytes, line_no: int) -> ParsedEvent | BadLine:
     if event_filter is not None and not isinstance(event_filter, dict):
         return BadLine(line_no, "'filter' must be a JSON object")
     webhook = obj.get("webhook")
-    if webhook is not None and not isinstance(webhook, str):
-        return BadLine(line_no, "'webhook' must be a webhook name (a string)")
+    if webhook is not None and not (isinstance(webhook, str) and _WEBHOOK_NAME.fullmatch(webhook)):
+        return BadLine(line_no, "'webhook' must be a webhook name (a lowercase DNS label)")
     if raw_uuid is not None and "filter" not in obj and "webhook" not in obj:
         body = bytes(raw).strip()  # already the envelope as JSON: deliver the producer's own bytes
     else:
@@ -103,6 +140,76 @@ def ack_duplicate(event_uuid: str) -> bytes:
 
 def ack_rejected(line_no: int, error: str) -> bytes:
     return (json.dumps({"ok": False, "line": line_no, "error": error}) + "\n").encode()
+
+
+class _NotFinite(ValueError):
+    """A number the parser would turn into NaN or an infinity."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # e.g. 1e999: valid JSON, but Python reads it as inf and writes it as Infinity
+        raise _NotFinite(text if len(text) <= 40 else f"{text[:40]}...")
+    return value
+
+
+def _may_overflow(raw: bytes) -> bool:
+    """Whether a float literal in ``raw`` could be too large for a float (cheap; false alarms possible)."""
+    if any(pattern.search(raw) for pattern in _LONG_EXPONENTS):
+        return True
+    return len(raw) >= _OVERFLOW_DIGITS and b"0" * _OVERFLOW_DIGITS in raw.translate(_DIGITS_AS_ZERO)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_CHECKING_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _nesting_problem(raw: bytes) -> str | None:
+    """Why the arrays/objects of ``raw`` cannot be parsed safely: nested deeper than ``MAX_DEPTH``, or
+    brackets that do not balance (never valid JSON); None when neither. Brackets inside strings do not count.
+
+    Exact for valid JSON, so it never turns one away that is at most ``MAX_DEPTH`` deep, and it never lets
+    the parser recurse deeper than that. Only bytes methods, no per-character Python: UTF-8 multi-byte
+    sequences never contain these ASCII bytes."""
+    # Escaped backslashes, then escaped quotes, go first (left to right, as the parser pairs them); what is
+    # left of a string is then its quotes and the brackets inside it.
+    if b"\\" in raw:
+        raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = raw.translate(_ONE_KIND, _NOT_STRUCTURE)
+    # Two adjacent quotes close one string and open the next, or enclose nothing: removing them keeps
+    # everything outside strings as it was.
+    skeleton = skeleton.replace(b'""', b"")
+    if b'"' in skeleton:  # strings holding brackets (an unterminated one runs to the end)
+        skeleton = b"".join(skeleton.split(b'"')[::2])
+    # Each round removes the innermost pairs, so balanced brackets are gone after as many rounds as they
+    # are deep; a round that removes nothing leaves brackets that do not balance.
+    for _ in range(MAX_DEPTH):
+        if not skeleton:
+            return None
+        fewer = skeleton.replace(b"[]", b"")
+        if fewer == skeleton:
+            return "not valid JSON: unbalanced brackets"
+        skeleton = fewer
+    return None if not skeleton else f"nested deeper than {MAX_DEPTH} arrays/objects"
+
+
+def _has_lone_surrogate(text: str, obj: Any) -> bool:
+    """Whether any key or string holds a surrogate code point (a valid escaped pair decodes to one character).
+
+    Without escaped backslashes every ``\\u`` in ``text`` is an escape, and the pairs the parser joins are
+    exactly those the regular expression removes; otherwise the parsed ``obj`` is encoded to find out (it is
+    at most ``MAX_DEPTH`` deep, so the C encoder's recursion is bounded)."""
+    if "\\\\" not in text:
+        return _SURROGATE_ESCAPE.search(_SURROGATE_PAIR.sub("", text)) is not None
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _short(exc: Exception) -> str:

@@ -3,29 +3,42 @@
 Both run the same loop: read what is available, split into lines, let the ``Ingestor`` commit and answer,
 write the acknowledgements. Socket creation is safe: mode 0660 from the first instant (umask around bind), a
 stale socket left by a dead process is replaced, and anything else at the path is refused.
+
+Shutdown is bounded whatever the clients do: ``SocketServer.close`` stops reading, gives every client one
+shared deadline to take the acknowledgements of the lines already read, then shuts the remaining sockets down.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import select
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from dispatcher.errors import SocketPathError
 from dispatcher.ingest import Ingestor, LineReader
 from dispatcher.logs import fields, get_logger
+from dispatcher.supervise import Spawn, describe, start_thread
 
 log = get_logger("server")
 
 _READ_SIZE = 1 << 16
 _PIPELINE_DEPTH = 16
 _ACCEPT_POLL_SECONDS = 0.2
+#: After the close deadline, how long handlers get to notice their sockets were shut down.
+_FORCED_JOIN_SECONDS = 1.0
+#: accept() errors that pass (a client gave up, or descriptors/memory are short for a moment).
+_TRANSIENT_ACCEPT_ERRORS = frozenset(
+    {errno.ECONNABORTED, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EINTR}
+)
+_ACCEPT_BACKOFF_SECONDS = 0.1
 
 
 def serve_stream(
@@ -120,9 +133,17 @@ class SocketServer:
     service manager's, and ``close()`` leaves it in place.
     """
 
-    def __init__(self, path: str | Path, ingestor: Ingestor, listener: socket.socket | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        ingestor: Ingestor,
+        listener: socket.socket | None = None,
+        *,
+        spawn: Spawn = start_thread,
+    ) -> None:
         self.path = Path(path)
         self._ingestor = ingestor
+        self._spawn = spawn
         self._owns_path = listener is None
         self._sock = bind_unix_socket(self.path) if listener is None else listener
         if listener is not None:
@@ -132,11 +153,11 @@ class SocketServer:
         self._clients: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
-        self._accepter = threading.Thread(target=self._accept_loop, name="dispatch-accept", daemon=True)
+        self._accepter: threading.Thread | None = None
         self._handlers: list[threading.Thread] = []
 
     def start(self) -> None:
-        self._accepter.start()
+        self._accepter = self._spawn("dispatch-accept", self._accept_loop)
 
     def _accept_loop(self) -> None:
         while True:
@@ -146,8 +167,12 @@ class SocketServer:
                 if self._closed:
                     return
                 continue
-            except OSError:
-                return  # closed
+            except OSError as exc:
+                if self._closed or exc.errno not in _TRANSIENT_ACCEPT_ERRORS:
+                    return  # closed (anything else: the supervisor sees this thread end)
+                log.warning("socket.accept_failed", extra=fields(error=exc.strerror or str(exc)))
+                time.sleep(_ACCEPT_BACKOFF_SECONDS)  # out of descriptors or memory: let clients finish
+                continue
             with self._lock:
                 if self._closed:
                     conn.close()
@@ -169,13 +194,17 @@ class SocketServer:
             serve_stream(lambda: conn.recv(_READ_SIZE), conn.sendall, self._ingestor, stop_reading)
         except OSError as exc:
             log.info("client.disconnected", extra=fields(error=exc.strerror or str(exc)))
+        except Exception as exc:  # a bug: it ends this connection only
+            log.error("client.failed", extra=fields(error=describe(exc)))
         finally:
             with self._lock:
                 self._clients.discard(conn)
             conn.close()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, stop reading from clients (acks for lines already read are still written)."""
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop accepting, stop reading from clients; acks for lines already read are still written until one
+        deadline shared by every client (``timeout`` from now), then the sockets still open are shut down."""
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._closed = True
             clients = list(self._clients)
@@ -183,14 +212,24 @@ class SocketServer:
         if self._owns_path:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
-        elif self._accepter.is_alive():
-            self._accepter.join(timeout)
+        elif self._accepter is not None:
+            self._accepter.join(max(0.0, deadline - time.monotonic()))
         self._sock.close()
         for conn in clients:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RD)
         for handler in handlers:
-            handler.join(timeout)
+            handler.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            stuck = list(self._clients)  # e.g. clients that never read their acks
+        if stuck:
+            log.warning("shutdown.clients_cut_off", extra=fields(clients=len(stuck)))
+            for conn in stuck:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+            forced = time.monotonic() + _FORCED_JOIN_SECONDS
+            for handler in handlers:
+                handler.join(max(0.0, forced - time.monotonic()))
         if self._owns_path:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()

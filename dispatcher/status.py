@@ -1,9 +1,12 @@
-"""``--metrics HOST:PORT``: ``/metrics`` (Prometheus text), ``/healthz`` and ``/status`` (JSON)."""
+"""``--metrics HOST:PORT``: ``/metrics`` (Prometheus text), ``/healthz`` and ``/status`` (JSON).
+
+``/healthz`` answers 200 ``ok`` while healthy, else 503 with the reason (which internal thread died, and
+how: see ``dispatcher.supervise``), so a probe or an operator sees why before the process exits.
+"""
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from dispatcher.live import LiveConfig
 from dispatcher.metrics import Metrics
 from dispatcher.store.base import Store
+from dispatcher.supervise import Spawn, start_thread
 
 
 def _public_endpoint(url: str) -> str:
@@ -63,8 +67,11 @@ class StatusServer:
         address: tuple[str, int],
         metrics: Metrics,
         status: Callable[[], dict[str, Any]],
-        healthy: Callable[[], bool],
+        problem: Callable[[], str | None],
+        *,
+        spawn: Spawn = start_thread,
     ) -> None:
+        """``problem``: None while healthy, else why not (shown by /healthz)."""
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,8 +80,11 @@ class StatusServer:
                 if path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, outer.metrics.render())
                 elif path == "/healthz":
-                    ok = outer.healthy()
-                    self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"unhealthy\n")
+                    problem = outer.problem()
+                    if problem is None:
+                        self._send(200, "text/plain", b"ok\n")
+                    else:
+                        self._send(503, "text/plain", f"unhealthy: {problem}\n".encode())
                 elif path == "/status":
                     body = json.dumps(outer.status(), indent=2).encode() + b"\n"
                     self._send(200, "application/json", body)
@@ -93,16 +103,14 @@ class StatusServer:
 
         self.metrics = metrics
         self.status = status
-        self.healthy = healthy
+        self.problem = problem
+        self._spawn = spawn
         self._server = ThreadingHTTPServer(address, Handler)
         self._server.daemon_threads = True
         self.address = self._server.server_address
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="dispatch-status", daemon=True
-        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._spawn("dispatch-status", self._server.serve_forever)
 
     def close(self) -> None:
         self._server.shutdown()

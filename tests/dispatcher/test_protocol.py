@@ -7,6 +7,7 @@ import json
 import pytest
 
 from dispatcher.protocol import (
+    MAX_DEPTH,
     BadLine,
     ParsedEvent,
     ack_accepted,
@@ -15,6 +16,7 @@ from dispatcher.protocol import (
     normalise_uuid,
     parse_line,
 )
+from tests.hostile.corpus import PARSE_CORPUS
 
 
 def test_valid_envelope_keeps_uuid_type_and_payload() -> None:
@@ -103,3 +105,65 @@ def test_acknowledgements_are_single_json_lines() -> None:
     rejected = ack_rejected(17, 'bad "thing"\nhere')
     assert rejected.endswith(b"\n") and rejected.count(b"\n") == 1
     assert json.loads(rejected) == {"ok": False, "line": 17, "error": 'bad "thing"\nhere'}
+
+
+@pytest.mark.parametrize(("name", "line", "fragment"), PARSE_CORPUS, ids=[c[0] for c in PARSE_CORPUS])
+def test_hostile_lines_are_rejected_without_raising(name: str, line: bytes, fragment: str) -> None:
+    """Nesting, non-finite numbers, surrogates, bad UTF-8 and unsendable types are that line's rejection."""
+    parsed = parse_line(line, 9)
+    assert isinstance(parsed, BadLine), name
+    assert parsed.line == 9
+    assert fragment in parsed.error
+    assert len(parsed.error) < 300  # never the line's content
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    """An envelope nested exactly MAX_DEPTH deep (the envelope counts as one) is an ordinary event."""
+    inner = MAX_DEPTH - 1
+    parsed = parse_line(b'{"event":{"type":"a"},"payload":' + b"[" * inner + b"]" * inner + b"}", 1)
+    assert isinstance(parsed, ParsedEvent)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    """Thousands of brackets inside a string (escaped quotes included) are text, not nesting."""
+    text = b'"\\"' + b"[{" * 5000 + b'"'
+    parsed = parse_line(b'{"event":{"type":"a"},"payload":' + text + b"}", 1)
+    assert isinstance(parsed, ParsedEvent)
+    assert json.loads(parsed.body)["payload"].endswith("[{")
+
+
+def test_many_sibling_objects_are_not_deep() -> None:
+    """A wide array of objects has more brackets than the limit but is only two levels deep."""
+    parsed = parse_line(b'{"event":{"type":"a"},"payload":[' + b",".join([b"{}"] * 1000) + b"]}", 1)
+    assert isinstance(parsed, ParsedEvent)
+
+
+def test_escaped_surrogate_pairs_and_escaped_backslashes_are_accepted() -> None:
+    """A valid surrogate pair is one character, and ``\\\\ud800`` is a backslash followed by text."""
+    parsed = parse_line(b'{"event":{"type":"a"},"payload":["\\ud83d\\ude00","\\\\ud800"]}', 1)
+    assert isinstance(parsed, ParsedEvent)
+    assert json.loads(parsed.body)["payload"] == ["\U0001f600", "\\ud800"]
+
+
+def test_finite_floats_and_nul_in_payload_are_delivered_as_json() -> None:
+    """Large but finite numbers and an escaped NUL inside the payload stay valid JSON in the body."""
+    parsed = parse_line(b'{"event":{"type":"a"},"payload":[1e308,-2.5e-300,"\\u0000"]}', 1)
+    assert isinstance(parsed, ParsedEvent)
+    assert json.loads(parsed.body)["payload"] == [1e308, -2.5e-300, "\x00"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b'"\\\\"', b'"\\\\\\"[[["', b'["\\"]", "{"]', b'{"k\\"{[": "]}"}'],
+    ids=["escaped-backslash", "escaped-quote-after-backslash", "quoted-brackets", "brackets-in-key"],
+)
+def test_escapes_and_quoted_brackets_do_not_confuse_the_depth_scan(payload: bytes) -> None:
+    """Escaped backslashes and quotes end (or do not end) strings as the parser says."""
+    padding = (
+        b"[" * MAX_DEPTH + b"]" * MAX_DEPTH
+    )  # over the bracket count, one level too deep with the envelope
+    line = b'{"event":{"type":"a"},"payload":[' + payload + b"]," + b'"x":' + padding + b"}"
+    deep = parse_line(line, 1)
+    assert isinstance(deep, BadLine) and "nested deeper than" in deep.error
+    shallow = b'{"event":{"type":"a"},"payload":[' + payload + b',"' + b"[" * 100 + b'"]}'
+    assert isinstance(parse_line(shallow, 1), ParsedEvent)

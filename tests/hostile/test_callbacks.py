@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,6 +22,7 @@ from click.testing import CliRunner
 
 from dispatcher.app import store_path
 from dispatcher.cli import main
+from dispatcher.store.base import NewEvent
 from dispatcher.store.schema import SCHEMA_VERSION
 from dispatcher.store.sqlite import SQLiteStore
 from dispatcher.terminal import visible
@@ -251,10 +253,13 @@ def test_deliveries_show_and_list_print_no_raw_terminal_escape(
             config_dir, "t", f"http://127.0.0.1:{port}/t", event_type="*", retry_countdown_config=retry
         )
         state = tmp_path / "state"
+        state.mkdir()
+        # Ingest refuses such a type (event.type is visible ASCII); a row already in the store (an older
+        # version, another producer) can still hold one, and the CLI must still show it safely.
+        with SQLiteStore(store_path(state)) as store:
+            store.enqueue([NewEvent("ab" * 16, f"package.{HOSTILE}", b"{}", ("t",))], time.time())
         proc = DispatchProcess(config_dir, state)
         processes.append(proc)
-        [ack] = proc.publish([event_line(f"package.{HOSTILE}")])
-        assert ack["ok"] is True
         wait_until(lambda: [d["attempts"] for d in deliveries(state)] == [1], timeout=15)
     finally:
         server.shutdown()
