@@ -112,8 +112,18 @@ class TreeLoader:
         """Load the tree, reusing the results of unchanged files from the previous load.
 
         ``changed``: paths relative to the directory (``/``-separated) that may have changed since the last
-        load, all of them (a watcher's events); None when unknown.
+        load, all of them (a watcher's events); None when unknown. Should a load raise (a bug, or memory),
+        everything cached is dropped: a half-applied update must not make the next load wrong.
         """
+        try:
+            return self._load(changed)
+        except BaseException:
+            self._cache.clear()
+            self._index = TreeIndex()
+            self._layout = None
+            raise
+
+    def _load(self, changed: Collection[str] | None) -> TreeResult:
         shown_dir = _display(self._directory)
         if changed is not None and self._layout is not None and self._layout.shown_dir == shown_dir:
             result = self._load_changed(changed, self._layout)
