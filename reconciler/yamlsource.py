@@ -263,7 +263,9 @@ class _Builder:
         self.budget = budget if budget is not None else _Budget(DEFAULT_LIMITS)
         self.problems: list[Diagnostic] = []
         self.built: dict[int, Any] = {}  # id(node) -> data: an alias reuses the anchor's data
-        self.sizes: dict[int, int] = {}  # id(node) -> how many nodes its data holds, aliases expanded
+        # id(node) -> (nodes its data holds with aliases expanded, levels of nesting below it)
+        self.sizes: dict[int, tuple[int, int]] = {}
+        self.reached = 0  # the deepest nesting reached so far in the node being built
         self.building: set[int] = set()
 
     def document(self, root: Node) -> Document:
@@ -277,21 +279,23 @@ class _Builder:
         line, column = node.start_mark.line + 1, node.start_mark.column + 1
         return Diagnostic(Severity.ERROR, rule, message, self.file, line, column, format_json_path(path))
 
-    def build(self, node: Node, path: JsonPath) -> Any:
+    def build(self, node: Node, path: JsonPath, at: Node | None = None) -> Any:
+        """The data of ``node`` at ``path``; ``at``: where an alias at this place is written (the key of a
+        mapping value, the list of an item), since the composer hands over the anchored node itself."""
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)
         key = id(node)
         if key in self.built:
-            self.spend_alias(self.sizes[key], node, path)
+            self.reuse(key, node, path, at or node)
             return self.built[key]
         if key in self.building:
             self.problem("yaml-syntax", "recursive alias (a node that contains itself)", node, path)
             return None
-        limits = self.budget.limits
-        if len(path) >= limits.max_depth:
-            message = f"nesting deeper than {limits.max_depth} levels of mappings and lists"
-            raise _OverBudget(self.diagnostic("yaml-depth", message, node, path))
-        before = self.budget.nodes
+        depth = len(path)
+        if depth >= self.budget.limits.max_depth:
+            raise _OverBudget(self.too_deep(node, path))
+        before, outer = self.budget.nodes, self.reached
+        self.reached = depth
         self.building.add(key)
         try:
             if isinstance(node, MappingNode):
@@ -307,24 +311,37 @@ class _Builder:
         finally:
             self.building.discard(key)
         self.built[key] = data
-        self.sizes[key] = self.budget.nodes - before
+        self.sizes[key] = (self.budget.nodes - before, self.reached - depth)
+        self.reached = max(outer, self.reached)
         return data
 
-    def spend_alias(self, size: int, node: Node, path: JsonPath) -> None:
-        """Count one alias that brings in ``size`` nodes; past the file's budget, stop building it."""
+    def too_deep(self, where: Node, path: JsonPath) -> Diagnostic:
+        limits = self.budget.limits
+        message = f"nesting deeper than {limits.max_depth} levels of mappings and lists"
+        return self.diagnostic("yaml-depth", message, where, path)
+
+    def reuse(self, key: int, node: Node, path: JsonPath, where: Node) -> None:
+        """Count one alias: its nodes against the file's budgets, its nesting against the depth limit."""
+        size, height = self.sizes[key]
         budget, limits = self.budget, self.budget.limits
+        deepest = len(path) + height
+        if deepest >= limits.max_depth:
+            raise _OverBudget(self.too_deep(where, path))
+        self.reached = max(self.reached, deepest)
         budget.aliases += 1
         budget.alias_nodes += size
         budget.nodes += size
+        anchor = f"the anchor at line {node.start_mark.line + 1}"
         if budget.aliases > limits.max_aliases:
-            message = f"more than {limits.max_aliases} aliases in one file (a YAML alias bomb?)"
+            message = f"more than {limits.max_aliases} aliases in one file (this one repeats {anchor})"
         elif budget.alias_nodes > limits.max_alias_nodes:
             message = (
-                f"aliases expand to more than {limits.max_alias_nodes} nodes in one file (a YAML alias bomb?)"
+                f"aliases expand to more than {limits.max_alias_nodes} nodes in one file (this one repeats "
+                f"{anchor}; a YAML alias bomb?)"
             )
         else:
             return
-        raise _OverBudget(self.diagnostic("yaml-alias-budget", message, node, path))
+        raise _OverBudget(self.diagnostic("yaml-alias-budget", message, where, path))
 
     def scalar(self, node: ScalarNode, path: JsonPath) -> Any:
         tag, value = node.tag, node.value
@@ -371,7 +388,7 @@ class _Builder:
 
     def sequence(self, node: SequenceNode, path: JsonPath) -> list[Any]:
         self.budget.nodes += len(node.value)
-        return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return [self.build(item, (*path, i), node) for i, item in enumerate(node.value)]
 
     def mapping(self, node: MappingNode, path: JsonPath) -> dict[str, Any]:
         self.budget.nodes += len(node.value)
@@ -380,7 +397,7 @@ class _Builder:
         for key_node, value_node in node.value:
             key = key_node.value
             if key_node.tag is _PLAIN and key == _MERGE:
-                self.merge(value_node, path, result, explicit)
+                self.merge(key_node, value_node, path, result, explicit)
                 continue
             if key_node.__class__ is not ScalarNode:
                 self.problem(
@@ -405,11 +422,16 @@ class _Builder:
                     continue
                 result[key] = self.finite(data, value_node, (*path, key)) if data.__class__ is float else data
             else:
-                result[key] = self.build(value_node, (*path, key))
+                result[key] = self.build(value_node, (*path, key), key_node)
         return result
 
     def merge(
-        self, value_node: Node, path: JsonPath, result: dict[str, Any], explicit: dict[str, Node]
+        self,
+        key_node: Node,
+        value_node: Node,
+        path: JsonPath,
+        result: dict[str, Any],
+        explicit: dict[str, Node],
     ) -> None:
         # `<<: *base` or `<<: [*a, *b]`: keys written in this mapping win, then earlier merged mappings.
         sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
@@ -419,7 +441,7 @@ class _Builder:
                     "yaml-syntax", "a merge key ('<<') needs a mapping or a list of mappings", source, path
                 )
                 continue
-            merged = self.build(source, path)
+            merged = self.build(source, path, key_node)
             for key, value in merged.items():
                 if key not in explicit and key not in result:
                     result[key] = value
