@@ -255,7 +255,15 @@ def test_the_guard_and_the_private_address_rule_agree_on_literals() -> None:
     from reconciler.addresses import parse_ip_literal
     from reconciler.rules import _is_private_host
 
-    for host in ("127.1", "2130706433", "0x7f000001", "0177.0.0.1", "127.0.1", "0xa9fea9fe", "::ffff:10.0.0.1"):
+    for host in (
+        "127.1",
+        "2130706433",
+        "0x7f000001",
+        "0177.0.0.1",
+        "127.0.1",
+        "0xa9fea9fe",
+        "::ffff:10.0.0.1",
+    ):
         with pytest.raises(EgressDenied):
             resolve_checked(host, 80, DEFAULT, resolver=_no_resolver)
         assert _is_private_host(host), host

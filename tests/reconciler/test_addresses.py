@@ -37,7 +37,19 @@ def test_every_inet_aton_spelling_of_an_ipv4_address_is_read(literal: str, meant
 
 @pytest.mark.parametrize(
     "text",
-    ["4294967296", "256.1.1.1", "1.16777216", "08.1", "0x", "0x.1", "1..2", "1.2.3.4.5", "", "a.b", "1.2.3.4 "],
+    [
+        "4294967296",
+        "256.1.1.1",
+        "1.16777216",
+        "08.1",
+        "0x",
+        "0x.1",
+        "1..2",
+        "1.2.3.4.5",
+        "",
+        "a.b",
+        "1.2.3.4 ",
+    ],
 )
 def test_what_inet_aton_refuses_is_not_an_address(text: str) -> None:
     """Out-of-range parts, bad octal, empty parts and trailing text are names, not addresses."""

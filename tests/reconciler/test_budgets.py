@@ -113,7 +113,9 @@ def test_integers_outside_64_bits_are_number_range_errors(literal: str) -> None:
 
 def test_integers_at_the_64_bit_bounds_are_accepted() -> None:
     """The largest and smallest 64-bit integers, and zero-padded small ones, are plain integers."""
-    doc = parse_source(f"a: {2**63 - 1}\nb: {-(2**63)}\nc: {'0' * 100}7\nd: !!int '12'\n", "f.yaml").documents[0]
+    doc = parse_source(
+        f"a: {2**63 - 1}\nb: {-(2**63)}\nc: {'0' * 100}7\nd: !!int '12'\n", "f.yaml"
+    ).documents[0]
     assert doc.data == {"a": 2**63 - 1, "b": -(2**63), "c": 7, "d": 12}
     assert doc.diagnostics == ()
 
@@ -128,7 +130,11 @@ def test_tagged_and_listed_big_integers_are_number_range_errors() -> None:
 def test_a_float_overflowing_to_infinity_is_a_number_range_error() -> None:
     """`1e999` overflows a float: number-range, while a written `.inf` stays invalid-number."""
     (doc,) = parse_source("a: 1e999\nb: -" + "9" * 400 + ".5\nc: .inf\n", "f.yaml").documents
-    assert places(doc.diagnostics) == [("number-range", 1, 4), ("number-range", 2, 4), ("invalid-number", 3, 4)]
+    assert places(doc.diagnostics) == [
+        ("number-range", 1, 4),
+        ("number-range", 2, 4),
+        ("invalid-number", 3, 4),
+    ]
 
 
 def test_a_10000_digit_integer_in_a_webhook_is_reported_once() -> None:
@@ -181,7 +187,10 @@ def test_reconcile_max_file_bytes_flag(tmp_path: Path) -> None:
     ("content", "expected"),
     [
         (alias_bomb(), "bomb.yaml:10:9: error[yaml-alias-budget]"),
-        (HEADER + SPEC + "  config: {timeout: " + "9" * 10_000 + "}\n", "bomb.yaml:8:21: error[number-range]"),
+        (
+            HEADER + SPEC + "  config: {timeout: " + "9" * 10_000 + "}\n",
+            "bomb.yaml:8:21: error[number-range]",
+        ),
     ],
     ids=["alias-bomb", "10000-digits"],
 )

@@ -55,7 +55,7 @@ def load_in_thread(directory: Path, timeout: float = 20.0) -> TreeResult:
 
 
 def test_a_file_link_outside_the_tree_is_refused_and_never_read(tree: Path, outside: Path) -> None:
-    """x.yaml -> a file outside is a symlink-outside error at x.yaml:1:1; the target's content is not quoted."""
+    """x.yaml -> a file outside: a symlink-outside error at x.yaml:1:1; the content is never quoted."""
     (tree / "passwd.yaml").symlink_to(outside)
     result = load_tree(tree)
     assert rules_at(result) == [("passwd.yaml", "symlink-outside", 1, 1)]
