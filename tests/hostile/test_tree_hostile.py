@@ -163,7 +163,8 @@ def test_a_restart_with_a_hostile_file_fails_with_the_located_diagnostic(
     config, outside = dirs
     write_webhook(config, "good", "http://127.0.0.1:9/never")
     hostile.plant(config, outside)
-    args = [*dispatch_command(), "run", "--config", str(config), "--state", str(tmp_path / "state"), "--stdin"]
+    state = tmp_path / "state"
+    args = [*dispatch_command(), "run", "--config", str(config), "--state", str(state), "--stdin"]
     run = subprocess.run(args, input="", capture_output=True, text=True, timeout=120)
     assert run.returncode != 0
     assert hostile.located in run.stderr
