@@ -88,8 +88,9 @@ def read_and_check(path: str, display: str, limits: Limits = DEFAULT_LIMITS) -> 
     try:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            # Read one byte past the limit: a file that grew since fstat is refused too, never read whole.
-            data = b"" if size > limits.max_file_bytes else handle.read(limits.max_file_bytes + 1)
+            data = b"" if size > limits.max_file_bytes else handle.read(size + 1)
+            if len(data) > size:  # it grew since fstat: read on, to one byte past the limit at most
+                data += handle.read(max(0, limits.max_file_bytes + 1 - len(data)))
     except OSError as exc:
         problem = Diagnostic(Severity.ERROR, "io", f"cannot read file: {exc.strerror or exc}", display, 1, 1)
         return FileRecord(display, "", (problem,), (), (), (), ())
