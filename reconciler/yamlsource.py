@@ -196,6 +196,10 @@ def parse_source(text: str, file: str, limits: Limits = DEFAULT_LIMITS) -> Parse
     documents: list[Document] = []
     problems: list[Diagnostic] = []
     budget = _Budget(limits)
+    if len(text) > _SCAN_ABOVE_CHARS:
+        crowded = _count_nodes(text, file, limits.max_nodes)
+        if crowded is not None:
+            return ParsedSource((), (crowded,))
     try:
         for index, root in enumerate(yaml.compose_all(text, Loader=_Loader)):
             documents.append(_Builder(file, index, budget).document(root))
@@ -230,6 +234,30 @@ def parse_source(text: str, file: str, limits: Limits = DEFAULT_LIMITS) -> Parse
 def _char_at(text: str, line: int, column: int) -> str:
     lines = text.split("\n", line)
     return lines[line - 1][column - 1 : column] if line <= len(lines) else ""
+
+
+# A file this long may hold more nodes than the budget; its events are counted before any node is made (the
+# composed nodes of a 1 MiB list of numbers take about 150 MB). Smaller files cannot hold too many.
+_SCAN_ABOVE_CHARS = 64 * 1024
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent, yaml.AliasEvent)
+
+
+def _count_nodes(text: str, file: str, most: int) -> Diagnostic | None:
+    """A ``yaml-node-budget`` diagnostic at the first node past ``most``, counted from the parser's events;
+    None when there are not that many (a syntax error ends the count: composing reports it)."""
+    count = 0
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, _NODE_EVENTS):
+                count += 1
+                if count > most:
+                    mark = event.start_mark
+                    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+                    message = f"more than {most} YAML nodes in one file"
+                    return Diagnostic(Severity.ERROR, "yaml-node-budget", message, file, line, column)
+    except yaml.YAMLError:
+        return None
+    return None
 
 
 class _Budget:
@@ -340,8 +368,17 @@ class _Builder:
                 f"{anchor}; a YAML alias bomb?)"
             )
         else:
+            self.spend_nodes(0, where, path)
             return
         raise _OverBudget(self.diagnostic("yaml-alias-budget", message, where, path))
+
+    def spend_nodes(self, count: int, where: Node, path: JsonPath) -> None:
+        """Count ``count`` more nodes of the file; past ``max_nodes``, stop building it."""
+        budget = self.budget
+        budget.nodes += count
+        if budget.nodes > budget.limits.max_nodes:
+            message = f"more than {budget.limits.max_nodes} YAML nodes in one file (aliases expanded)"
+            raise _OverBudget(self.diagnostic("yaml-node-budget", message, where, path))
 
     def scalar(self, node: ScalarNode, path: JsonPath) -> Any:
         tag, value = node.tag, node.value
@@ -387,11 +424,11 @@ class _Builder:
         return number
 
     def sequence(self, node: SequenceNode, path: JsonPath) -> list[Any]:
-        self.budget.nodes += len(node.value)
+        self.spend_nodes(len(node.value), node, path)
         return [self.build(item, (*path, i), node) for i, item in enumerate(node.value)]
 
     def mapping(self, node: MappingNode, path: JsonPath) -> dict[str, Any]:
-        self.budget.nodes += len(node.value)
+        self.spend_nodes(len(node.value), node, path)
         result: dict[str, Any] = {}
         explicit: dict[str, Node] = {}  # key -> its first key node
         for key_node, value_node in node.value:

@@ -68,6 +68,24 @@ def test_merge_keys_count_as_aliases() -> None:
     assert places(parsed.diagnostics) == [("yaml-alias-budget", 4, 3)]
 
 
+def test_a_large_file_with_too_many_nodes_is_refused_before_they_are_composed() -> None:
+    """A file past 64 KiB has its nodes counted from the parser's events; the first one past max_nodes is
+    reported (a 1 MiB list of numbers would otherwise take some 150 MB as composed nodes)."""
+    text = "a: [" + "1, " * 30_000 + "1]\n"
+    assert parse_source(text, "f.yaml", Limits(max_nodes=40_000)).diagnostics == ()
+    parsed = parse_source(text, "f.yaml", Limits(max_nodes=20_000))
+    assert parsed.documents == ()
+    # node 20,001: the mapping, its key and the list come first, so it is item 19,997 (from 0), at 5 + 3 * i
+    assert places(parsed.diagnostics) == [("yaml-node-budget", 1, 5 + 3 * 19_997)]
+
+
+def test_the_node_budget_counts_nodes_that_aliases_add() -> None:
+    """Below the alias budgets, the nodes aliases add still count toward the file's node budget."""
+    text = "a: &a [1, 2, 3]\nb: [*a, *a]\n"
+    parsed = parse_source(text, "f.yaml", Limits(max_nodes=8))
+    assert places(parsed.diagnostics) == [("yaml-node-budget", 2, 4)]
+
+
 def test_nesting_past_the_depth_limit_is_located_at_the_first_level_too_deep() -> None:
     """The mapping or list one level past max_depth is reported, with its line and column."""
     text = "a:\n  b:\n    c: [[1]]\n"
@@ -191,8 +209,9 @@ def test_reconcile_max_file_bytes_flag(tmp_path: Path) -> None:
             HEADER + SPEC + "  config: {timeout: " + "9" * 10_000 + "}\n",
             "bomb.yaml:8:21: error[number-range]",
         ),
+        (HEADER + "  labels: [" + "1," * 500_000 + "1]\n", "bomb.yaml:5:399990: error[yaml-node-budget]"),
     ],
-    ids=["alias-bomb", "10000-digits"],
+    ids=["alias-bomb", "10000-digits", "1-mib-of-numbers"],
 )
 def test_reconcile_check_on_a_hostile_file_exits_1_with_small_memory(
     tmp_path: Path, content: str, expected: str
