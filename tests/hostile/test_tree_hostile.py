@@ -147,8 +147,8 @@ def test_a_hostile_file_under_dispatch_run_keeps_the_last_good_table(
         receiver.wait_count("/good", 4)
     finally:
         code = proc.stop(timeout=30)
-    assert code == 0
     logs = proc.log_path.read_text(errors="replace")
+    assert code == 0, logs[-3000:]
     assert hostile.located.split(": ")[0] in logs
     assert "Traceback" not in logs
     assert SECRET_CONTENT not in logs
