@@ -17,6 +17,7 @@ from dispatcher.config import ConfigSource, LoadAttempt, Snapshot, describe_fail
 from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
 from dispatcher.store.base import Store
+from reconciler.model import Diagnostic, Severity
 
 log = get_logger("config")
 
@@ -72,10 +73,16 @@ class LiveConfig:
 
         ``changed``: the paths a watcher saw change since the last reload (``ConfigWatcher.take_changes``),
         so that only they are looked at; None (SIGHUP, start-up) looks at every file.
+
+        Never raises for what a load does: an unexpected exception inside it is a failed reload with the
+        exception as its reason (the last good table stays, ``/status`` says so), not a dead process.
         """
         with self._lock:
             started = time.monotonic()
-            attempt = self._source.load(changed)
+            try:
+                attempt = self._source.load(changed)
+            except Exception as exc:  # a bug in a load must neither pass for success nor kill the process
+                attempt = _crashed_load(self._source, exc)
             now = self._clock()
             if attempt.snapshot is None:
                 return self._reject(attempt, now, reason)
@@ -177,3 +184,10 @@ class LiveConfig:
         active = sum(1 for h in snapshot.table.webhooks.values() if h.active)
         self._metrics.webhooks.labels("active").set(active)
         self._metrics.webhooks.labels("inactive").set(len(snapshot.table) - active)
+
+
+def _crashed_load(source: ConfigSource, exc: Exception) -> LoadAttempt:
+    """A failed attempt standing for a load that raised (no traceback: it could quote a file's content)."""
+    message = f"internal error while loading: {type(exc).__name__}: {exc}"[:300]
+    problem = Diagnostic(Severity.ERROR, "internal", message, str(source.directory), 1, 1)
+    return LoadAttempt("unknown", None, (problem,))

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from reconciler.errors import ReconcilerError
 from reconciler.explain import explain_route
 from reconciler.gitrev import Baseline, load_baseline
+from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.loader import TreeLoader, TreeResult, load_tree
 from reconciler.model import Webhook
 from reconciler.plan import build_plan
@@ -48,6 +49,7 @@ class CheckOptions:
     detailed_exitcode: bool = False
     route_event: str | None = None
     route_filter: Mapping[str, Any] | None = None  # None: the event carries no filter
+    limits: Limits = DEFAULT_LIMITS  # per-file budgets (--max-file-bytes)
 
 
 def exit_code(report: Report, *, detailed: bool) -> ExitCode:
@@ -69,7 +71,7 @@ class Checker:
         *,
         out: TextIO | None = None,
         err: TextIO | None = None,
-        load: Callable[[Path], TreeResult] = load_tree,
+        load: Callable[[Path], TreeResult] | None = None,  # default: load_tree with options.limits
         load_against: Callable[[str, Path], Baseline] = load_baseline,
     ) -> None:
         self.options = options
@@ -92,7 +94,7 @@ class Checker:
     def build_report(self) -> Report:
         """Load and check the tree, then add the plan and route test the options ask for."""
         opts = self.options
-        tree = self._load(opts.directory)
+        tree = self._load(opts.directory) if self._load else load_tree(opts.directory, opts.limits)
         # Build the routing table exactly as the dispatcher would for a valid tree (part of --check); for an
         # invalid tree, the valid documents still answer a route test.
         table = tree.table() if tree.valid else build_routing_table(tree.webhooks, tree.revision)
@@ -114,7 +116,7 @@ def watch(options: CheckOptions, out: TextIO, stop: threading.Event, debounce_se
     tree, the plan against the last good tree. Runs until ``stop`` is set (Ctrl-C in the CLI)."""
     from reconciler.watch import ConfigWatcher  # watchdog only when watching
 
-    loader = TreeLoader(options.directory)  # incremental: only changed files are parsed again
+    loader = TreeLoader(options.directory, options.limits)  # incremental: only changed files are parsed again
     render = RENDERERS[options.output_format]
     last_good: TreeResult | None = None
     changed = threading.Event()

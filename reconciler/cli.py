@@ -21,8 +21,10 @@ from typing import Any, NoReturn
 import click
 
 from reconciler.check import Checker, CheckOptions, ExitCode, watch
+from reconciler.limits import DEFAULT_LIMITS, Limits
+from reconciler.loader import load_tree
 from reconciler.report import RENDERERS
-from reconciler.secretcheck import load_tree_checked
+from reconciler.secretcheck import add_secret_findings
 from reconciler.secretsources import SecretSources
 
 #: Ctrl-C: the shell convention (128 + SIGINT), neither "invalid" nor "internal error".
@@ -146,6 +148,13 @@ def _check_event_type(ctx: click.Context, param: click.Parameter, value: str | N
     multiple=True,
     help="Glob of the variables the dispatcher may read for {env:} secrets (repeatable; default WEBHOOK_*).",
 )
+@click.option(
+    "--max-file-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIMITS.max_file_bytes,
+    show_default=True,
+    help="Refuse (error file-too-large) any webhook file larger than this, without reading it.",
+)
 @click.version_option(package_name="webhooks-as-code", prog_name="reconcile")
 @click.pass_context
 def reconcile(
@@ -161,6 +170,7 @@ def reconcile(
     watch_mode: bool,
     secrets_dirs: tuple[str, ...],
     secret_env: tuple[str, ...],
+    max_file_bytes: int,
 ) -> None:
     """Check the webhook definitions in DIR (default ./webhooks.d).
 
@@ -179,6 +189,7 @@ def reconcile(
         detailed_exitcode=detailed_exitcode,
         route_event=route_event,
         route_filter=route_filter,
+        limits=Limits(max_file_bytes=max_file_bytes),
     )
     if watch_mode:
         if against or route_event or detailed_exitcode:
@@ -190,7 +201,12 @@ def reconcile(
             stop.set()
             ctx.exit(ExitCode.OK)
     sources = SecretSources.build(secrets_dirs, secret_env)
-    ctx.exit(Checker(options, load=lambda directory: load_tree_checked(directory, sources)).run())
+    limits = options.limits
+    ctx.exit(
+        Checker(
+            options, load=lambda directory: add_secret_findings(load_tree(directory, limits), sources)
+        ).run()
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import sys
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.model import (
     KIND,
     BasicAuth,
@@ -70,34 +72,49 @@ class FileRecord(NamedTuple):
     event_types: tuple[str, ...]
 
 
-def load_file(path: Path, display: str) -> LoadedFile:
+def load_file(path: Path, display: str, limits: Limits = DEFAULT_LIMITS) -> LoadedFile:
     """Read one file and check it on its own (no cross-file rules)."""
-    return build_loaded(read_and_check(str(path), display))
+    return build_loaded(read_and_check(str(path), display, limits))
 
 
-def build_file(data: bytes, display: str) -> LoadedFile:
+def build_file(data: bytes, display: str, limits: Limits = DEFAULT_LIMITS) -> LoadedFile:
     """Check one file's bytes on their own (no cross-file rules)."""
-    return build_loaded(check_file(data, display))
+    return build_loaded(check_file(data, display, limits))
 
 
-def read_and_check(path: str, display: str) -> FileRecord:
-    """Read one file and check it; a file that cannot be read is an ``io`` diagnostic."""
+def read_and_check(path: str, display: str, limits: Limits = DEFAULT_LIMITS) -> FileRecord:
+    """Read one file and check it; a file that cannot be read is an ``io`` diagnostic, one larger than
+    ``limits.max_file_bytes`` a ``file-too-large`` one (its size is checked before it is read)."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            size = os.fstat(handle.fileno()).st_size
+            data = b"" if size > limits.max_file_bytes else handle.read(size + 1)
+            if len(data) > size:  # it grew since fstat: read on, to one byte past the limit at most
+                data += handle.read(max(0, limits.max_file_bytes + 1 - len(data)))
     except OSError as exc:
         problem = Diagnostic(Severity.ERROR, "io", f"cannot read file: {exc.strerror or exc}", display, 1, 1)
         return FileRecord(display, "", (problem,), (), (), (), ())
-    return check_file(data, display)
+    if size > limits.max_file_bytes or len(data) > limits.max_file_bytes:
+        return _too_large(display, max(size, len(data)), limits)
+    return check_file(data, display, limits)
 
 
-def check_file(data: bytes, display: str) -> FileRecord:
+def _too_large(display: str, size: int, limits: Limits) -> FileRecord:
+    message = f"file is larger than {limits.max_file_bytes} bytes ({size}); not read (see --max-file-bytes)"
+    problem = Diagnostic(Severity.ERROR, "file-too-large", message, display, 1, 1)
+    # The digest stands for the refused content in the tree's revision: its size, which changes with it.
+    return FileRecord(display, f"too-large:{size}", (problem,), (), (), (), ())
+
+
+def check_file(data: bytes, display: str, limits: Limits = DEFAULT_LIMITS) -> FileRecord:
     """Every per-file diagnostic of a file's bytes, and the plain data of its valid documents."""
+    if len(data) > limits.max_file_bytes:
+        return _too_large(display, len(data), limits)
     digest = hashlib.sha256(data).hexdigest()
     text = decode_source(data, display)
     if isinstance(text, Diagnostic):
         return FileRecord(display, digest, (text,), (), (), (), ())
-    parsed = parse_source(text, display)
+    parsed = parse_source(text, display, limits)
     diagnostics = list(parsed.diagnostics)
     names: list[tuple[str, str, int, int]] = []
     patterns: list[PatternSite] = []
@@ -156,6 +173,7 @@ def _check_document(doc: Document, file: str) -> tuple[list[Diagnostic], bool]:
         return found + envelope, False  # someone else's document: its shape is not ours to judge
     rules = check_webhook(doc, file) if _get(doc.data, "kind") != EVENT_TYPES_KIND else []
     claimed = {d.json_path for d in rules if d.rule in CLAIMING_RULES}
+    claimed.update(d.json_path for d in doc.diagnostics if d.rule == "number-range")  # said once
     return found + rules + check_schema(doc, file, claimed), True
 
 

@@ -39,6 +39,7 @@ from reconciler.filecheck import (
     load_file,
     read_and_check,
 )
+from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.model import Diagnostic, Severity
 from reconciler.schema import load_catalogue
 from reconciler.treeindex import TreeIndex, TreeResult, build_revision
@@ -64,9 +65,9 @@ _MAX_WORKERS = 8
 _PIECE = 200  # files checked in a worker process per round trip
 
 
-def load_tree(directory: str | Path) -> TreeResult:
+def load_tree(directory: str | Path, limits: Limits = DEFAULT_LIMITS) -> TreeResult:
     """Load and check a directory once (see ``TreeLoader`` to reload it cheaply)."""
-    return TreeLoader(directory).load()
+    return TreeLoader(directory, limits).load()
 
 
 # (size, mtime_ns, inode, ctime_ns) packed: 72 bytes per file instead of a tuple of four large ints (210).
@@ -100,8 +101,9 @@ class TreeLoader:
     changed path in a directory it walked. Otherwise, and without the paths, it scans everything.
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, limits: Limits = DEFAULT_LIMITS) -> None:
         self._directory = Path(directory)
+        self._limits = limits
         self._cache: dict[str, _Entry] = {}
         self._index = TreeIndex()  # mirrors ``_cache``: the cross-file state of the files loaded last
         self._layout: _Layout | None = None  # None: the next load must scan everything
@@ -110,8 +112,18 @@ class TreeLoader:
         """Load the tree, reusing the results of unchanged files from the previous load.
 
         ``changed``: paths relative to the directory (``/``-separated) that may have changed since the last
-        load, all of them (a watcher's events); None when unknown.
+        load, all of them (a watcher's events); None when unknown. Should a load raise (a bug, or memory),
+        everything cached is dropped: a half-applied update must not make the next load wrong.
         """
+        try:
+            return self._load(changed)
+        except BaseException:
+            self._cache.clear()
+            self._index = TreeIndex()
+            self._layout = None
+            raise
+
+    def _load(self, changed: Collection[str] | None) -> TreeResult:
         shown_dir = _display(self._directory)
         if changed is not None and self._layout is not None and self._layout.shown_dir == shown_dir:
             result = self._load_changed(changed, self._layout)
@@ -172,7 +184,7 @@ class TreeLoader:
         stale: list[tuple[str, str, bytes, bool]] = []  # (path, shown, signature, racy)
         relatives: dict[str, str] = {}  # shown -> relative, of the stale files
         for path, shown, relative in candidates:
-            entry = _reuse(path, cache.get(shown), now)
+            entry = _reuse(path, cache.get(shown), now, self._limits)
             if isinstance(entry, _Entry):
                 cache[shown] = entry
             elif shown not in relatives:
@@ -181,7 +193,8 @@ class TreeLoader:
         replaced = [shown for shown in relatives if shown in cache]
         for shown in gone:
             del cache[shown]
-        for (_path, shown, signature, racy), loaded in zip(stale, _load_many(stale), strict=True):
+        loaded_files = _load_many(stale, self._limits)
+        for (_path, shown, signature, racy), loaded in zip(stale, loaded_files, strict=True):
             cache[shown] = _Entry(signature, racy, loaded)
         added = [(shown, relative, cache[shown].loaded) for shown, relative in relatives.items()]
         self._index.update(gone + replaced, added)
@@ -191,7 +204,7 @@ def _prefix(shown_dir: str) -> str:
     return "" if shown_dir == "." else shown_dir.rstrip("/") + "/"
 
 
-def _reuse(path: str, entry: _Entry | None, now: int) -> _Entry | tuple[bytes, bool]:
+def _reuse(path: str, entry: _Entry | None, now: int, limits: Limits) -> _Entry | tuple[bytes, bool]:
     """The cached entry if the file is unchanged, else the (signature, racy) to store with its new result."""
     try:
         st = os.stat(path)
@@ -199,8 +212,8 @@ def _reuse(path: str, entry: _Entry | None, now: int) -> _Entry | tuple[bytes, b
         return b"", False  # vanished or unreadable since discovery: loading it reports why
     signature = _SIGNATURE.pack(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
     racy = now - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
-    if entry is None or entry.signature != signature:
-        return signature, racy
+    if entry is None or entry.signature != signature or st.st_size > limits.max_file_bytes:
+        return signature, racy  # (refusing a file that is too large costs less than hashing it)
     if not entry.racy:
         return entry
     try:
@@ -211,12 +224,12 @@ def _reuse(path: str, entry: _Entry | None, now: int) -> _Entry | tuple[bytes, b
     return _Entry(signature, racy, entry.loaded) if same else (signature, racy)
 
 
-def _load_many(stale: list[tuple[str, str, bytes, bool]]) -> list[LoadedFile]:
+def _load_many(stale: list[tuple[str, str, bytes, bool]], limits: Limits) -> list[LoadedFile]:
     """``load_file`` for each stale file, in order; shared with forked processes when there are many."""
     jobs = [(path, shown) for path, shown, _signature, _racy in stale]
     workers = _worker_count(len(jobs))
-    shared = _load_shared(jobs, workers) if workers > 1 else None
-    return shared if shared is not None else [load_file(Path(path), shown) for path, shown in jobs]
+    shared = _load_shared(jobs, workers, limits) if workers > 1 else None
+    return shared if shared is not None else [load_file(Path(path), shown, limits) for path, shown in jobs]
 
 
 def _worker_count(files: int) -> int:
@@ -236,7 +249,7 @@ def _worker_count(files: int) -> int:
     return max(1, min(cpus, idle, _MAX_WORKERS, files // (_PARALLEL_MIN_FILES // 2)))
 
 
-def _load_shared(jobs: list[tuple[str, str]], workers: int) -> list[LoadedFile] | None:
+def _load_shared(jobs: list[tuple[str, str]], workers: int, limits: Limits) -> list[LoadedFile] | None:
     """Check ``jobs`` here and in ``workers - 1`` forked processes; None when processes cannot be had.
 
     This process takes a share too, so on a machine whose other cores are busy the load costs about what it
@@ -256,21 +269,21 @@ def _load_shared(jobs: list[tuple[str, str]], workers: int) -> list[LoadedFile] 
             taken = 0  # pieces handed out so far, to a worker or to this process
             while taken < len(pieces) or sent:
                 while taken < len(pieces) and len(sent) < 2 * (workers - 1):
-                    sent.append((taken, pool.submit(_check_chunk, pieces[taken])))
+                    sent.append((taken, pool.submit(_check_chunk, pieces[taken], limits)))
                     taken += 1
                 if sent and (sent[0][1].done() or taken == len(pieces)):
                     index, future = sent.popleft()
                     loaded[index] = [build_loaded(record) for record in future.result()]
                 else:
-                    loaded[taken] = [load_file(Path(path), shown) for path, shown in pieces[taken]]
+                    loaded[taken] = [load_file(Path(path), shown, limits) for path, shown in pieces[taken]]
                     taken += 1
             return [file for piece in loaded for file in piece]
     except (OSError, BrokenProcessPool):
         return None
 
 
-def _check_chunk(jobs: list[tuple[str, str]]) -> list[FileRecord]:
-    return [read_and_check(path, shown) for path, shown in jobs]
+def _check_chunk(jobs: list[tuple[str, str]], limits: Limits) -> list[FileRecord]:
+    return [read_and_check(path, shown, limits) for path, shown in jobs]
 
 
 def _display(path: Path) -> str:
@@ -284,16 +297,22 @@ def _display(path: Path) -> str:
 def _discover(
     root: str, problems: list[Diagnostic], shown_root: str
 ) -> tuple[list[tuple[str, str]], list[str], bool]:
-    """YAML files under ``root`` as (path, path relative to root), sorted by relative path; the relative
-    prefixes of the directories walked; and whether no symlink was met.
+    """YAML files under ``root`` as (path to open, path relative to root), sorted by relative path; the
+    relative prefixes of the directories walked; and whether no symlink was met.
 
     Hidden names are skipped (this also skips Kubernetes ConfigMap internals such as ``..data``); a directory
-    reached twice through symlinks is walked once.
+    reached twice through symlinks is walked once. A symlink is followed only when it resolves inside the
+    root (itself resolved first, so the root may be a link): a file reached through one is opened by its
+    resolved path, so what is read is what was checked. One that resolves outside is a ``symlink-outside``
+    diagnostic and its target is never opened (a committed link must not make the loader quote
+    ``/etc/shadow`` in a diagnostic).
     """
     found: list[tuple[str, str]] = []
     directories: list[str] = []
     plain = True
     seen: set[tuple[int, int]] = set()
+    real_root = os.path.realpath(root)
+    inside = real_root.rstrip("/") + "/"
     pending: list[tuple[str, str]] = [(root, "")]
     while pending:
         directory, prefix = pending.pop()
@@ -315,13 +334,28 @@ def _discover(
             if entry.name.startswith("."):
                 continue
             relative = prefix + entry.name
+            path = entry.path
             try:
                 if entry.is_symlink():
                     plain = False
+                    path = os.path.realpath(path)
+                    if path != real_root and not path.startswith(inside):
+                        if entry.name.endswith(YAML_SUFFIXES) or os.path.isdir(path):
+                            problems.append(_outside(shown_root, relative, entry.path))
+                        continue
                 if entry.is_dir():
-                    pending.append((entry.path, relative + "/"))
+                    pending.append((path, relative + "/"))
                 elif entry.name.endswith(YAML_SUFFIXES) and entry.is_file():
-                    found.append((entry.path, relative))
+                    found.append((path, relative))
             except OSError:
                 continue  # vanished, or a dangling symlink: not a file to load
     return sorted(found, key=lambda item: item[1]), directories, plain
+
+
+def _outside(shown_root: str, relative: str, link: str) -> Diagnostic:
+    try:
+        target = os.readlink(link)
+    except OSError:
+        target = "?"
+    message = f"symlink to {target!r} resolves outside the config directory; refused, its target is not read"
+    return Diagnostic(Severity.ERROR, "symlink-outside", message, _prefix(shown_root) + relative, 1, 1)

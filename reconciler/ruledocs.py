@@ -67,6 +67,46 @@ RULE_DOCS: dict[str, RuleDoc] = {
             "Save the file as UTF-8; the position shown is the first invalid byte.",
         ),
         RuleDoc(
+            "number-range",
+            _E,
+            "A number outside the range a webhook field can hold",
+            "Integers must fit in 64 bits (-2**63 to 2**63 - 1) and floats must not overflow to infinity; "
+            "no webhook field needs more. Write a smaller number.",
+        ),
+        RuleDoc(
+            "file-too-large",
+            _E,
+            "The file is larger than the per-file size limit",
+            "The file was not read. A webhook file is a few hundred bytes: split the file, or raise the "
+            "limit with reconcile --max-file-bytes if it really must be this large.",
+        ),
+        RuleDoc(
+            "yaml-alias-budget",
+            _E,
+            "YAML aliases expand to too much data (an alias bomb?)",
+            "Aliases (*name) repeat the anchored data wherever they appear; this file follows too many, or "
+            "they expand to too many nodes. Write the values out, or use fewer levels of aliases.",
+        ),
+        RuleDoc(
+            "yaml-node-budget",
+            _E,
+            "The file holds too many YAML nodes",
+            "Far more values than any webhook needs; the file was not built. Split it or shrink it.",
+        ),
+        RuleDoc(
+            "yaml-depth",
+            _E,
+            "Mappings and lists nested too deeply",
+            "No webhook field nests this deep; flatten the structure.",
+        ),
+        RuleDoc(
+            "symlink-outside",
+            _E,
+            "A symlink in the config tree resolves outside it",
+            "Its target was not read: a webhook file can never make the tools read another file. Replace "
+            "the link with the file itself, or point it inside the tree (as a Kubernetes ConfigMap does).",
+        ),
+        RuleDoc(
             "io",
             _E,
             "A file or directory cannot be read",

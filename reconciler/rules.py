@@ -16,7 +16,6 @@ Across files: ``duplicate-name``, ``unknown-event-type``.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import math
 import re
 import sys
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from reconciler.addresses import parse_ip_literal
+from reconciler.addresses import refusal as address_refusal
 from reconciler.model import API_VERSION, KIND, Diagnostic, Severity
 from reconciler.routing import pattern_matches
 from reconciler.secretsources import SecretSources, has_parent_step
@@ -271,8 +272,9 @@ def _check_headers(out: _Findings, headers: Mapping[str, Any], *, has_auth: bool
 
 
 _HTTP_URL = re.compile(r"https?://", re.IGNORECASE)
-# https, a host name (with a letter, so not an address), no port, user info or query: nothing to report.
-_PLAIN_HTTPS_URL = re.compile(r"https://(?=[^/]*[A-Za-z])[A-Za-z0-9.-]+(?:/[^\s?#@\\]*)?")
+# https, a host name (with a letter no address literal has: not a hex digit or the x of 0x), no port, user
+# info or query: nothing to report.
+_PLAIN_HTTPS_URL = re.compile(r"https://(?=[^/]*[g-wyzG-WYZ])[A-Za-z0-9.-]+(?:/[^\s?#@\\]*)?")
 
 
 def _check_url(out: _Findings, path: JsonPath, url: Any) -> None:
@@ -314,14 +316,12 @@ def _check_url(out: _Findings, path: JsonPath, url: Any) -> None:
 
 
 def _is_private_host(host: str) -> bool:
+    """Whether the egress guard refuses ``host`` by default: ``localhost``, or an address literal in any
+    spelling the OS reads (``127.1``, ``0x7f000001``, ``[::ffff:10.0.0.1]``). Names are not resolved."""
     if host == "localhost" or host.endswith(".localhost"):
         return True
-    if not (host[0].isdigit() or ":" in host):
-        return False  # a name (only the dispatcher can resolve and check it), not an address literal
-    try:
-        return not ipaddress.ip_address(host).is_global
-    except ValueError:
-        return False  # a name: only the dispatcher can resolve and check it
+    address = parse_ip_literal(host)
+    return address is not None and address_refusal(address) is not None
 
 
 def _check_retry(out: _Findings, retry: Mapping[str, Any]) -> None:

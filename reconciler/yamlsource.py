@@ -9,6 +9,13 @@ Scalars are resolved with the YAML 1.2 core schema, as editors (yaml-language-se
 check-jsonschema (ruamel.yaml) do: ``on``, ``yes`` and ``no`` stay strings, only ``true``/``false`` are
 booleans, and timestamps stay strings. Mapping keys are always strings, taken from their source text
 (``200:`` is the key ``"200"``).
+
+Budgets (``reconciler.limits``): the walk counts the aliases it follows and the nodes they add (an alias
+reuses the anchor's data, so the walk itself stays cheap, but every later reader of the data would expand
+it), and the nesting depth; past a budget the file's remaining documents are not built and the problem is
+one located diagnostic. Integers with too many digits are refused before conversion (Python refuses to
+convert past 4,300 digits, and big ones are slow), integers outside 64 bits and floats that overflow to
+infinity are refused after it (``number-range``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.model import Diagnostic, Severity
 
 PathElement = str | int
@@ -179,13 +187,24 @@ def _offset_position(data: bytes, offset: int) -> tuple[int, int]:
     return head.count(b"\n") + 1, column
 
 
-def parse_source(text: str, file: str) -> ParsedSource:
-    """Parse every document of ``text``; never raises for bad input (problems come back as diagnostics)."""
+def parse_source(text: str, file: str, limits: Limits = DEFAULT_LIMITS) -> ParsedSource:
+    """Parse every document of ``text``; never raises for bad input (problems come back as diagnostics).
+
+    Past a budget of ``limits`` the document at fault and the rest of the file are dropped, and the
+    diagnostic is the file's.
+    """
     documents: list[Document] = []
     problems: list[Diagnostic] = []
+    budget = _Budget(limits)
+    if len(text) > _SCAN_ABOVE_CHARS:
+        crowded = _count_nodes(text, file, limits.max_nodes)
+        if crowded is not None:
+            return ParsedSource((), (crowded,))
     try:
         for index, root in enumerate(yaml.compose_all(text, Loader=_Loader)):
-            documents.append(_Builder(file, index).document(root))
+            documents.append(_Builder(file, index, budget).document(root))
+    except _OverBudget as exc:
+        problems.append(exc.diagnostic)
     except yaml.reader.ReaderError as exc:
         # libyaml reports a byte offset into the UTF-8 stream; the pure-Python reader a character offset.
         encoded = text.encode("utf-8")
@@ -217,14 +236,64 @@ def _char_at(text: str, line: int, column: int) -> str:
     return lines[line - 1][column - 1 : column] if line <= len(lines) else ""
 
 
+# A file this long may hold more nodes than the budget; its events are counted before any node is made (the
+# composed nodes of a 1 MiB list of numbers take about 150 MB). Smaller files cannot hold too many.
+_SCAN_ABOVE_CHARS = 64 * 1024
+_NODE_EVENTS = (yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent, yaml.AliasEvent)
+
+
+def _count_nodes(text: str, file: str, most: int) -> Diagnostic | None:
+    """A ``yaml-node-budget`` diagnostic at the first node past ``most``, counted from the parser's events;
+    None when there are not that many (a syntax error ends the count: composing reports it)."""
+    count = 0
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, _NODE_EVENTS):
+                count += 1
+                if count > most:
+                    mark = event.start_mark
+                    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+                    message = f"more than {most} YAML nodes in one file"
+                    return Diagnostic(Severity.ERROR, "yaml-node-budget", message, file, line, column)
+    except yaml.YAMLError:
+        return None
+    return None
+
+
+class _Budget:
+    """What a file's documents have spent so far of the alias budgets in ``limits``."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.aliases = 0
+        self.alias_nodes = 0
+        self.nodes = 0  # entries of every mapping and sequence built (a node's size is what it adds here)
+
+
+class _OverBudget(Exception):
+    """Raised inside the walk when a budget is spent; carries the diagnostic (never escapes the module)."""
+
+    def __init__(self, diagnostic: Diagnostic) -> None:
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
+class _NumberRange(ValueError):
+    """A number literal outside what we accept; the message says why (caught by the walk)."""
+
+
 class _Builder:
     """Builds one document's data from its node tree."""
 
-    def __init__(self, file: str, index: int) -> None:
+    def __init__(self, file: str, index: int, budget: _Budget | None = None) -> None:
         self.file = file
         self.index = index
+        self.budget = budget if budget is not None else _Budget(DEFAULT_LIMITS)
         self.problems: list[Diagnostic] = []
         self.built: dict[int, Any] = {}  # id(node) -> data: an alias reuses the anchor's data
+        # id(node) -> (nodes its data holds with aliases expanded, levels of nesting below it)
+        self.sizes: dict[int, tuple[int, int]] = {}
+        self.reached = 0  # the deepest nesting reached so far in the node being built
         self.building: set[int] = set()
 
     def document(self, root: Node) -> Document:
@@ -232,20 +301,29 @@ class _Builder:
         return Document(self.index, data, root, tuple(self.problems))
 
     def problem(self, rule: str, message: str, node: Node, path: JsonPath) -> None:
-        line, column = node.start_mark.line + 1, node.start_mark.column + 1
-        self.problems.append(
-            Diagnostic(Severity.ERROR, rule, message, self.file, line, column, format_json_path(path))
-        )
+        self.problems.append(self.diagnostic(rule, message, node, path))
 
-    def build(self, node: Node, path: JsonPath) -> Any:
+    def diagnostic(self, rule: str, message: str, node: Node, path: JsonPath) -> Diagnostic:
+        line, column = node.start_mark.line + 1, node.start_mark.column + 1
+        return Diagnostic(Severity.ERROR, rule, message, self.file, line, column, format_json_path(path))
+
+    def build(self, node: Node, path: JsonPath, at: Node | None = None) -> Any:
+        """The data of ``node`` at ``path``; ``at``: where an alias at this place is written (the key of a
+        mapping value, the list of an item), since the composer hands over the anchored node itself."""
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)
         key = id(node)
         if key in self.built:
+            self.reuse(key, node, path, at or node)
             return self.built[key]
         if key in self.building:
             self.problem("yaml-syntax", "recursive alias (a node that contains itself)", node, path)
             return None
+        depth = len(path)
+        if depth >= self.budget.limits.max_depth:
+            raise _OverBudget(self.too_deep(node, path))
+        before, outer = self.budget.nodes, self.reached
+        self.reached = depth
         self.building.add(key)
         try:
             if isinstance(node, MappingNode):
@@ -261,12 +339,54 @@ class _Builder:
         finally:
             self.building.discard(key)
         self.built[key] = data
+        self.sizes[key] = (self.budget.nodes - before, self.reached - depth)
+        self.reached = max(outer, self.reached)
         return data
+
+    def too_deep(self, where: Node, path: JsonPath) -> Diagnostic:
+        limits = self.budget.limits
+        message = f"nesting deeper than {limits.max_depth} levels of mappings and lists"
+        return self.diagnostic("yaml-depth", message, where, path)
+
+    def reuse(self, key: int, node: Node, path: JsonPath, where: Node) -> None:
+        """Count one alias: its nodes against the file's budgets, its nesting against the depth limit."""
+        size, height = self.sizes[key]
+        budget, limits = self.budget, self.budget.limits
+        deepest = len(path) + height
+        if deepest >= limits.max_depth:
+            raise _OverBudget(self.too_deep(where, path))
+        self.reached = max(self.reached, deepest)
+        budget.aliases += 1
+        budget.alias_nodes += size
+        budget.nodes += size
+        anchor = f"the anchor at line {node.start_mark.line + 1}"
+        if budget.aliases > limits.max_aliases:
+            message = f"more than {limits.max_aliases} aliases in one file (this one repeats {anchor})"
+        elif budget.alias_nodes > limits.max_alias_nodes:
+            message = (
+                f"aliases expand to more than {limits.max_alias_nodes} nodes in one file (this one repeats "
+                f"{anchor}; a YAML alias bomb?)"
+            )
+        else:
+            self.spend_nodes(0, where, path)
+            return
+        raise _OverBudget(self.diagnostic("yaml-alias-budget", message, where, path))
+
+    def spend_nodes(self, count: int, where: Node, path: JsonPath) -> None:
+        """Count ``count`` more nodes of the file; past ``max_nodes``, stop building it."""
+        budget = self.budget
+        budget.nodes += count
+        if budget.nodes > budget.limits.max_nodes:
+            message = f"more than {budget.limits.max_nodes} YAML nodes in one file (aliases expanded)"
+            raise _OverBudget(self.diagnostic("yaml-node-budget", message, where, path))
 
     def scalar(self, node: ScalarNode, path: JsonPath) -> Any:
         tag, value = node.tag, node.value
         if tag == _PLAIN:
-            data = _resolve_plain(value)
+            try:
+                data = _resolve_plain(value)
+            except _NumberRange as exc:
+                return self.out_of_range(exc, node, path)
             return self.finite(data, node, path) if isinstance(data, float) else data
         if tag == _STR:
             return value
@@ -279,6 +399,8 @@ class _Builder:
                 return _to_int(value)
             if tag == _FLOAT:
                 return self.finite(_to_float(value), node, path)
+        except _NumberRange as exc:
+            return self.out_of_range(exc, node, path)
         except (KeyError, ValueError):
             tag_name = tag.replace(_TAG, "!!")
             self.problem("yaml-tag", f"the value cannot be read as {tag_name}", node, path)
@@ -287,24 +409,32 @@ class _Builder:
             self.problem("yaml-tag", f"unsupported tag {tag.replace(_TAG, '!!')}", node, path)
         return value
 
+    def out_of_range(self, exc: _NumberRange, node: ScalarNode, path: JsonPath) -> str:
+        self.problem("number-range", str(exc), node, path)
+        return str(node.value)[:20]  # the document is refused; a short stand-in keeps later messages short
+
     def finite(self, number: float, node: ScalarNode, path: JsonPath) -> float:
         # JSON has no infinity or NaN, and NaN slips through every minimum/maximum check.
-        if math.isinf(number) or math.isnan(number):
+        if math.isinf(number) and not node.value.lower().endswith("inf"):
+            self.problem("number-range", "number too large (it overflows a 64-bit float)", node, path)
+        elif math.isinf(number) or math.isnan(number):
             self.problem(
                 "invalid-number", "numbers must be finite (.inf and .nan are not allowed)", node, path
             )
         return number
 
     def sequence(self, node: SequenceNode, path: JsonPath) -> list[Any]:
-        return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        self.spend_nodes(len(node.value), node, path)
+        return [self.build(item, (*path, i), node) for i, item in enumerate(node.value)]
 
     def mapping(self, node: MappingNode, path: JsonPath) -> dict[str, Any]:
+        self.spend_nodes(len(node.value), node, path)
         result: dict[str, Any] = {}
         explicit: dict[str, Node] = {}  # key -> its first key node
         for key_node, value_node in node.value:
             key = key_node.value
             if key_node.tag is _PLAIN and key == _MERGE:
-                self.merge(value_node, path, result, explicit)
+                self.merge(key_node, value_node, path, result, explicit)
                 continue
             if key_node.__class__ is not ScalarNode:
                 self.problem(
@@ -322,14 +452,23 @@ class _Builder:
             if tag is _STR and value_node.__class__ is ScalarNode:
                 result[key] = value_node.value
             elif tag is _PLAIN and value_node.__class__ is ScalarNode:
-                data = _resolve_plain(value_node.value)
+                try:
+                    data = _resolve_plain(value_node.value)
+                except _NumberRange as exc:
+                    result[key] = self.out_of_range(exc, value_node, (*path, key))
+                    continue
                 result[key] = self.finite(data, value_node, (*path, key)) if data.__class__ is float else data
             else:
-                result[key] = self.build(value_node, (*path, key))
+                result[key] = self.build(value_node, (*path, key), key_node)
         return result
 
     def merge(
-        self, value_node: Node, path: JsonPath, result: dict[str, Any], explicit: dict[str, Node]
+        self,
+        key_node: Node,
+        value_node: Node,
+        path: JsonPath,
+        result: dict[str, Any],
+        explicit: dict[str, Node],
     ) -> None:
         # `<<: *base` or `<<: [*a, *b]`: keys written in this mapping win, then earlier merged mappings.
         sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
@@ -339,7 +478,7 @@ class _Builder:
                     "yaml-syntax", "a merge key ('<<') needs a mapping or a list of mappings", source, path
                 )
                 continue
-            merged = self.build(source, path)
+            merged = self.build(source, path, key_node)
             for key, value in merged.items():
                 if key not in explicit and key not in result:
                     result[key] = value
@@ -362,12 +501,24 @@ def _resolve_plain(text: str) -> Any:
     return text
 
 
+#: Integers are 64-bit; a literal longer than any 64-bit one (octal, with sign and prefix) is refused unread.
+_INT_BOUND = 2**63
+_INT_MAX_CHARS = 25
+
+
 def _to_int(text: str) -> int:
+    """The integer a literal stands for; _NumberRange when it is outside the 64-bit range."""
+    if len(text.lstrip("+-").removeprefix("0o").removeprefix("0x").lstrip("0")) > _INT_MAX_CHARS:
+        raise _NumberRange(f"integer literal of {len(text)} characters, outside the 64-bit range")
     if text.startswith("0o"):
-        return int(text[2:], 8)
-    if text.startswith("0x"):
-        return int(text[2:], 16)
-    return int(text)
+        number = int(text[2:], 8)
+    elif text.startswith("0x"):
+        number = int(text[2:], 16)
+    else:
+        number = int(text)
+    if not -_INT_BOUND <= number < _INT_BOUND:
+        raise _NumberRange("integer outside the 64-bit range (-2**63 to 2**63 - 1)")
+    return number
 
 
 def _to_float(text: str) -> float:

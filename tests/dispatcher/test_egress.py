@@ -223,6 +223,56 @@ def test_odd_ipv4_forms_resolve_to_127_0_0_1_when_allowed(host: str) -> None:
     assert resolve_checked(host, 8080, policy) == [(socket.AF_INET, ("127.0.0.1", 8080))]
 
 
+def _no_resolver(host: str, port: int, family: int, type: int) -> list[tuple[Any, ...]]:
+    raise AssertionError(f"the resolver was asked about {host!r}")
+
+
+@pytest.mark.parametrize(
+    ("host", "fragment"),
+    [
+        ("127.1", "127.1 is the address 127.0.0.1; 127.0.0.1 is a loopback address"),
+        ("2130706433", "127.0.0.1 is a loopback address"),
+        ("0x7f000001", "127.0.0.1 is a loopback address"),
+        ("0177.0.0.1", "127.0.0.1 is a loopback address"),
+        ("127.0.1", "127.0.0.1 is a loopback address"),
+        ("0xa9fea9fe", "169.254.169.254 is link-local (cloud metadata)"),
+        ("012.1", "10.0.0.1 is a private address"),
+        ("[::ffff:169.254.169.254]", "IPv4-mapped 169.254.169.254"),
+        ("[fe80::1%25eth0]", "link-local"),
+    ],
+)
+def test_refused_literals_in_any_spelling_are_refused_before_resolving(host: str, fragment: str) -> None:
+    """A literal the guard refuses, however spelled, is refused without asking the resolver at all."""
+    with pytest.raises(EgressDenied) as info:
+        resolve_checked(host, 80, DEFAULT, resolver=_no_resolver)
+    assert fragment in str(info.value)
+    assert "--allow-cidr" in str(info.value)
+
+
+def test_the_guard_and_the_private_address_rule_agree_on_literals() -> None:
+    """Every spelling the guard refuses without resolving, reconcile's private-address rule warns for, and
+    the public spellings pass both."""
+    from reconciler.addresses import parse_ip_literal
+    from reconciler.rules import _is_private_host
+
+    for host in (
+        "127.1",
+        "2130706433",
+        "0x7f000001",
+        "0177.0.0.1",
+        "127.0.1",
+        "0xa9fea9fe",
+        "::ffff:10.0.0.1",
+    ):
+        with pytest.raises(EgressDenied):
+            resolve_checked(host, 80, DEFAULT, resolver=_no_resolver)
+        assert _is_private_host(host), host
+    for host in ("8.8.8.8", "0x08080808", "134744072"):
+        answer = FakeResolver(str(parse_ip_literal(host)))
+        assert resolve_checked(host, 80, DEFAULT, resolver=answer) == [(socket.AF_INET, ("8.8.8.8", 80))]
+        assert not _is_private_host(host), host
+
+
 def test_real_resolver_refuses_ipv6_loopback() -> None:
     """::1 is refused through the real resolver as well."""
     if not socket.has_ipv6:

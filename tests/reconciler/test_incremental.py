@@ -196,7 +196,8 @@ def test_a_new_directory_falls_back_to_a_full_scan(tree: Path) -> None:
 
 def test_a_tree_with_a_symlink_is_always_scanned(tree: Path) -> None:
     """A symlinked file may change through a path no event names: such a tree is scanned every time."""
-    target = tree.parent / "outside.yaml"
+    (tree / "..data").mkdir()  # where a ConfigMap keeps the files its visible links point to
+    target = tree / "..data" / "linked.yaml"
     target.write_text(WEBHOOK.format(name="linked", event="package.created"), encoding="utf-8")
     (tree / "linked.yaml").symlink_to(target)
     loader = TreeLoader(tree)

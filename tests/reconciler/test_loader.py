@@ -17,6 +17,7 @@ from typing import IO
 import pytest
 
 from reconciler import filecheck, loader
+from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.loader import FileResult, LoadedFile, TreeLoader, TreeResult, build_webhook, load_tree
 from reconciler.model import BasicAuth, Callback, RetryConfig, SecretRef, Source, TokenAuth, Webhook
 
@@ -321,9 +322,9 @@ def parse_log(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = loader.load_file
 
-    def counting(path: Path, display: str) -> LoadedFile:
+    def counting(path: Path, display: str, limits: Limits = DEFAULT_LIMITS) -> LoadedFile:
         calls.append(Path(display).name)
-        return real(path, display)
+        return real(path, display, limits)
 
     monkeypatch.setattr(loader, "load_file", counting)
     return calls
