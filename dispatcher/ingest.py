@@ -233,6 +233,11 @@ class LineReader:
                 self._buffer += rest
         return out
 
+    @property
+    def discarding(self) -> bool:
+        """Inside an over-long line: the bytes being read are dropped until its newline."""
+        return self._discarding
+
     def finish(self) -> list[tuple[int, bytes | None]]:
         """At EOF: a last line without a newline still counts."""
         if self._discarding:
@@ -266,20 +271,30 @@ class Ingestor:
         """Acknowledgement lines for these input lines, in order, after their events are durable."""
         return self.start(lines)()
 
-    def start(self, lines: list[tuple[int, bytes | None]]) -> Callable[[], bytes]:
+    def start(
+        self,
+        lines: list[tuple[int, bytes | None]],
+        charge: Callable[[int, int], None] | None = None,
+    ) -> Callable[[], bytes]:
         """Parse and route these lines and queue their events for commit, without waiting; the function
-        returned waits until they are durable and gives their acknowledgement lines, in order."""
+        returned waits until they are durable and gives their acknowledgement lines, in order.
+
+        ``charge(lines, bytes)`` is told how many lines were rejected and how many bytes they held (an
+        over-long line counts ``max_line_bytes``): the connection's ``RejectBudget``."""
         snapshot = self._config()
         answers: list[bytes | None] = []
         events: list[NewEvent] = []
         slots: list[int] = []
+        rejected_bytes = 0
         for line_no, raw in lines:
             if raw is None:
+                rejected_bytes += self.max_line_bytes
                 answers.append(
                     ack_rejected(line_no, f"line too long (more than {self.max_line_bytes} bytes)")
                 )
                 continue
             if not raw.strip():
+                rejected_bytes += len(raw)
                 answers.append(ack_rejected(line_no, "empty line"))
                 continue
             try:
@@ -289,6 +304,7 @@ class Ingestor:
                 log.error("ingest.line_failed", extra=fields(line=line_no, error=describe(exc)))
                 routed = BadLine(line_no, "internal error while handling this line")
             if isinstance(routed, BadLine):
+                rejected_bytes += len(raw)
                 answers.append(ack_rejected(routed.line, routed.error))
                 continue
             slots.append(len(answers))
@@ -297,6 +313,8 @@ class Ingestor:
         rejected = len(answers) - len(events)
         if rejected:
             self._metrics.events_rejected.inc(rejected)
+            if charge is not None:
+                charge(rejected, rejected_bytes)
         batch = self._committer.submit(events)
         return lambda: self._answers(lines, answers, slots, batch)
 

@@ -26,6 +26,7 @@ from dispatcher.errors import SocketPathError
 from dispatcher.ingest import Ingestor, LineReader
 from dispatcher.logs import fields, get_logger
 from dispatcher.supervise import Spawn, describe, start_thread
+from dispatcher.throttle import RejectBudget, RejectLimits
 
 log = get_logger("server")
 
@@ -46,6 +47,9 @@ def serve_stream(
     write: Callable[[bytes], None],
     ingestor: Ingestor,
     stop_reading: Callable[[], None] | None = None,
+    reject_limits: RejectLimits | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], object] = time.sleep,
 ) -> int:
     """Serve one NDJSON stream until EOF; returns the number of lines handled.
 
@@ -54,8 +58,17 @@ def serve_stream(
     rather than one fsync per read. A second thread writes the acknowledgements, in input order, each only
     once its events are durable. When a write fails (the client went away) it calls ``stop_reading`` so that a
     read waiting for more input returns, and the write's error is raised.
+
+    A stream that sends more rejected input than ``reject_limits`` allow waits before its next read
+    (``dispatcher.throttle``): it is slowed, never cut off, and every line still gets its acknowledgement.
     """
     reader = LineReader(ingestor.max_line_bytes)
+    budget = RejectBudget(reject_limits or RejectLimits(), clock())
+    throttled = False
+
+    def charge(lines: int, size: int) -> None:
+        budget.charge(lines, size, clock())
+
     pending: queue.Queue[Callable[[], bytes] | None] = queue.Queue(_PIPELINE_DEPTH)
     failed: list[BaseException] = []
 
@@ -76,10 +89,18 @@ def serve_stream(
         while not failed:
             data = read()
             lines = reader.feed(data) if data else reader.finish()
-            if lines:
-                pending.put(ingestor.start(lines))
+            if lines or reader.discarding:
+                if reader.discarding:  # inside an over-long line: what was read of it counts already
+                    budget.charge(0, len(data), clock())
+                if lines:
+                    pending.put(ingestor.start(lines, charge))
             if not data:
                 break
+            while (wait := budget.wait_seconds(clock())) > 0 and not failed:
+                if not throttled:
+                    throttled = True
+                    log.warning("client.throttled", extra=fields(reason="too much rejected input"))
+                sleep(wait)
     finally:
         pending.put(None)  # acks for every line already read are still written
         acker.join()

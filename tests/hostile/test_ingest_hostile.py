@@ -128,6 +128,29 @@ def test_hostile_lines_on_the_socket_are_rejected_alone_while_others_flow(
     assert _healthz(port) == (200, "ok\n")
 
 
+def test_a_client_flooding_rejected_input_is_slowed_not_cut_off(
+    tmp_path: Path, config_dir: Path, receiver: Receiver, processes: list[DispatchProcess]
+) -> None:
+    """A client sending more rejected input than its budget (4 MiB at once, then 1 MiB/s) is throttled:
+    the dispatcher says so, the client still gets one rejection per line on the same connection, and a
+    well-behaved client's events keep being acknowledged and delivered meanwhile."""
+    write_webhook(config_dir, "erp", receiver.url("/hook"))
+    proc = DispatchProcess(config_dir, tmp_path / "state")
+    processes.append(proc)
+    steady = SteadyClient(proc.socket_path)
+    wait_until(lambda: len(steady.acks) >= 3)
+    flood = [TOO_LONG + b"\n"] * 7  # 7 MiB of lines over the limit: 3 MiB past the burst
+    acks = proc.publish(flood, timeout=60)
+    assert [a["ok"] for a in acks] == [False] * len(flood)
+    assert all("too long" in str(a["error"]) for a in acks)
+    assert "client.throttled" in proc.logs()
+    during = len(steady.acks)
+    wait_until(lambda: len(steady.acks) >= during + 3)
+    steady_acks = steady.stop()
+    assert not steady.errors and all(a["ok"] is True for a in steady_acks)
+    receiver.wait_count("/hook", len(steady_acks), timeout=60)
+
+
 def test_hostile_lines_on_stdin_get_one_ack_each_and_the_run_exits_0(
     tmp_path: Path, config_dir: Path, receiver: Receiver, processes: list[DispatchProcess]
 ) -> None:
