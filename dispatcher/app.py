@@ -39,6 +39,7 @@ from dispatcher.status import StatusServer, status_provider
 from dispatcher.store.sqlite import SQLiteStore
 from dispatcher.supervise import EXIT_INTERNAL_FAILURE, Supervisor
 from dispatcher.transport import ProcessClient
+from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.secretsources import SecretSources
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class RunOptions:
     activated: bool = False  # listen on the socket systemd passed (LISTEN_FDS) instead of socket_path
     #: Where secrets may come from (--secrets-dir, --secret-env); None: the defaults for the environment.
     secret_sources: SecretSources | None = None
+    #: Per-file budgets of --config (--max-file-bytes; the rest at their defaults), as for `reconcile`.
+    limits: Limits = DEFAULT_LIMITS
 
 
 def store_path(state_dir: Path) -> Path:
@@ -129,7 +132,7 @@ class Dispatcher:
         self.notifier = systemd.Notifier(os.environ)
         check_config_mount(o.config_dir)
         with state_lock(o.state_dir), SQLiteStore(store_path(o.state_dir)) as store, self.notifier:
-            source = ConfigSource(o.config_dir, self.environ, o.secret_sources)
+            source = ConfigSource(o.config_dir, self.environ, o.secret_sources, o.limits)
             snapshot = initial_snapshot(source)
             metrics = Metrics()
             metrics.watch_queue(store.counts, lambda: _age(store.oldest_open_created_at(), self.clock()))

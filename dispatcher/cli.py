@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from dispatcher.store.base import AttemptLog, Callback, Delivery, DeliveryQuery,
 from dispatcher.store.sqlite import SQLiteStore
 from dispatcher.terminal import visible
 from dispatcher.transport import default_processes
+from reconciler.limits import DEFAULT_LIMITS
 from reconciler.secretsources import SecretSources
 
 DEFAULT_SOCKET = "dispatch.sock"
@@ -87,6 +89,13 @@ def main() -> None:
     help="Longest accepted event line; longer lines are rejected.",
 )
 @click.option(
+    "--max-file-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIMITS.max_file_bytes,
+    show_default=True,
+    help="Refuse (error file-too-large) any file in --config larger than this, without reading it.",
+)
+@click.option(
     "--workers", type=click.IntRange(1, 1024), default=64, show_default=True, help="Delivery threads."
 )
 @click.option(
@@ -145,6 +154,7 @@ def run(
     allow_cidrs: tuple[str, ...],
     metrics_address: str | None,
     max_line_bytes: int,
+    max_file_bytes: int,
     workers: int,
     per_endpoint: int,
     delivery_processes: int,
@@ -178,6 +188,7 @@ def run(
         delivery_processes=delivery_processes,
         activated=activated,
         secret_sources=SecretSources.build(map(str, secrets_dirs), secret_env),
+        limits=replace(DEFAULT_LIMITS, max_file_bytes=max_file_bytes),
     )
     configure(log_format, log_level)
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dispatcher.errors import ConfigError, SecretError
 from dispatcher.secrets import Signature, file_signature, resolve_secret
+from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.loader import TreeLoader, TreeResult
 from reconciler.model import Diagnostic, SecretRef, Webhook
 from reconciler.routing import RoutingTable, changed_webhooks
@@ -108,9 +109,10 @@ class ConfigSource:
         directory: str | Path,
         environ: Mapping[str, str] | None = None,
         sources: SecretSources | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.directory = Path(directory)
-        self._loader = TreeLoader(self.directory)
+        self._loader = TreeLoader(self.directory, limits)
         self._environ = environ if environ is not None else os.environ
         self.sources = sources if sources is not None else SecretSources.build(environ=self._environ)
         self._table: RoutingTable | None = None  # the last table built; the next is derived from it

@@ -170,3 +170,20 @@ def test_a_restart_with_a_hostile_file_fails_with_the_located_diagnostic(
     assert hostile.located in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     assert SECRET_CONTENT not in run.stderr + run.stdout
+
+
+def test_dispatch_run_takes_the_file_size_limit_as_a_flag(dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """``dispatch run --max-file-bytes N`` refuses a config file over N bytes at start-up with the located
+    ``file-too-large`` diagnostic, as ``reconcile --max-file-bytes`` does; the default admits it."""
+    config, _ = dirs
+    path = write_webhook(config, "good", "http://127.0.0.1:9/never")
+    size = path.stat().st_size
+    base = [*dispatch_command(), "run", "--config", str(config), "--stdin"]
+    small = [*base, "--state", str(tmp_path / "a"), "--max-file-bytes", str(size - 1)]
+    run = subprocess.run(small, input="", capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0
+    assert f"{path.name}:1:1: error[file-too-large]" in run.stderr
+    default = subprocess.run(
+        [*base, "--state", str(tmp_path / "b")], input="", capture_output=True, timeout=120
+    )
+    assert default.returncode == 0, default.stderr
