@@ -22,6 +22,7 @@ from dispatcher.supervise import EXIT_INTERNAL_FAILURE
 from tests.e2e.harness import (
     DispatchProcess,
     Receiver,
+    dispatch_command,
     event_line,
     run_cli,
     wait_until,
@@ -295,16 +296,24 @@ def test_an_unwritable_state_directory_is_one_line_and_exit_1(tmp_path: Path, co
         assert len(lines) == 1 and str(state) in lines[0] and "not writable" in lines[0]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_a_read_only_state_directory_is_one_line_and_exit_1(tmp_path: Path, config_dir: Path) -> None:
-    """An existing --state directory without write permission is a one-line error naming it, exit 1."""
+    """An existing --state directory the dispatcher cannot write is a one-line error naming it, exit 1.
+
+    Without write permission for an ordinary user; as root (who writes anywhere), on a read-only bind mount
+    of the directory in a private mount namespace, as a read-only volume would be."""
     state = tmp_path / "state"
     state.mkdir()
     (state / "dispatch.lock").write_text("")
-    state.chmod(0o500)
-    try:
-        result = run_cli("run", "--config", str(config_dir), "--state", str(state), "--stdin", input=b"")
-    finally:
-        state.chmod(0o700)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    args = ["run", "--config", str(config_dir), "--state", str(state), "--stdin"]
+    if os.geteuid() == 0:
+        mount = f"mount --bind -o ro {state} {state}"
+        command = ["unshare", "-m", "sh", "-c", f'{mount} && exec "$@"', "sh", *dispatch_command(), *args]
+        result = subprocess.run(command, input="", capture_output=True, text=True, timeout=60)
+    else:
+        state.chmod(0o500)
+        try:
+            result = run_cli(*args, input=b"")
+        finally:
+            state.chmod(0o700)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert str(state) in result.stderr and len(result.stderr.strip().splitlines()) == 1
