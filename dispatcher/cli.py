@@ -7,9 +7,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -30,6 +31,7 @@ from reconciler.secretsources import SecretSources
 DEFAULT_SOCKET = "dispatch.sock"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def parse_since(text: str, now: float) -> float:
@@ -233,6 +235,85 @@ _state_option = click.option(
     show_default=True,
     help="Directory of the store (as given to dispatch run).",
 )
+_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+
+
+def _list_options(noun: str) -> Callable[[_F], _F]:
+    """The options of ``deliveries list`` and ``callbacks list`` (``noun``: what ``--webhook`` filters)."""
+
+    def decorate(f: _F) -> _F:
+        for option in reversed(
+            (
+                _state_option,
+                click.option(
+                    "--status", type=click.Choice([s.value for s in DeliveryStatus]), help="Only this status."
+                ),
+                click.option("--webhook", help=f"Only this webhook's {noun}."),
+                click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time."),
+                click.option(
+                    "--limit",
+                    type=click.IntRange(1),
+                    default=100,
+                    show_default=True,
+                    help="At most this many.",
+                ),
+                _format_option,
+            )
+        ):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _retry_options(singular: str, plural: str) -> Callable[[_F], _F]:
+    """The options and ID arguments of ``deliveries retry`` and ``callbacks retry``."""
+
+    def decorate(f: _F) -> _F:
+        for option in reversed(
+            (
+                _state_option,
+                click.option(
+                    "--all-dead",
+                    is_flag=True,
+                    help=f"Requeue every dead {singular} (filtered by --webhook/--since).",
+                ),
+                click.option("--webhook", help=f"With --all-dead: only this webhook's {plural}."),
+                click.option(
+                    "--since", help=f"Only {plural} created since: a duration ago (2h, 7d) or an ISO time."
+                ),
+                click.argument(f"{singular}_ids", nargs=-1, type=int),
+            )
+        ):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _list_query(status: str | None, webhook: str | None, since: str | None, limit: int) -> DeliveryQuery:
+    return DeliveryQuery(
+        status=DeliveryStatus(status) if status else None,
+        webhook=webhook,
+        since=parse_since(since, time.time()) if since else None,
+        limit=limit,
+    )
+
+
+def _check_retry(
+    ids: tuple[int, ...], all_dead: bool, webhook: str | None, since: str | None, noun: str
+) -> None:
+    if bool(ids) == all_dead:
+        raise click.UsageError(f"give {noun} IDs or --all-dead, not both")
+    if ids and (webhook or since):
+        raise click.UsageError("--webhook and --since filter --all-dead only")
 
 
 def _open_store(state_dir: Path) -> SQLiteStore:
@@ -268,6 +349,21 @@ def _delivery_json(d: Delivery) -> dict[str, Any]:
     }
 
 
+def _attempts_json(attempts: tuple[AttemptLog, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "number": a.number,
+            "started_at": a.started_at,
+            "duration_seconds": a.duration_seconds,
+            "status_code": a.status_code,
+            "error": a.error,
+            "response_headers": a.response_headers,
+            "response_excerpt": a.response_excerpt,
+        }
+        for a in attempts
+    ]
+
+
 def _callback_json(c: Callback) -> dict[str, Any]:
     return {
         "id": c.id,
@@ -286,29 +382,12 @@ def _callback_json(c: Callback) -> dict[str, Any]:
 
 
 @deliveries.command("list")
-@_state_option
-@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), help="Only this status.")
-@click.option("--webhook", help="Only this webhook's deliveries.")
-@click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="At most this many.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@_list_options("deliveries")
 def list_deliveries(
     state_dir: Path, status: str | None, webhook: str | None, since: str | None, limit: int, fmt: str
 ) -> None:
     """List deliveries, newest first."""
-    query = DeliveryQuery(
-        status=DeliveryStatus(status) if status else None,
-        webhook=webhook,
-        since=parse_since(since, time.time()) if since else None,
-        limit=limit,
-    )
+    query = _list_query(status, webhook, since, limit)
     with _open_store(state_dir) as store:
         rows = store.list_deliveries(query)
     if fmt == "json":
@@ -325,14 +404,7 @@ def list_deliveries(
 
 @deliveries.command("show")
 @_state_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@_format_option
 @click.argument("delivery_id", type=int)
 def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
     """Show one delivery and every attempt: time, status code, duration, response excerpt, error."""
@@ -345,18 +417,7 @@ def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
     if fmt == "json":
         doc = _delivery_json(d)
         doc["callbacks"] = [_callback_json(c) for c in reports]
-        doc["attempt_log"] = [
-            {
-                "number": a.number,
-                "started_at": a.started_at,
-                "duration_seconds": a.duration_seconds,
-                "status_code": a.status_code,
-                "error": a.error,
-                "response_headers": a.response_headers,
-                "response_excerpt": a.response_excerpt,
-            }
-            for a in detail.attempts
-        ]
+        doc["attempt_log"] = _attempts_json(detail.attempts)
         click.echo(json.dumps(doc, indent=2))
         return
     click.echo(f"delivery {d.id}: {d.status.value}, {d.attempts} attempt(s)")
@@ -393,19 +454,12 @@ def _echo_attempts(attempts: tuple[AttemptLog, ...]) -> None:
 
 
 @deliveries.command("retry")
-@_state_option
-@click.option("--all-dead", is_flag=True, help="Requeue every dead delivery (filtered by --webhook/--since).")
-@click.option("--webhook", help="With --all-dead: only this webhook's deliveries.")
-@click.option("--since", help="Only deliveries created since: a duration ago (2h, 7d) or an ISO time.")
-@click.argument("delivery_ids", nargs=-1, type=int)
+@_retry_options("delivery", "deliveries")
 def retry_deliveries(
     state_dir: Path, all_dead: bool, webhook: str | None, since: str | None, delivery_ids: tuple[int, ...]
 ) -> None:
     """Requeue deliveries now (a fresh schedule); the running dispatcher picks them up within a second."""
-    if bool(delivery_ids) == all_dead:
-        raise click.UsageError("give delivery IDs or --all-dead, not both")
-    if delivery_ids and (webhook or since):
-        raise click.UsageError("--webhook and --since filter --all-dead only")
+    _check_retry(delivery_ids, all_dead, webhook, since, "delivery")
     now = time.time()
     with _open_store(state_dir) as store:
         if all_dead:
@@ -424,29 +478,12 @@ def callbacks() -> None:
 
 
 @callbacks.command("list")
-@_state_option
-@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), help="Only this status.")
-@click.option("--webhook", help="Only this webhook's callbacks.")
-@click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="At most this many.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@_list_options("callbacks")
 def list_callbacks(
     state_dir: Path, status: str | None, webhook: str | None, since: str | None, limit: int, fmt: str
 ) -> None:
     """List callbacks, newest first (status as for deliveries: pending, failed = retry scheduled, ...)."""
-    query = DeliveryQuery(
-        status=DeliveryStatus(status) if status else None,
-        webhook=webhook,
-        since=parse_since(since, time.time()) if since else None,
-        limit=limit,
-    )
+    query = _list_query(status, webhook, since, limit)
     with _open_store(state_dir) as store:
         rows = store.list_callbacks(query)
     if fmt == "json":
@@ -464,14 +501,7 @@ def list_callbacks(
 
 @callbacks.command("show")
 @_state_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@_format_option
 @click.argument("callback_id", type=int)
 def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
     """Show one callback: the outcome record it POSTs and every attempt."""
@@ -484,18 +514,7 @@ def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
     if fmt == "json":
         doc = _callback_json(c)
         doc["payload"] = payload
-        doc["attempt_log"] = [
-            {
-                "number": a.number,
-                "started_at": a.started_at,
-                "duration_seconds": a.duration_seconds,
-                "status_code": a.status_code,
-                "error": a.error,
-                "response_headers": a.response_headers,
-                "response_excerpt": a.response_excerpt,
-            }
-            for a in detail.attempts
-        ]
+        doc["attempt_log"] = _attempts_json(detail.attempts)
         click.echo(json.dumps(doc, indent=2))
         return
     click.echo(f"callback {c.id}: {c.status.value}, {c.attempts} attempt(s)")
@@ -511,19 +530,12 @@ def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
 
 
 @callbacks.command("retry")
-@_state_option
-@click.option("--all-dead", is_flag=True, help="Requeue every dead callback (filtered by --webhook/--since).")
-@click.option("--webhook", help="With --all-dead: only this webhook's callbacks.")
-@click.option("--since", help="Only callbacks created since: a duration ago (2h, 7d) or an ISO time.")
-@click.argument("callback_ids", nargs=-1, type=int)
+@_retry_options("callback", "callbacks")
 def retry_callbacks(
     state_dir: Path, all_dead: bool, webhook: str | None, since: str | None, callback_ids: tuple[int, ...]
 ) -> None:
     """Requeue callbacks now (a fresh schedule); the running dispatcher sends them within a second."""
-    if bool(callback_ids) == all_dead:
-        raise click.UsageError("give callback IDs or --all-dead, not both")
-    if callback_ids and (webhook or since):
-        raise click.UsageError("--webhook and --since filter --all-dead only")
+    _check_retry(callback_ids, all_dead, webhook, since, "callback")
     now = time.time()
     with _open_store(state_dir) as store:
         if all_dead:
