@@ -349,6 +349,28 @@ def _delivery_json(d: Delivery) -> dict[str, Any]:
     }
 
 
+_ROW_HEAD = f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}"
+
+
+def _row_head(r: Delivery | Callback) -> str:
+    """The columns ``deliveries list`` and ``callbacks list`` share, under ``_ROW_HEAD``."""
+    last = str(r.last_status_code) if r.last_status_code is not None else "-"
+    return f"{r.id:>8}  {r.status.value:<9}  {r.attempts:>3}  {last:>4}  {visible(r.webhook):<24}"
+
+
+def _echo_summary(kind: str, r: Delivery | Callback, detail: str) -> None:
+    """The opening lines of ``deliveries show`` and ``callbacks show``; ``detail`` is the line after the
+    webhook's."""
+    click.echo(f"{kind} {r.id}: {r.status.value}, {r.attempts} attempt(s)")
+    click.echo(f"  webhook:      {visible(r.webhook)}")
+    click.echo(detail)
+    click.echo(f"  created:      {_when(r.created_at)}")
+    if r.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
+        click.echo(f"  next attempt: {_when(r.next_attempt_at)}")
+    if r.dead_reason:
+        click.echo(f"  dead reason:  {visible(r.dead_reason)}")
+
+
 def _attempts_json(attempts: tuple[AttemptLog, ...]) -> list[dict[str, Any]]:
     return [
         {
@@ -393,13 +415,9 @@ def list_deliveries(
     if fmt == "json":
         click.echo(json.dumps([_delivery_json(d) for d in rows], indent=2))
         return
-    click.echo(f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}  {'EVENT':<28}  CREATED")
+    click.echo(f"{_ROW_HEAD}  {'EVENT':<28}  CREATED")
     for d in rows:
-        last = str(d.last_status_code) if d.last_status_code is not None else "-"
-        click.echo(
-            f"{d.id:>8}  {d.status.value:<9}  {d.attempts:>3}  {last:>4}  {visible(d.webhook):<24}  "
-            f"{visible(d.event_type):<28}  {_when(d.created_at)}"
-        )
+        click.echo(f"{_row_head(d)}  {visible(d.event_type):<28}  {_when(d.created_at)}")
 
 
 @deliveries.command("show")
@@ -420,14 +438,7 @@ def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
         doc["attempt_log"] = _attempts_json(detail.attempts)
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"delivery {d.id}: {d.status.value}, {d.attempts} attempt(s)")
-    click.echo(f"  webhook:      {visible(d.webhook)}")
-    click.echo(f"  event:        {visible(d.event_type)} {visible(d.event_uuid)}")
-    click.echo(f"  created:      {_when(d.created_at)}")
-    if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
-        click.echo(f"  next attempt: {_when(d.next_attempt_at)}")
-    if d.dead_reason:
-        click.echo(f"  dead reason:  {visible(d.dead_reason)}")
+    _echo_summary("delivery", d, f"  event:        {visible(d.event_type)} {visible(d.event_uuid)}")
     _echo_attempts(detail.attempts)
     for c in reversed(reports):  # oldest first, like the attempts
         click.echo(
@@ -489,14 +500,9 @@ def list_callbacks(
     if fmt == "json":
         click.echo(json.dumps([_callback_json(c) for c in rows], indent=2))
         return
-    header = f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}  {'OUTCOME':<9}"
-    click.echo(f"{header}  {'DELIVERY':>8}  NEXT ATTEMPT")
+    click.echo(f"{_ROW_HEAD}  {'OUTCOME':<9}  {'DELIVERY':>8}  NEXT ATTEMPT")
     for c in rows:
-        last = str(c.last_status_code) if c.last_status_code is not None else "-"
-        click.echo(
-            f"{c.id:>8}  {c.status.value:<9}  {c.attempts:>3}  {last:>4}  {visible(c.webhook):<24}  "
-            f"{visible(c.label):<9}  {c.delivery_id:>8}  {_when(c.next_attempt_at)}"
-        )
+        click.echo(f"{_row_head(c)}  {visible(c.label):<9}  {c.delivery_id:>8}  {_when(c.next_attempt_at)}")
 
 
 @callbacks.command("show")
@@ -517,14 +523,7 @@ def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
         doc["attempt_log"] = _attempts_json(detail.attempts)
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"callback {c.id}: {c.status.value}, {c.attempts} attempt(s)")
-    click.echo(f"  webhook:      {visible(c.webhook)}")
-    click.echo(f"  reports:      {visible(c.label)} of delivery {c.delivery_id}")
-    click.echo(f"  created:      {_when(c.created_at)}")
-    if c.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
-        click.echo(f"  next attempt: {_when(c.next_attempt_at)}")
-    if c.dead_reason:
-        click.echo(f"  dead reason:  {visible(c.dead_reason)}")
+    _echo_summary("callback", c, f"  reports:      {visible(c.label)} of delivery {c.delivery_id}")
     click.echo(f"  payload:      {visible(payload)}")
     _echo_attempts(detail.attempts)
 
