@@ -41,19 +41,16 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from common import (
-    LOOPBACK,
     Dispatcher,
+    LoopbackListener,
     Rounds,
     StoreWatch,
     Target,
     add_receiver_option,
     event_line,
     fast_receiver,
-    loopback_url,
     parser,
     print_table,
     print_targets,
@@ -122,36 +119,20 @@ STALLS: tuple[Stall, ...] = (trickle_status_line, continue_forever, headers_fore
 KINDS: dict[str, Stall] = {stall.__name__: stall for stall in (*STALLS, silent)}
 
 
-class StallingReceiver:
+class StallingReceiver(LoopbackListener):
     """A TCP server on 127.0.0.1: a thread per connection reads the request head, then runs ``stall``."""
 
     def __init__(self, stall: Stall) -> None:
+        super().__init__(f"stall-{stall.__name__}", backlog=256)
         self.kind = stall.__name__
         self._stall = stall
-        self._stop = threading.Event()
-        self._sock = socket.create_server((LOOPBACK, 0), backlog=256)
-        self._sock.settimeout(0.2)
-        self.port = int(self._sock.getsockname()[1])
-        self.accepted = 0
         self._threads: list[threading.Thread] = []
-        self._thread = threading.Thread(target=self._accept, name=f"stall-{self.kind}", daemon=True)
         self._thread.start()
 
-    def url(self, path: str = "/hook") -> str:
-        return loopback_url(self.port, path)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-            thread.start()
+    def _take(self, conn: socket.socket) -> None:
+        thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
@@ -165,20 +146,9 @@ class StallingReceiver:
                     head += chunk
             self._stall(conn, self._stop)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
+    def _release(self) -> None:
         for thread in self._threads:
             thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 # -- the hostile client ----------------------------------------------------------------------------------

@@ -451,30 +451,23 @@ def fast_receiver(choice: str, workdir: Path) -> Nginx | PythonReceiver:
     return PythonReceiver(workdir)
 
 
-class Blackhole:
-    """A TCP endpoint on 127.0.0.1 that accepts connections and never reads or answers.
+class LoopbackListener:
+    """A TCP server on 127.0.0.1 whose thread accepts connections and hands each to ``_take`` (counted in
+    ``accepted``); ``close()`` stops accepting, then ``_release`` lets go of what ``_take`` kept. A subclass
+    starts ``self._thread`` once its own state is set."""
 
-    A thread accepts and holds every connection (the oldest are closed beyond ``max_held``), so a client sees
-    a connected socket and waits until its own read timeout.
-    """
-
-    def __init__(self, max_held: int = 4096) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind((LOOPBACK, 0))
-        self._sock.listen(1024)
+    def __init__(self, name: str, backlog: int) -> None:
+        self._sock = socket.create_server((LOOPBACK, 0), backlog=backlog)
         self._sock.settimeout(0.2)
         self.port = int(self._sock.getsockname()[1])
-        self._held: list[socket.socket] = []
-        self._max_held = max_held
         self._stop = threading.Event()
         self.accepted = 0
-        self._thread = threading.Thread(target=self._run, name="blackhole", daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._accept, name=name, daemon=True)
 
     def url(self, path: str = "/hook") -> str:
         return loopback_url(self.port, path)
 
-    def _run(self) -> None:
+    def _accept(self) -> None:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
@@ -483,17 +476,19 @@ class Blackhole:
             except OSError:
                 return
             self.accepted += 1
-            self._held.append(conn)
-            if len(self._held) > self._max_held:
-                self._held.pop(0).close()
+            self._take(conn)
+
+    def _take(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Nothing kept by default."""
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
         self._sock.close()
-        for conn in self._held:
-            conn.close()
-        self._held.clear()
+        self._release()
 
     def __enter__(self) -> Self:
         return self
@@ -502,6 +497,30 @@ class Blackhole:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class Blackhole(LoopbackListener):
+    """A TCP endpoint on 127.0.0.1 that accepts connections and never reads or answers.
+
+    A thread accepts and holds every connection (the oldest are closed beyond ``max_held``), so a client sees
+    a connected socket and waits until its own read timeout.
+    """
+
+    def __init__(self, max_held: int = 4096) -> None:
+        super().__init__("blackhole", backlog=1024)
+        self._held: list[socket.socket] = []
+        self._max_held = max_held
+        self._thread.start()
+
+    def _take(self, conn: socket.socket) -> None:
+        self._held.append(conn)
+        if len(self._held) > self._max_held:
+            self._held.pop(0).close()
+
+    def _release(self) -> None:
+        for conn in self._held:
+            conn.close()
+        self._held.clear()
 
 
 def http_get(port: int, path: str, timeout_seconds: float = 10.0) -> bytes:

@@ -7,10 +7,11 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -32,6 +33,7 @@ from reconciler.secretsources import SecretSources
 DEFAULT_SOCKET = "dispatch.sock"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def parse_since(text: str, now: float) -> float:
@@ -244,6 +246,85 @@ _state_option = click.option(
     show_default=True,
     help="Directory of the store (as given to dispatch run).",
 )
+_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+
+
+def _list_options(noun: str) -> Callable[[_F], _F]:
+    """The options of ``deliveries list`` and ``callbacks list`` (``noun``: what ``--webhook`` filters)."""
+
+    def decorate(f: _F) -> _F:
+        for option in reversed(
+            (
+                _state_option,
+                click.option(
+                    "--status", type=click.Choice([s.value for s in DeliveryStatus]), help="Only this status."
+                ),
+                click.option("--webhook", help=f"Only this webhook's {noun}."),
+                click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time."),
+                click.option(
+                    "--limit",
+                    type=click.IntRange(1),
+                    default=100,
+                    show_default=True,
+                    help="At most this many.",
+                ),
+                _format_option,
+            )
+        ):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _retry_options(singular: str, plural: str) -> Callable[[_F], _F]:
+    """The options and ID arguments of ``deliveries retry`` and ``callbacks retry``."""
+
+    def decorate(f: _F) -> _F:
+        for option in reversed(
+            (
+                _state_option,
+                click.option(
+                    "--all-dead",
+                    is_flag=True,
+                    help=f"Requeue every dead {singular} (filtered by --webhook/--since).",
+                ),
+                click.option("--webhook", help=f"With --all-dead: only this webhook's {plural}."),
+                click.option(
+                    "--since", help=f"Only {plural} created since: a duration ago (2h, 7d) or an ISO time."
+                ),
+                click.argument(f"{singular}_ids", nargs=-1, type=int),
+            )
+        ):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _list_query(status: str | None, webhook: str | None, since: str | None, limit: int) -> DeliveryQuery:
+    return DeliveryQuery(
+        status=DeliveryStatus(status) if status else None,
+        webhook=webhook,
+        since=parse_since(since, time.time()) if since else None,
+        limit=limit,
+    )
+
+
+def _check_retry(
+    ids: tuple[int, ...], all_dead: bool, webhook: str | None, since: str | None, noun: str
+) -> None:
+    if bool(ids) == all_dead:
+        raise click.UsageError(f"give {noun} IDs or --all-dead, not both")
+    if ids and (webhook or since):
+        raise click.UsageError("--webhook and --since filter --all-dead only")
 
 
 def _open_store(state_dir: Path) -> SQLiteStore:
@@ -279,6 +360,43 @@ def _delivery_json(d: Delivery) -> dict[str, Any]:
     }
 
 
+_ROW_HEAD = f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}"
+
+
+def _row_head(r: Delivery | Callback) -> str:
+    """The columns ``deliveries list`` and ``callbacks list`` share, under ``_ROW_HEAD``."""
+    last = str(r.last_status_code) if r.last_status_code is not None else "-"
+    return f"{r.id:>8}  {r.status.value:<9}  {r.attempts:>3}  {last:>4}  {visible(r.webhook):<24}"
+
+
+def _echo_summary(kind: str, r: Delivery | Callback, detail: str) -> None:
+    """The opening lines of ``deliveries show`` and ``callbacks show``; ``detail`` is the line after the
+    webhook's."""
+    click.echo(f"{kind} {r.id}: {r.status.value}, {r.attempts} attempt(s)")
+    click.echo(f"  webhook:      {visible(r.webhook)}")
+    click.echo(detail)
+    click.echo(f"  created:      {_when(r.created_at)}")
+    if r.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
+        click.echo(f"  next attempt: {_when(r.next_attempt_at)}")
+    if r.dead_reason:
+        click.echo(f"  dead reason:  {visible(r.dead_reason)}")
+
+
+def _attempts_json(attempts: tuple[AttemptLog, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "number": a.number,
+            "started_at": a.started_at,
+            "duration_seconds": a.duration_seconds,
+            "status_code": a.status_code,
+            "error": a.error,
+            "response_headers": a.response_headers,
+            "response_excerpt": a.response_excerpt,
+        }
+        for a in attempts
+    ]
+
+
 def _callback_json(c: Callback) -> dict[str, Any]:
     return {
         "id": c.id,
@@ -297,53 +415,25 @@ def _callback_json(c: Callback) -> dict[str, Any]:
 
 
 @deliveries.command("list")
-@_state_option
-@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), help="Only this status.")
-@click.option("--webhook", help="Only this webhook's deliveries.")
-@click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="At most this many.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@_list_options("deliveries")
 def list_deliveries(
     state_dir: Path, status: str | None, webhook: str | None, since: str | None, limit: int, fmt: str
 ) -> None:
     """List deliveries, newest first."""
-    query = DeliveryQuery(
-        status=DeliveryStatus(status) if status else None,
-        webhook=webhook,
-        since=parse_since(since, time.time()) if since else None,
-        limit=limit,
-    )
+    query = _list_query(status, webhook, since, limit)
     with _open_store(state_dir) as store:
         rows = store.list_deliveries(query)
     if fmt == "json":
         click.echo(json.dumps([_delivery_json(d) for d in rows], indent=2))
         return
-    click.echo(f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}  {'EVENT':<28}  CREATED")
+    click.echo(f"{_ROW_HEAD}  {'EVENT':<28}  CREATED")
     for d in rows:
-        last = str(d.last_status_code) if d.last_status_code is not None else "-"
-        click.echo(
-            f"{d.id:>8}  {d.status.value:<9}  {d.attempts:>3}  {last:>4}  {visible(d.webhook):<24}  "
-            f"{visible(d.event_type):<28}  {_when(d.created_at)}"
-        )
+        click.echo(f"{_row_head(d)}  {visible(d.event_type):<28}  {_when(d.created_at)}")
 
 
 @deliveries.command("show")
 @_state_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@_format_option
 @click.argument("delivery_id", type=int)
 def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
     """Show one delivery and every attempt: time, status code, duration, response excerpt, error."""
@@ -356,28 +446,10 @@ def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
     if fmt == "json":
         doc = _delivery_json(d)
         doc["callbacks"] = [_callback_json(c) for c in reports]
-        doc["attempt_log"] = [
-            {
-                "number": a.number,
-                "started_at": a.started_at,
-                "duration_seconds": a.duration_seconds,
-                "status_code": a.status_code,
-                "error": a.error,
-                "response_headers": a.response_headers,
-                "response_excerpt": a.response_excerpt,
-            }
-            for a in detail.attempts
-        ]
+        doc["attempt_log"] = _attempts_json(detail.attempts)
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"delivery {d.id}: {d.status.value}, {d.attempts} attempt(s)")
-    click.echo(f"  webhook:      {visible(d.webhook)}")
-    click.echo(f"  event:        {visible(d.event_type)} {visible(d.event_uuid)}")
-    click.echo(f"  created:      {_when(d.created_at)}")
-    if d.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
-        click.echo(f"  next attempt: {_when(d.next_attempt_at)}")
-    if d.dead_reason:
-        click.echo(f"  dead reason:  {visible(d.dead_reason)}")
+    _echo_summary("delivery", d, f"  event:        {visible(d.event_type)} {visible(d.event_uuid)}")
     _echo_attempts(detail.attempts)
     for c in reversed(reports):  # oldest first, like the attempts
         click.echo(
@@ -404,19 +476,12 @@ def _echo_attempts(attempts: tuple[AttemptLog, ...]) -> None:
 
 
 @deliveries.command("retry")
-@_state_option
-@click.option("--all-dead", is_flag=True, help="Requeue every dead delivery (filtered by --webhook/--since).")
-@click.option("--webhook", help="With --all-dead: only this webhook's deliveries.")
-@click.option("--since", help="Only deliveries created since: a duration ago (2h, 7d) or an ISO time.")
-@click.argument("delivery_ids", nargs=-1, type=int)
+@_retry_options("delivery", "deliveries")
 def retry_deliveries(
     state_dir: Path, all_dead: bool, webhook: str | None, since: str | None, delivery_ids: tuple[int, ...]
 ) -> None:
     """Requeue deliveries now (a fresh schedule); the running dispatcher picks them up within a second."""
-    if bool(delivery_ids) == all_dead:
-        raise click.UsageError("give delivery IDs or --all-dead, not both")
-    if delivery_ids and (webhook or since):
-        raise click.UsageError("--webhook and --since filter --all-dead only")
+    _check_retry(delivery_ids, all_dead, webhook, since, "delivery")
     now = time.time()
     with _open_store(state_dir) as store:
         if all_dead:
@@ -435,54 +500,25 @@ def callbacks() -> None:
 
 
 @callbacks.command("list")
-@_state_option
-@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), help="Only this status.")
-@click.option("--webhook", help="Only this webhook's callbacks.")
-@click.option("--since", help="Created since: a duration ago (2h, 7d) or an ISO time.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="At most this many.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@_list_options("callbacks")
 def list_callbacks(
     state_dir: Path, status: str | None, webhook: str | None, since: str | None, limit: int, fmt: str
 ) -> None:
     """List callbacks, newest first (status as for deliveries: pending, failed = retry scheduled, ...)."""
-    query = DeliveryQuery(
-        status=DeliveryStatus(status) if status else None,
-        webhook=webhook,
-        since=parse_since(since, time.time()) if since else None,
-        limit=limit,
-    )
+    query = _list_query(status, webhook, since, limit)
     with _open_store(state_dir) as store:
         rows = store.list_callbacks(query)
     if fmt == "json":
         click.echo(json.dumps([_callback_json(c) for c in rows], indent=2))
         return
-    header = f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}  {'OUTCOME':<9}"
-    click.echo(f"{header}  {'DELIVERY':>8}  NEXT ATTEMPT")
+    click.echo(f"{_ROW_HEAD}  {'OUTCOME':<9}  {'DELIVERY':>8}  NEXT ATTEMPT")
     for c in rows:
-        last = str(c.last_status_code) if c.last_status_code is not None else "-"
-        click.echo(
-            f"{c.id:>8}  {c.status.value:<9}  {c.attempts:>3}  {last:>4}  {visible(c.webhook):<24}  "
-            f"{visible(c.label):<9}  {c.delivery_id:>8}  {_when(c.next_attempt_at)}"
-        )
+        click.echo(f"{_row_head(c)}  {visible(c.label):<9}  {c.delivery_id:>8}  {_when(c.next_attempt_at)}")
 
 
 @callbacks.command("show")
 @_state_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@_format_option
 @click.argument("callback_id", type=int)
 def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
     """Show one callback: the outcome record it POSTs and every attempt."""
@@ -495,46 +531,21 @@ def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
     if fmt == "json":
         doc = _callback_json(c)
         doc["payload"] = payload
-        doc["attempt_log"] = [
-            {
-                "number": a.number,
-                "started_at": a.started_at,
-                "duration_seconds": a.duration_seconds,
-                "status_code": a.status_code,
-                "error": a.error,
-                "response_headers": a.response_headers,
-                "response_excerpt": a.response_excerpt,
-            }
-            for a in detail.attempts
-        ]
+        doc["attempt_log"] = _attempts_json(detail.attempts)
         click.echo(json.dumps(doc, indent=2))
         return
-    click.echo(f"callback {c.id}: {c.status.value}, {c.attempts} attempt(s)")
-    click.echo(f"  webhook:      {visible(c.webhook)}")
-    click.echo(f"  reports:      {visible(c.label)} of delivery {c.delivery_id}")
-    click.echo(f"  created:      {_when(c.created_at)}")
-    if c.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
-        click.echo(f"  next attempt: {_when(c.next_attempt_at)}")
-    if c.dead_reason:
-        click.echo(f"  dead reason:  {visible(c.dead_reason)}")
+    _echo_summary("callback", c, f"  reports:      {visible(c.label)} of delivery {c.delivery_id}")
     click.echo(f"  payload:      {visible(payload)}")
     _echo_attempts(detail.attempts)
 
 
 @callbacks.command("retry")
-@_state_option
-@click.option("--all-dead", is_flag=True, help="Requeue every dead callback (filtered by --webhook/--since).")
-@click.option("--webhook", help="With --all-dead: only this webhook's callbacks.")
-@click.option("--since", help="Only callbacks created since: a duration ago (2h, 7d) or an ISO time.")
-@click.argument("callback_ids", nargs=-1, type=int)
+@_retry_options("callback", "callbacks")
 def retry_callbacks(
     state_dir: Path, all_dead: bool, webhook: str | None, since: str | None, callback_ids: tuple[int, ...]
 ) -> None:
     """Requeue callbacks now (a fresh schedule); the running dispatcher sends them within a second."""
-    if bool(callback_ids) == all_dead:
-        raise click.UsageError("give callback IDs or --all-dead, not both")
-    if callback_ids and (webhook or since):
-        raise click.UsageError("--webhook and --since filter --all-dead only")
+    _check_retry(callback_ids, all_dead, webhook, since, "callback")
     now = time.time()
     with _open_store(state_dir) as store:
         if all_dead:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import TypeVar
 
 from dispatcher.store.base import (
     OPEN_STATUSES,
@@ -145,6 +146,9 @@ class _CallbackRow:
         )
 
 
+_R = TypeVar("_R", _Row, _CallbackRow)
+
+
 def _log_entry(number: int, attempt: AttemptRecord) -> AttemptLog:
     return AttemptLog(
         number=number,
@@ -155,6 +159,44 @@ def _log_entry(number: int, attempt: AttemptRecord) -> AttemptLog:
         response_headers=dict(attempt.response_headers),
         response_excerpt=attempt.response_excerpt,
     )
+
+
+def _settle(
+    row: _Row | _CallbackRow,
+    kind: OutcomeKind,
+    attempt: AttemptRecord | None,
+    next_attempt_at: float | None,
+    reason: str | None,
+    now: float,
+) -> None:
+    """Apply a DELIVERED, RETRY or DEAD outcome (a delivery's or a callback's): count and log its attempt,
+    then set the status and the next due time."""
+    if attempt is not None:
+        row.attempts += 1
+        row.last_status_code, row.last_error = attempt.status_code, attempt.error
+        row.log.append(_log_entry(len(row.log) + 1, attempt))
+    row.dead_reason = None
+    if kind is OutcomeKind.RETRY:
+        row.status = DeliveryStatus.FAILED
+        row.next_attempt_at = now if next_attempt_at is None else next_attempt_at
+    elif kind is OutcomeKind.DELIVERED:
+        row.status, row.next_attempt_at = DeliveryStatus.DELIVERED, None
+    else:
+        row.status, row.next_attempt_at, row.dead_reason = DeliveryStatus.DEAD, None, reason
+
+
+def _matches(query: DeliveryQuery, row: _Row | _CallbackRow, webhook: str, delivery_id: int) -> bool:
+    return (
+        (query.status is None or row.status == query.status)
+        and (query.webhook is None or webhook == query.webhook)
+        and (query.since is None or row.created_at >= query.since)
+        and (query.delivery_id is None or delivery_id == query.delivery_id)
+    )
+
+
+def _newest(rows: list[_R], limit: int) -> list[_R]:
+    """Newest first (``created_at DESC, id DESC``), at most ``limit``."""
+    return sorted(rows, key=lambda r: (r.created_at, r.id), reverse=True)[: max(limit, 0)]
 
 
 class MemoryStore:
@@ -251,19 +293,8 @@ class MemoryStore:
         if kind is OutcomeKind.RELEASE:
             row.next_attempt_at = now if outcome.next_attempt_at is None else outcome.next_attempt_at
             return
-        attempt = outcome.attempt
-        if attempt is not None:
-            row.attempts += 1
-            row.last_status_code, row.last_error = attempt.status_code, attempt.error
-            row.log.append(_log_entry(len(row.log) + 1, attempt))
-        row.held, row.dead_reason = False, None
-        if kind is OutcomeKind.RETRY:
-            row.status = DeliveryStatus.FAILED
-            row.next_attempt_at = now if outcome.next_attempt_at is None else outcome.next_attempt_at
-        elif kind is OutcomeKind.DELIVERED:
-            row.status, row.next_attempt_at = DeliveryStatus.DELIVERED, None
-        else:
-            row.status, row.next_attempt_at, row.dead_reason = DeliveryStatus.DEAD, None, outcome.reason
+        row.held = False
+        _settle(row, kind, outcome.attempt, outcome.next_attempt_at, outcome.reason, now)
 
     def reclaim_expired(self, now: float) -> int:
         with self._lock:
@@ -323,18 +354,7 @@ class MemoryStore:
                 if o.kind in (OutcomeKind.RELEASE, OutcomeKind.HOLD):
                     cb.next_attempt_at = now if o.next_attempt_at is None else o.next_attempt_at
                     continue
-                if o.attempt is not None:
-                    cb.attempts += 1
-                    cb.last_status_code, cb.last_error = o.attempt.status_code, o.attempt.error
-                    cb.log.append(_log_entry(len(cb.log) + 1, o.attempt))
-                cb.dead_reason = None
-                if o.kind is OutcomeKind.RETRY:
-                    cb.status = DeliveryStatus.FAILED
-                    cb.next_attempt_at = now if o.next_attempt_at is None else o.next_attempt_at
-                elif o.kind is OutcomeKind.DELIVERED:
-                    cb.status, cb.next_attempt_at = DeliveryStatus.DELIVERED, None
-                else:
-                    cb.status, cb.next_attempt_at, cb.dead_reason = DeliveryStatus.DEAD, None, o.reason
+                _settle(cb, o.kind, o.attempt, o.next_attempt_at, o.reason, now)
         return applied
 
     def next_callback_due_at(self) -> float | None:
@@ -344,16 +364,8 @@ class MemoryStore:
 
     def list_callbacks(self, query: DeliveryQuery) -> list[Callback]:
         with self._lock:
-            rows = [
-                c
-                for c in self._callbacks.values()
-                if (query.status is None or c.status == query.status)
-                and (query.webhook is None or c.new.webhook == query.webhook)
-                and (query.since is None or c.created_at >= query.since)
-                and (query.delivery_id is None or c.delivery_id == query.delivery_id)
-            ]
-            rows.sort(key=lambda c: (c.created_at, c.id), reverse=True)
-            return [c.public() for c in rows[: max(query.limit, 0)]]
+            rows = [c for c in self._callbacks.values() if _matches(query, c, c.new.webhook, c.delivery_id)]
+            return [c.public() for c in _newest(rows, query.limit)]
 
     def get_callback(self, callback_id: int) -> CallbackDetail | None:
         with self._lock:
@@ -363,30 +375,28 @@ class MemoryStore:
             return CallbackDetail(cb.public(), cb.new.payload, tuple(cb.log))
 
     def requeue_callbacks(self, callback_ids: Sequence[int], now: float) -> int:
-        count = 0
         with self._lock:
-            for callback_id in dict.fromkeys(callback_ids):
-                cb = self._callbacks.get(callback_id)
-                if cb and cb.status is not DeliveryStatus.DELIVERED and cb.lease_id is None:
-                    cb.requeue(now)
-                    count += 1
-        return count
+            rows = (self._callbacks.get(callback_id) for callback_id in dict.fromkeys(callback_ids))
+            return self._requeue(
+                (c for c in rows if c and c.status is not DeliveryStatus.DELIVERED and c.lease_id is None),
+                now,
+            )
 
     def requeue_dead_callbacks(
         self, now: float, webhook: str | None = None, since: float | None = None
     ) -> int:
-        count = 0
         with self._lock:
-            for cb in self._callbacks.values():
-                if (
-                    cb.status is DeliveryStatus.DEAD
-                    and cb.lease_id is None
-                    and (webhook is None or cb.new.webhook == webhook)
-                    and (since is None or cb.created_at >= since)
-                ):
-                    cb.requeue(now)
-                    count += 1
-        return count
+            return self._requeue(
+                (
+                    c
+                    for c in self._callbacks.values()
+                    if c.status is DeliveryStatus.DEAD
+                    and c.lease_id is None
+                    and (webhook is None or c.new.webhook == webhook)
+                    and (since is None or c.created_at >= since)
+                ),
+                now,
+            )
 
     def next_due_at(self) -> float | None:
         with self._lock:
@@ -414,7 +424,7 @@ class MemoryStore:
             )
 
     @staticmethod
-    def _requeue(rows: Iterable[_Row], now: float) -> int:
+    def _requeue(rows: Iterable[_Row | _CallbackRow], now: float) -> int:
         count = 0
         for row in rows:
             row.requeue(now)
@@ -444,16 +454,8 @@ class MemoryStore:
 
     def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
         with self._lock:
-            rows = [
-                r
-                for r in self._rows.values()
-                if (query.status is None or r.status == query.status)
-                and (query.webhook is None or r.webhook == query.webhook)
-                and (query.since is None or r.created_at >= query.since)
-                and (query.delivery_id is None or r.id == query.delivery_id)
-            ]
-            rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-            return [r.public() for r in rows[: max(query.limit, 0)]]
+            rows = [r for r in self._rows.values() if _matches(query, r, r.webhook, r.id)]
+            return [r.public() for r in _newest(rows, query.limit)]
 
     def get_delivery(self, delivery_id: int) -> DeliveryDetail | None:
         with self._lock:

@@ -202,6 +202,45 @@ def _attempt_row(a: AttemptRecord) -> tuple[object, ...]:
     return (a.started_at, a.duration_seconds, a.status_code, a.error, headers, a.response_excerpt)
 
 
+def _settlement(
+    kind: OutcomeKind, next_attempt_at: float | None, reason: str | None, now: float
+) -> tuple[str, float | None, str | None]:
+    """The status, retry time and dead reason a DELIVERED, RETRY or DEAD outcome settles a row with."""
+    if kind is OutcomeKind.RETRY:
+        return "failed", now if next_attempt_at is None else next_attempt_at, None
+    if kind is OutcomeKind.DELIVERED:
+        return "delivered", None, None
+    return "dead", None, reason
+
+
+def _query_where(query: DeliveryQuery, alias: str, delivery_id_column: str) -> tuple[str, list[object]]:
+    """``list_deliveries``/``list_callbacks``: the WHERE clause (empty without filters) and its parameters."""
+    where: list[str] = []
+    params: list[object] = []
+    if query.status is not None:
+        where.append(f"{alias}status = ?")
+        params.append(DeliveryStatus(query.status).value)
+    if query.webhook is not None:
+        where.append(f"{alias}webhook = ?")
+        params.append(query.webhook)
+    if query.since is not None:
+        where.append(f"{alias}created_at >= ?")
+        params.append(query.since)
+    if query.delivery_id is not None:
+        where.append(f"{delivery_id_column} = ?")
+        params.append(query.delivery_id)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
+
+
+def _attempt_logs(conn: sqlite3.Connection, table: str, key_column: str, key: int) -> tuple[AttemptLog, ...]:
+    rows = conn.execute(
+        "SELECT number, started_at, duration_seconds, status_code, error, response_headers,"
+        f" response_excerpt FROM {table} WHERE {key_column} = ? ORDER BY number",
+        (key,),
+    ).fetchall()
+    return tuple(AttemptLog(n, s, d, code, err, json.loads(h), x) for n, s, d, code, err, h, x in rows)
+
+
 def _uuid_key(uuid: str) -> bytes | str:
     """16 bytes for a normalised uuid: half the size of the hex text in the dedupe index, which is written
     at random places and is the main cost of an enqueue. Anything else stays text (never equal to a blob)."""
@@ -494,23 +533,12 @@ class SQLiteStore:
                 give_back_rows.append((0, due, now, o.delivery_id, o.lease_id))
                 continue
             a = o.attempt
-            code, error = (None, None) if a is None else (a.status_code, a.error)
+            key = (o.delivery_id, o.lease_id)
             if a is not None:
-                headers = json.dumps(a.response_headers) if a.response_headers else "{}"
-                excerpt = a.response_excerpt
-                key = (o.delivery_id, o.lease_id)
-                attempt_rows.append((a.started_at, a.duration_seconds, code, error, headers, excerpt, *key))
-            retry_at: float | None = None
-            reason: str | None = None
-            if o.kind is OutcomeKind.RETRY:
-                status, retry_at = "failed", now if o.next_attempt_at is None else o.next_attempt_at
-            elif o.kind is OutcomeKind.DELIVERED:
-                status = "delivered"
-            else:
-                status, reason = "dead", o.reason
-            settle_rows.append(
-                (status, int(a is not None), retry_at, reason, code, error, now, o.delivery_id, o.lease_id)
-            )
+                attempt_rows.append((*_attempt_row(a), *key))
+            status, retry_at, reason = _settlement(o.kind, o.next_attempt_at, o.reason, now)
+            code, error = (None, None) if a is None else (a.status_code, a.error)
+            settle_rows.append((status, int(a is not None), retry_at, reason, code, error, now, *key))
         if not first:
             return 0
         with self._write("record", durable=False) as conn:
@@ -575,14 +603,7 @@ class SQLiteStore:
             a = o.attempt
             if a is not None:
                 attempt_rows.append((*_attempt_row(a), *key))
-            retry_at: float | None = None
-            reason: str | None = None
-            if o.kind is OutcomeKind.RETRY:
-                status, retry_at = "failed", now if o.next_attempt_at is None else o.next_attempt_at
-            elif o.kind is OutcomeKind.DELIVERED:
-                status = "delivered"
-            else:
-                status, reason = "dead", o.reason
+            status, retry_at, reason = _settlement(o.kind, o.next_attempt_at, o.reason, now)
             code, error = (None, None) if a is None else (a.status_code, a.error)
             settle_rows.append((status, int(a is not None), retry_at, reason, code, error, now, *key))
         with self._write("record_callbacks", durable=False) as conn:
@@ -602,24 +623,8 @@ class SQLiteStore:
         return None if row is None else float(row[0])
 
     def list_callbacks(self, query: DeliveryQuery) -> list[Callback]:
-        where: list[str] = []
-        params: list[object] = []
-        if query.status is not None:
-            where.append("status = ?")
-            params.append(DeliveryStatus(query.status).value)
-        if query.webhook is not None:
-            where.append("webhook = ?")
-            params.append(query.webhook)
-        if query.since is not None:
-            where.append("created_at >= ?")
-            params.append(query.since)
-        if query.delivery_id is not None:
-            where.append("delivery_id = ?")
-            params.append(query.delivery_id)
-        sql = f"SELECT {_CALLBACK_COLUMNS} FROM callbacks"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        where, params = _query_where(query, "", "delivery_id")
+        sql = f"SELECT {_CALLBACK_COLUMNS} FROM callbacks{where} ORDER BY created_at DESC, id DESC LIMIT ?"
         with self._read("list_callbacks") as conn:
             rows = conn.execute(sql, (*params, max(query.limit, 0))).fetchall()
         return [_callback(row) for row in rows]
@@ -631,14 +636,7 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 return None
-            attempts = conn.execute(
-                "SELECT number, started_at, duration_seconds, status_code, error, response_headers,"
-                " response_excerpt FROM callback_attempts WHERE callback_id = ? ORDER BY number",
-                (callback_id,),
-            ).fetchall()
-        logs = tuple(
-            AttemptLog(n, s, d, code, err, json.loads(h), x) for n, s, d, code, err, h, x in attempts
-        )
+            logs = _attempt_logs(conn, "callback_attempts", "callback_id", callback_id)
         return CallbackDetail(_callback(row), bytes(row[12]), logs)
 
     def requeue_callbacks(self, callback_ids: Sequence[int], now: float) -> int:
@@ -719,24 +717,11 @@ class SQLiteStore:
         return {row[0] for row in rows}
 
     def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
-        where: list[str] = []
-        params: list[object] = []
-        if query.status is not None:
-            where.append("d.status = ?")
-            params.append(DeliveryStatus(query.status).value)
-        if query.webhook is not None:
-            where.append("d.webhook = ?")
-            params.append(query.webhook)
-        if query.since is not None:
-            where.append("d.created_at >= ?")
-            params.append(query.since)
-        if query.delivery_id is not None:
-            where.append("d.id = ?")
-            params.append(query.delivery_id)
-        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries AS d JOIN events AS e ON e.id = d.event_id"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
+        where, params = _query_where(query, "d.", "d.id")
+        sql = (
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries AS d JOIN events AS e ON e.id = d.event_id{where}"
+            " ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
+        )
         with self._read("list") as conn:
             rows = conn.execute(sql, (*params, max(query.limit, 0))).fetchall()
         return [_delivery(row) for row in rows]
@@ -750,14 +735,7 @@ class SQLiteStore:
             ).fetchone()
             if row is None:
                 return None
-            attempts = conn.execute(
-                "SELECT number, started_at, duration_seconds, status_code, error, response_headers,"
-                " response_excerpt FROM attempts WHERE delivery_id = ? ORDER BY number",
-                (delivery_id,),
-            ).fetchall()
-        logs = tuple(
-            AttemptLog(n, s, d, code, err, json.loads(h), x) for n, s, d, code, err, h, x in attempts
-        )
+            logs = _attempt_logs(conn, "attempts", "delivery_id", delivery_id)
         return DeliveryDetail(_delivery(row), bytes(row[12]), logs)
 
     def counts(self) -> dict[DeliveryStatus, int]:

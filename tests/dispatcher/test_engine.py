@@ -217,15 +217,16 @@ def _callbacks_sent(client: FakeClient, url: str) -> list[dict[str, Any]]:
 CALLBACK_URL = "https://oms.example.com/outcomes"
 
 
-def test_callback_receives_the_configured_outcomes_only(store: MemoryStore, client: FakeClient) -> None:
-    """A callback with on: [dead] is POSTed for a 410 and carries the outcome record, not the body."""
+def _run_until_one_callback(store: MemoryStore, client: FakeClient, on: str, status_code: int) -> Engine:
+    """Deliver one event to webhook "a" (answering ``status_code``, callback.on ``[on]``) until one callback
+    POST has been sent; the engine is stopped on return."""
     hook = Webhook(
         name="a",
         target_url="https://a.example.com/h",
         event_types=("*",),
-        callback=Callback(url=CALLBACK_URL, on=frozenset({"dead"})),
+        callback=Callback(url=CALLBACK_URL, on=frozenset({on})),
     )
-    client.scripts[hook.target_url] = [410]
+    client.scripts[hook.target_url] = [status_code]
     engine = _engine(store, client, [_snapshot(hook)])
     engine.start()
     try:
@@ -233,6 +234,12 @@ def test_callback_receives_the_configured_outcomes_only(store: MemoryStore, clie
         _wait(lambda: len(_callbacks_sent(client, CALLBACK_URL)) == 1)
     finally:
         engine.stop(1)
+    return engine
+
+
+def test_callback_receives_the_configured_outcomes_only(store: MemoryStore, client: FakeClient) -> None:
+    """A callback with on: [dead] is POSTed for a 410 and carries the outcome record, not the body."""
+    _run_until_one_callback(store, client, "dead", 410)
     (payload,) = _callbacks_sent(client, CALLBACK_URL)
     assert payload["outcome"] == "dead" and payload["reason"] == "410 Gone"
     assert payload["event"] == {"type": "package.created", "uuid": "ab" * 16}
@@ -245,20 +252,7 @@ def test_a_failed_attempt_with_a_retry_produces_a_failed_callback(
 ) -> None:
     """on: [failed] fires when an attempt fails and a retry is scheduled, with outcome "failed" and the
     retry time; the deliveries metric keeps the label "retry"."""
-    hook = Webhook(
-        name="a",
-        target_url="https://a.example.com/h",
-        event_types=("*",),
-        callback=Callback(url=CALLBACK_URL, on=frozenset({"failed"})),
-    )
-    client.scripts[hook.target_url] = [503]
-    engine = _engine(store, client, [_snapshot(hook)])
-    engine.start()
-    try:
-        _enqueue(store, engine, "a")
-        _wait(lambda: len(_callbacks_sent(client, CALLBACK_URL)) == 1)
-    finally:
-        engine.stop(1)
+    engine = _run_until_one_callback(store, client, "failed", 503)
     (payload,) = _callbacks_sent(client, CALLBACK_URL)
     assert payload["outcome"] == "failed" and payload["status_code"] == 503 and payload["attempts"] == 1
     assert payload["next_attempt_at"] is not None and len(payload["callback_id"]) == 32

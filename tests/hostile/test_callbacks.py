@@ -12,7 +12,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -39,29 +38,6 @@ from tests.e2e.harness import (
 
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J"
 ONE_RETRY = {"choice": "schedule", "kwargs": {"delays": [1]}, "max_attempts": 2}
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = start_receiver()
-    yield rec
-    rec.close()
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "webhooks.d"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def processes() -> Iterator[list[DispatchProcess]]:
-    """Dispatchers started by a test; every one is stopped (or killed) at the end."""
-    started: list[DispatchProcess] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from tests.e2e.harness import (
     Receiver,
     event_line,
     run_cli,
-    start_receiver,
     wait_until,
     write_webhook,
 )
@@ -340,29 +339,6 @@ def test_deadline_does_not_outlive_its_attempt(process_client: ProcessClient) ->
 
 
 # -- a real dispatcher -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = start_receiver()
-    yield rec
-    rec.close()
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "webhooks.d"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def processes() -> Iterator[list[DispatchProcess]]:
-    """Dispatchers started by a test; every one is stopped at the end."""
-    started: list[DispatchProcess] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 def test_stalling_receivers_do_not_starve_a_healthy_webhook(

@@ -10,18 +10,14 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e.harness import (
     DispatchProcess,
     Receiver,
     event_line,
     run_cli,
-    start_receiver,
     wait_until,
     write_webhook,
 )
@@ -29,21 +25,6 @@ from tests.e2e.harness import (
 MARKER = "zq9-HOST-SECRET-MARKER-41c7"
 #: Two attempts one second apart: retried on the schedule, then dead.
 TWO_ATTEMPTS = {"choice": "schedule", "kwargs": {"delays": [1]}, "max_attempts": 2}
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = start_receiver()
-    yield rec
-    rec.close()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[DispatchProcess]]:
-    started: list[DispatchProcess] = []
-    yield started
-    for p in started:
-        p.stop()
 
 
 def _deliveries(state: Path) -> list[dict[str, Any]]:

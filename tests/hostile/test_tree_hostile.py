@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from tests.e2e.harness import (
     Receiver,
     dispatch_command,
     event_line,
-    start_receiver,
     wait_until,
     write_webhook,
 )
@@ -75,13 +74,6 @@ HOSTILE = [
     Hostile("2-mib-file", _large, "large.yaml:1:1: error[file-too-large]"),
     Hostile("outside-symlink", _link, "passwd.yaml:1:1: error[symlink-outside]"),
 ]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    rec = start_receiver()
-    yield rec
-    rec.close()
 
 
 @pytest.fixture
