@@ -189,6 +189,12 @@ class _Child:
         self.send_lock = threading.Lock()  # one message at a time on the socket
         self.alive = True
 
+    def close_conn(self) -> None:
+        """Close the parent's end once, whichever thread gets here first: the reply reader (the child exited)
+        and ``ProcessClient.close`` both do, and two closes of one fd race (EBADF, or closing a reused fd)."""
+        with self.send_lock:
+            self.conn.close()  # a Connection closes its fd only while it still has one
+
 
 class ProcessClient:
     """The engine's ``Client`` with attempts made in ``processes`` child processes. ``close()`` stops them.
@@ -243,7 +249,7 @@ class ProcessClient:
         for waiter in orphans:
             waiter.set(None)
         exitcode = child.process.wait()
-        child.conn.close()
+        child.close_conn()
         if self._closed:
             return
         # A child that dies young (cannot start, say) is restarted after a pause that doubles, up to 30 s:
@@ -327,7 +333,7 @@ class ProcessClient:
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait(5)
-            child.conn.close()
+            child.close_conn()
 
     def __enter__(self) -> ProcessClient:
         return self

@@ -167,3 +167,28 @@ def test_deeply_nested_token_answer_is_a_delivery_error(server: LocalServer) -> 
     auth = TokenAuth(url=server.url("/token"), username="oms", password=SecretRef("env", "PW"))
     with ProcessClient(LOOPBACK, processes=1) as client, pytest.raises(DeliveryError, match="not JSON"):
         client.fetch_token(auth, "pw", 5.0)
+
+
+def test_close_while_a_child_is_exiting_closes_its_socket_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``close()`` racing the reply reader of a child that has just exited closes the socket exactly once:
+    shutdown never fails with EBADF (a double close of one fd), however the two threads interleave."""
+    from multiprocessing.connection import Connection
+
+    closes: list[int] = []
+    real_close = Connection._close  # type: ignore[attr-defined]
+
+    def counting_close(self: Connection) -> None:
+        closes.append(id(self))
+        real_close(self)
+
+    monkeypatch.setattr(Connection, "_close", counting_close)
+    for _ in range(10):
+        client = ProcessClient((), processes=1)
+        [pid] = client.pids
+        closes.clear()
+        os.kill(pid, signal.SIGKILL)  # the reader sees EOF and closes; close() below closes too
+        client.close()
+        deadline = time.monotonic() + 5
+        while not closes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(closes) == len(set(closes)) == 1
