@@ -487,17 +487,25 @@ class Engine:
         return code is not None and code < 500 and code != 429
 
     def _attempt(self, lease: Lease, hook: Webhook, snapshot: Snapshot, now: float) -> AttemptRecord:
-        """Make the HTTP attempt; SecretError (before anything is sent) when a secret it needs is missing."""
+        """Make the HTTP attempt; SecretError (before anything is sent) when a secret it needs is missing.
+
+        ``config.timeout`` bounds the whole attempt: after a token request, the POST gets what is left."""
         token: str | None = None
+        timeout = hook.timeout_seconds
         if isinstance(hook.auth, TokenAuth):
+            started = time.monotonic()
             try:
-                raw = self.client.fetch_token(
-                    hook.auth, snapshot.secret(hook.auth.password), hook.timeout_seconds
-                )
+                raw = self.client.fetch_token(hook.auth, snapshot.secret(hook.auth.password), timeout)
             except DeliveryError as exc:
                 return AttemptRecord(started_at=now, duration_seconds=0.0, error=str(exc))
             token = hook.auth.header_format.format(raw)
+            timeout -= time.monotonic() - started
+            if timeout <= 0:
+                error = f"timed out: the token request took the whole {hook.timeout_seconds:g}s"
+                return AttemptRecord(started_at=now, duration_seconds=hook.timeout_seconds, error=error)
         request = prepare(lease, hook, snapshot, int(now), token)
+        if timeout < request.timeout_seconds:
+            request = replace(request, timeout_seconds=timeout)
         return self.client.send(request)
 
     # -- outcomes ------------------------------------------------------------------------------------------

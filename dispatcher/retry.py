@@ -210,7 +210,8 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     if not text:
         return None
     if text.isascii() and text.isdigit():
-        return float(int(text))
+        # float(), not int(): hundreds of digits are inf (the caller's ceiling applies), not an error.
+        return float(text)
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -59,6 +59,10 @@ def build_status(live: LiveConfig, store: Store, now: float) -> dict[str, Any]:
     }
 
 
+#: How long the status server waits for each read of a request before it closes the connection.
+IDLE_TIMEOUT_SECONDS = 5.0
+
+
 class StatusServer:
     """A small HTTP server in a thread. ``close()`` stops it."""
 
@@ -75,6 +79,9 @@ class StatusServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Each read of a request: a client that stops sending must not keep a thread and a descriptor.
+            timeout = IDLE_TIMEOUT_SECONDS
+
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
                 if path == "/metrics":
