@@ -67,13 +67,22 @@ class Delivered:
 
 
 class Streamer:
-    """A client thread streaming events over one connection, in groups of ``group`` lines, until stopped or
-    cut off; it keeps every uuid acknowledged ok and every rejection."""
+    """A client thread streaming events over one connection, in groups of ``group`` lines ``pace_seconds``
+    apart (a steady load, not a flood the receiver needs minutes to drain), until stopped or cut off; it
+    keeps every uuid acknowledged ok and every rejection."""
 
-    def __init__(self, socket_path: Path, new_uuid: Callable[[], str], group: int = 10, **extra: Any) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        new_uuid: Callable[[], str],
+        group: int = 10,
+        pace_seconds: float = 0.01,
+        **extra: Any,
+    ) -> None:
         self.socket_path = socket_path
         self.new_uuid = new_uuid
         self.group = group
+        self.pace_seconds = pace_seconds
         self.extra = extra
         self.acked: list[str] = []
         self.rejected: list[dict[str, Any]] = []
@@ -88,7 +97,7 @@ class Streamer:
                 s.settimeout(30)
                 s.connect(str(self.socket_path))
                 reader = s.makefile("rb")
-                while not self.stop.is_set():
+                while not self.stop.wait(self.pace_seconds):
                     s.sendall(
                         b"".join(event_line(uuid=self.new_uuid(), **self.extra) for _ in range(self.group))
                     )
@@ -168,7 +177,7 @@ def test_kill_minus_nine_at_random_moments_loses_no_acknowledged_event(
         proc = _start(processes, config_dir, state, f"round{round_no}")
         stream = Streamer(proc.socket_path, lambda: f"{rng.getrandbits(128):032x}")
         # The kill lands once this round has had this many acknowledgements and attempts.
-        moment, attempts = rng.randint(50, 600), len(receiver.requests) + rng.randint(5, 100)
+        moment, attempts = rng.randint(30, 300), len(receiver.requests) + rng.randint(5, 100)
         wait_until(
             lambda: len(stream.acked) >= moment and len(receiver.requests) >= attempts,  # noqa: B023
             timeout=30,
@@ -224,7 +233,7 @@ def test_a_killed_delivery_child_is_replaced_and_loses_nothing(
 ) -> None:
     """kill -9 of a delivery child while attempts are in flight: it is replaced, the dispatcher stays up and
     keeps delivering, and every acknowledged event is delivered."""
-    receiver.delay_seconds["/erp"] = 0.05
+    receiver.delay_seconds["/erp"] = 0.02
     delivered = Delivered(receiver)
     write_webhook(
         config_dir,
@@ -244,7 +253,7 @@ def test_a_killed_delivery_child_is_replaced_and_loses_nothing(
     wait_until(lambda: len(_transport_children(proc.proc.pid) - before) >= 1, timeout=30)
     assert len(_transport_children(proc.proc.pid)) == len(before), "the dead child must be replaced"
     after_kill = len(stream.acked)
-    wait_until(lambda: len(stream.acked) >= after_kill + 200, timeout=30)
+    wait_until(lambda: len(stream.acked) >= after_kill + 100, timeout=30)
     stream.finish()
     acked = set(stream.acked)
     _wait_delivered(delivered, acked)
