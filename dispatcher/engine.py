@@ -541,10 +541,7 @@ class Engine:
         snapshot = self.config()
         outcomes = [self._with_callback(d, self._recheck_hold(d, snapshot, now), now) for d in batch]
         try:
-            self.store.record(outcomes, now)
-        except StoreError:
-            # Not recorded: the leases expire and the deliveries are attempted again (at-least-once).
-            log.exception("outcomes.store_error", extra=fields(count=len(batch)))
+            self._record(outcomes, now)
         finally:
             with self._unwritten_lock:
                 self._unwritten -= len(batch)
@@ -559,6 +556,24 @@ class Engine:
             self.wake_all(due_times)
         if any(o.callback is not None for o in outcomes):
             self._callbacks.put(now)
+
+    def _record(self, outcomes: list[Outcome], now: float) -> None:
+        """Record ``outcomes``, trying again each second while the store fails (a full disk, say): dropped,
+        delivered attempts would be sent again and retries would wait for their leases to expire. At stop it
+        gives up: the leases expire and the deliveries are attempted again (at-least-once)."""
+        failures = 0
+        while True:
+            try:
+                self.store.record(outcomes, now)
+                return
+            except StoreError as exc:
+                if failures == 0:
+                    log.exception("outcomes.store_error", extra=fields(count=len(outcomes)))
+                else:
+                    log.error("outcomes.store_error", extra=fields(count=len(outcomes), error=str(exc)))
+                failures += 1
+            if self._stopping.wait(1.0):
+                return
 
     @staticmethod
     def _with_callback(done: _Done, outcome: Outcome, now: float) -> Outcome:
