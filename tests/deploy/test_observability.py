@@ -10,11 +10,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from dispatcher.metrics import Metrics
 from dispatcher.store.base import DeliveryStatus
+from tests.requires import requires
 
 KIT = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 PROMTOOL = shutil.which("promtool")
@@ -117,19 +117,19 @@ def test_dashboard_is_importable_json_with_a_datasource_variable() -> None:
     assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {"${datasource}"}
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt prometheus)")
+@requires(PROMTOOL is not None, "promtool (Debian package prometheus)")
 def test_promtool_checks_the_rules_and_their_unit_tests() -> None:
     """`promtool check rules` accepts the file; `promtool test rules` sees each alert fire when it should."""
-    assert PROMTOOL is not None
+    assert PROMTOOL is not None, "promtool is missing: .ci/run installs Debian's prometheus"
     for command in (["check", "rules", "alerts.yaml"], ["test", "rules", "alerts.test.yaml"]):
         done = subprocess.run([PROMTOOL, *command], cwd=KIT, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt prometheus)")
+@requires(PROMTOOL is not None, "promtool (Debian package prometheus)")
 def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     """Each dashboard query, its Grafana variables filled in, is valid PromQL (as a recording rule)."""
-    assert PROMTOOL is not None
+    assert PROMTOOL is not None, "promtool is missing: .ci/run installs Debian's prometheus"
     rules = []
     for i, expr in enumerate(_dashboard_exprs()):
         for var, value in GRAFANA_VARIABLES.items():

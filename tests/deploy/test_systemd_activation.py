@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import Receiver, dispatch_command, event_line, wait_until, write_webhook
+from tests.requires import requires
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 
@@ -139,10 +140,10 @@ def _deliver_and_stop(
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(SOCKET_ACTIVATE is None, reason="systemd-socket-activate not installed (apt systemd)")
+@requires(SOCKET_ACTIVATE is not None, "systemd-socket-activate (Debian package systemd)")
 def test_under_systemd_socket_activate(receiver: Receiver, notify: NotifyListener, tmp_path: Path) -> None:
     """Under systemd-socket-activate, dispatch run serves the passed socket, then READY=1, then STOPPING=1."""
-    assert SOCKET_ACTIVATE is not None
+    assert SOCKET_ACTIVATE is not None, "systemd-socket-activate is missing: .ci/run installs systemd"
     write_webhook(tmp_path / "webhooks.d", "hook", receiver.url("/hook"))
     sock = tmp_path / "d.sock"
     command = [SOCKET_ACTIVATE, "-l", str(sock), "-E", "NOTIFY_SOCKET", *_run_args(tmp_path)]

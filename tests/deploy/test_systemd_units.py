@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from dispatcher.cli import run as run_command
+from tests.requires import requires
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 ANALYZE = shutil.which("systemd-analyze")
@@ -68,10 +67,10 @@ def test_credentials_come_from_load_credential() -> None:
     assert all(":" in v and not v.startswith("/") for v in s["LoadCredential"])
 
 
-@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt systemd)")
+@requires(ANALYZE is not None, "systemd-analyze (Debian package systemd)")
 def test_systemd_analyze_verify_reports_nothing(tmp_path: Path) -> None:
     """`systemd-analyze verify` accepts both units without one warning (ExecStart pointed at this venv)."""
-    assert ANALYZE is not None
+    assert ANALYZE is not None, "systemd-analyze is missing: .ci/run installs systemd"
     dispatch = Path(sys.executable).parent / "dispatch"
     for name in ("dispatch.socket", "dispatch.service"):
         text = (UNITS / name).read_text().replace("/opt/webhooks-as-code/.venv/bin/dispatch", str(dispatch))

@@ -27,6 +27,7 @@ import pytest
 
 from tests.e2e import harness
 from tests.e2e.harness import DispatchProcess, Received, Receiver, event_line, wait_until, write_webhook
+from tests.requires import require
 
 # Retries one second apart, many of them: a 500 or a killed attempt is retried soon, and never dies out.
 QUICK_RETRY = {"choice": "schedule", "kwargs": {"delays": [1]}, "max_attempts": 30}
@@ -265,8 +266,7 @@ def test_a_killed_delivery_child_is_replaced_and_loses_nothing(
 def tiny_disk(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """A --state directory that the dispatcher sees as a 4 MiB tmpfs, 3 MiB of it taken by ``ballast``, in a
     private mount namespace (root only); the path to give as --state."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("a private tmpfs needs root and unshare")
+    require(os.geteuid() == 0 and shutil.which("unshare") is not None, "root and unshare (a private tmpfs)")
     state = tmp_path / "state"
     state.mkdir()
     script = (
