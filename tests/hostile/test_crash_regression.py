@@ -155,6 +155,13 @@ def _wait_delivered(delivered: Delivered, acked: set[str], timeout: float = 60.0
         ) from None
 
 
+def _write_quick_webhook(config_dir: Path, name: str, url: str) -> None:
+    """A webhook with the short timeout and the one-second retries every test here uses."""
+    write_webhook(
+        config_dir, name, url, config={"timeout": TIMEOUT_SECONDS}, retry_countdown_config=QUICK_RETRY
+    )
+
+
 def test_kill_minus_nine_at_random_moments_loses_no_acknowledged_event(
     receiver: Receiver, config_dir: Path, tmp_path: Path, processes: list[DispatchProcess]
 ) -> None:
@@ -165,13 +172,7 @@ def test_kill_minus_nine_at_random_moments_loses_no_acknowledged_event(
     rng = random.Random(seed)
     receiver.respond("/erp", *([500, 200, 200] * 2000), 200)
     delivered = Delivered(receiver)
-    write_webhook(
-        config_dir,
-        "erp",
-        receiver.url("/erp"),
-        config={"timeout": TIMEOUT_SECONDS},
-        retry_countdown_config=QUICK_RETRY,
-    )
+    _write_quick_webhook(config_dir, "erp", receiver.url("/erp"))
     state = tmp_path / "state"
     acked: set[str] = set()
     for round_no in range(3):
@@ -201,13 +202,7 @@ def test_sigterm_under_load_exits_zero_in_time_and_loses_nothing(
     within the longest timeout plus 2 s, and after a restart every acknowledged event is delivered."""
     receiver.delay_seconds["/slow"] = 0.2
     delivered = Delivered(receiver)
-    write_webhook(
-        config_dir,
-        "slow",
-        receiver.url("/slow"),
-        config={"timeout": TIMEOUT_SECONDS},
-        retry_countdown_config=QUICK_RETRY,
-    )
+    _write_quick_webhook(config_dir, "slow", receiver.url("/slow"))
     state = tmp_path / "state"
     proc = _start(processes, config_dir, state, "first")
     stream = Streamer(proc.socket_path, lambda: secrets.token_hex(16))
@@ -236,13 +231,7 @@ def test_a_killed_delivery_child_is_replaced_and_loses_nothing(
     keeps delivering, and every acknowledged event is delivered."""
     receiver.delay_seconds["/erp"] = 0.02
     delivered = Delivered(receiver)
-    write_webhook(
-        config_dir,
-        "erp",
-        receiver.url("/erp"),
-        config={"timeout": TIMEOUT_SECONDS},
-        retry_countdown_config=QUICK_RETRY,
-    )
+    _write_quick_webhook(config_dir, "erp", receiver.url("/erp"))
     proc = _start(processes, config_dir, tmp_path / "state", "main")
     stream = Streamer(proc.socket_path, lambda: secrets.token_hex(16))
     wait_until(lambda: len(stream.acked) >= 200 and len(receiver.on("/erp")) >= 20, timeout=30)
@@ -288,13 +277,7 @@ def test_a_full_disk_refuses_events_until_space_is_freed_and_loses_nothing(
     delivered (the outcomes of attempts made while full included)."""
     receiver.respond("/erp", 500)  # until space is freed: retries are attempted, and recorded, while full
     delivered = Delivered(receiver)
-    write_webhook(
-        config_dir,
-        "erp",
-        receiver.url("/erp"),
-        config={"timeout": TIMEOUT_SECONDS},
-        retry_countdown_config=QUICK_RETRY,
-    )
+    _write_quick_webhook(config_dir, "erp", receiver.url("/erp"))
     proc = _start(processes, config_dir, tiny_disk, "main")
     ballast = Path(f"/proc/{proc.proc.pid}/root") / tiny_disk.relative_to("/") / "ballast"
     assert ballast.stat().st_size == 3 * 1024 * 1024, "the ballast must sit on the dispatcher's tmpfs"
