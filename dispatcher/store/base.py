@@ -61,6 +61,9 @@ class EnqueueResult:
     uuid: str
     duplicate: bool  # the uuid was already accepted within the retention window; nothing was stored
     delivery_ids: tuple[int, ...] = ()
+    #: The leases enqueue created for this event's deliveries (with ``lease_seconds``; webhooks in
+    #: ``unleased`` excluded), in the order of ``NewEvent.webhooks``.
+    leases: tuple[Lease, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""A throwaway PostgreSQL cluster for the tests: one per session, under the session's own temporary
+directory, listening only on a Unix socket there (``listen_addresses=''``: no TCP at all), each test its own
+database. PostgreSQL refuses to run as root: as root the cluster runs as the ``postgres`` user.
+
+Skipped on a developer's machine without PostgreSQL, a failure in CI (``.ci/run`` installs it).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.requires import require
+
+
+def _bin_dir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).resolve().parent if initdb else None
+
+
+BIN_DIR = _bin_dir()
+AVAILABLE = BIN_DIR is not None and (os.geteuid() != 0 or shutil.which("runuser") is not None)
+
+
+class Cluster:
+    """A running cluster; ``database()`` creates a fresh database and returns its URL."""
+
+    def __init__(self, root: Path) -> None:
+        assert BIN_DIR is not None
+        self.root = root
+        self.data = root / "data"
+        self.socket_dir = root / "sock"
+        self._as_postgres = os.geteuid() == 0
+        self._names = itertools.count(1)
+        root.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir()
+        if self._as_postgres:
+            # The cluster's user must reach its directory: open the parents for traversal only.
+            for parent in [root, *root.parents]:
+                if parent == Path("/"):
+                    break
+                parent.chmod(parent.stat().st_mode | 0o011)
+            shutil.chown(root, "postgres")
+            shutil.chown(self.socket_dir, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        options = f"-k {self.socket_dir} -c listen_addresses='' -c fsync=on -c max_connections=200"
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-l", str(root / "log"), "-o", options, "start"
+        )
+
+    def _run(self, tool: str, *args: str) -> None:
+        assert BIN_DIR is not None
+        command = [str(BIN_DIR / tool), *args]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@/{database}?host={self.socket_dir}"
+
+    def database(self) -> str:
+        """A new, empty database; its URL."""
+        import psycopg
+
+        name = f"t{os.getpid()}_{next(self._names)}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+
+_cluster: Cluster | None = None
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The session's PostgreSQL cluster (skipped without PostgreSQL, except in CI)."""
+    require(AVAILABLE, "PostgreSQL (initdb, pg_ctl)")
+    cluster = Cluster(tmp_path_factory.mktemp("pg"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """The URL of a fresh database of its own for this test."""
+    return pg_cluster.database()
