@@ -36,7 +36,9 @@ from dispatcher.mounts import check_config_mount
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.server import SocketServer, serve_stdin
 from dispatcher.status import StatusServer, status_provider
-from dispatcher.store.sqlite import SQLiteStore
+from dispatcher.store import open as store_choice
+from dispatcher.store.base import Store
+from dispatcher.store.url import StoreUrl
 from dispatcher.supervise import EXIT_INTERNAL_FAILURE, Supervisor
 from dispatcher.transport import ProcessClient
 from reconciler.limits import DEFAULT_LIMITS, Limits
@@ -58,6 +60,7 @@ SWITCH_INTERVAL_SECONDS = 0.001
 class RunOptions:
     config_dir: Path
     state_dir: Path = Path(DEFAULT_STATE_DIR)
+    store_url: StoreUrl | None = None  # --store / DISPATCH_STORE; None: the SQLite file under state_dir
     socket_path: Path | None = None
     use_stdin: bool = False
     allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -131,11 +134,15 @@ class Dispatcher:
         listener = systemd.take_listener(os.environ) if o.activated and not o.use_stdin else None
         self.notifier = systemd.Notifier(os.environ)
         check_config_mount(o.config_dir)
-        with state_lock(o.state_dir), SQLiteStore(store_path(o.state_dir)) as store, self.notifier:
+        opened = store_choice.open_store(o.store_url, store_path(o.state_dir), lock=state_lock)
+        with opened as store, self.notifier:
             source = ConfigSource(o.config_dir, self.environ, o.secret_sources, o.limits)
             snapshot = initial_snapshot(source)
             metrics = Metrics()
             metrics.watch_queue(store.counts, lambda: _age(store.oldest_open_created_at(), self.clock()))
+            metrics.watch_store(
+                store_choice.backend(store), lambda: store_choice.holders(store, self.clock())
+            )
             engine_ref: list[Engine] = []
             live = LiveConfig(
                 source, snapshot, store, metrics, clock=self.clock, on_change=lambda: engine_ref[0].wake()
@@ -151,7 +158,7 @@ class Dispatcher:
                     extra=fields(
                         revision=snapshot.revision,
                         webhooks=len(snapshot.table),
-                        state=str(store_path(o.state_dir)),
+                        state=o.store_url.display if o.store_url else str(store_path(o.state_dir)),
                         source="stdin" if o.use_stdin else "systemd" if listener else str(o.socket_path),
                         secrets_dirs=list(source.sources.dirs),
                         secret_env=list(source.sources.env_patterns),
@@ -254,7 +261,7 @@ class _Services:
     SECRETS_EVERY_SECONDS = 1.0
 
     def __init__(
-        self, app: Dispatcher, live: LiveConfig, engine: Engine, store: SQLiteStore, metrics: Metrics
+        self, app: Dispatcher, live: LiveConfig, engine: Engine, store: Store, metrics: Metrics
     ) -> None:
         self.app = app
         self.live = live

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -23,8 +24,8 @@ from dispatcher.engine import EngineSettings
 from dispatcher.errors import DispatcherError
 from dispatcher.logs import configure
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
-from dispatcher.store.base import AttemptLog, Callback, Delivery, DeliveryQuery, DeliveryStatus
-from dispatcher.store.sqlite import SQLiteStore
+from dispatcher.store import open as store_choice
+from dispatcher.store.base import AttemptLog, Callback, Delivery, DeliveryQuery, DeliveryStatus, Store
 from dispatcher.terminal import visible
 from dispatcher.transport import default_processes
 from reconciler.limits import DEFAULT_LIMITS
@@ -60,6 +61,12 @@ def main() -> None:
     """Durable, signed webhook delivery for events piped in by the OMS."""
 
 
+_RUN_STORE_HELP = (
+    "sqlite:///PATH or postgresql://... (also $DISPATCH_STORE; default: the SQLite file under --state). "
+    "Several dispatchers may share one PostgreSQL store; --per-endpoint then holds across them."
+)
+
+
 @main.command()
 @click.option(
     "--config", "config_dir", required=True, type=click.Path(path_type=Path), help="webhooks.d directory."
@@ -78,6 +85,14 @@ def main() -> None:
     default=DEFAULT_STATE_DIR,
     show_default=True,
     help="Directory of the embedded SQLite store.",
+)
+@click.option("--store", "store_url", metavar="URL", help=_RUN_STORE_HELP)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(2, 3600),
+    default=120.0,
+    show_default=True,
+    help="How long an attempt's lease lasts; a dispatcher that dies holds its work this long at most.",
 )
 @click.option(
     "--allow-cidr", "allow_cidrs", multiple=True, help="Allow deliveries to this network (repeatable)."
@@ -153,6 +168,8 @@ def run(
     socket_path: Path | None,
     use_stdin: bool,
     state_dir: Path,
+    store_url: str | None,
+    lease_seconds: float,
     allow_cidrs: tuple[str, ...],
     metrics_address: str | None,
     max_line_bytes: int,
@@ -175,17 +192,27 @@ def run(
         networks = tuple(parse_cidr(c) for c in allow_cidrs)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allow-cidr") from None
+    try:
+        chosen_store = store_choice.choose(store_url, os.environ)
+    except DispatcherError as exc:
+        raise click.BadParameter(str(exc), param_hint="--store") from None
     now = time.time()
     options = RunOptions(
         config_dir=config_dir,
         state_dir=state_dir,
+        store_url=chosen_store,
         socket_path=socket_path,
         use_stdin=use_stdin,
         allow_cidrs=networks,
         metrics_address=_address(metrics_address) if metrics_address else None,
         max_line_bytes=max_line_bytes,
         retention_seconds=now - parse_since(retention, now),
-        engine=EngineSettings(workers=workers, per_endpoint=per_endpoint),
+        engine=EngineSettings(
+            workers=workers,
+            per_endpoint=per_endpoint,
+            lease_seconds=lease_seconds,
+            reclaim_interval_seconds=min(15.0, lease_seconds / 2),
+        ),
         watch=watch,
         delivery_processes=delivery_processes,
         activated=activated,
@@ -238,7 +265,7 @@ def deliveries() -> None:
     """Inspect and requeue deliveries in the store."""
 
 
-_state_option = click.option(
+_state_only = click.option(
     "--state",
     "state_dir",
     type=click.Path(path_type=Path),
@@ -246,6 +273,25 @@ _state_option = click.option(
     show_default=True,
     help="Directory of the store (as given to dispatch run).",
 )
+_STORE_HELP = (
+    "The store: sqlite:///PATH or postgresql://... (default: $DISPATCH_STORE, else the SQLite file under "
+    "--state). Put a password in $DISPATCH_STORE or PGPASSWORD, not on the command line."
+)
+
+
+def _remember_store(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    ctx.meta["dispatch.store"] = value
+    return value
+
+
+def _state_option(f: _F) -> _F:
+    """``--state DIR`` and ``--store URL`` (read by ``_open_store``)."""
+    store = click.option(
+        "--store", metavar="URL", expose_value=False, callback=_remember_store, help=_STORE_HELP
+    )
+    return _state_only(store(f))
+
+
 _format_option = click.option(
     "--format",
     "fmt",
@@ -327,14 +373,17 @@ def _check_retry(
         raise click.UsageError("--webhook and --since filter --all-dead only")
 
 
-def _open_store(state_dir: Path) -> SQLiteStore:
-    path = store_path(state_dir)
-    if not path.exists():
-        raise click.ClickException(f"no store at {path} (is --state right?)")
-    try:
-        return SQLiteStore(path)
-    except DispatcherError as exc:  # e.g. a store written by a newer dispatcher: one line, no traceback
-        raise click.ClickException(str(exc)) from None
+@contextlib.contextmanager
+def _open_store(state_dir: Path) -> Iterator[Store]:
+    """The store of ``--store``, ``DISPATCH_STORE`` or ``--state`` (which must exist: nothing is created)."""
+    option = click.get_current_context().meta.get("dispatch.store")
+    with contextlib.ExitStack() as stack:
+        try:
+            url = store_choice.choose(option, os.environ)
+            store = stack.enter_context(store_choice.open_store(url, store_path(state_dir), must_exist=True))
+        except DispatcherError as exc:  # e.g. a store written by a newer dispatcher: one line, no traceback
+            raise click.ClickException(str(exc)) from None
+        yield store
 
 
 def _when(ts: float | None) -> str:

@@ -55,6 +55,18 @@ _HOLD_MAX_SECONDS = 5.0
 _ANNOUNCED_MAX = 10_000
 
 
+def _share(
+    store: Store, endpoint_of: Callable[[str], str | None], per_endpoint: int, wake: Callable[[], None]
+) -> bool:
+    """On a store shared by several dispatchers (PostgreSQL): hand it the per-endpoint limit, to hold
+    across all of them, and listen for the work they make due. Returns whether the store is shared."""
+    if not getattr(store, "shared", False):
+        return False
+    store.share_limits(endpoint_of, per_endpoint)  # type: ignore[attr-defined]
+    store.listen(wake)  # type: ignore[attr-defined]
+    return True
+
+
 class EndpointQueues:
     """Per-endpoint FIFO queues with a per-endpoint in-flight limit, taken round robin by workers.
 
@@ -243,13 +255,17 @@ class Engine:
         self._hold_seconds = _HOLD_MIN_SECONDS
         self._endpoint_hooks: tuple[Snapshot | None, dict[str, list[str]]] = (None, {})
         self._debug = log.isEnabledFor(10)
+        self._shared = _share(store, self._endpoint_of, s.per_endpoint, self.wake)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def start(self, spawn: Spawn = start_thread) -> None:
         """Reclaim leases left by a previous process, then start the threads (through ``spawn``: the
         supervisor's, in ``dispatch run``)."""
-        reclaimed = self.store.reclaim_expired(self.clock() + self.settings.lease_seconds * 2)
+        # Alone on its store, a dispatcher reclaims every lease left (they were its previous run's); on a
+        # shared one only expired leases: the others' are live.
+        ahead = 0.0 if self._shared else self.settings.lease_seconds * 2
+        reclaimed = self.store.reclaim_expired(self.clock() + ahead)
         if reclaimed:
             log.info("leases.reclaimed", extra=fields(count=reclaimed, at="start-up"))
         self._next_reclaim = self.clock() + self.settings.reclaim_interval_seconds
@@ -419,7 +435,15 @@ class Engine:
             )
             return now + 0.05
         self._hold_seconds = _HOLD_MIN_SECONDS
-        return self.store.next_due_at()
+        due = self.store.next_due_at()
+        if self._shared and due is not None and due <= now:
+            return None  # due but over the shared endpoint limits: a NOTIFY (a freed slot) wakes us
+        return due
+
+    def _endpoint_of(self, webhook: str) -> str | None:
+        """A webhook's endpoint key for the shared limit (None: removed, it is buried, not sent)."""
+        hook = self.config().webhook(webhook)
+        return None if hook is None else endpoint_key(hook.target_url)
 
     def _scheduler(self) -> None:
         while not self._stopping.is_set():

@@ -45,11 +45,7 @@ class Cluster:
         root.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir()
         if self._as_postgres:
-            # The cluster's user must reach its directory: open the parents for traversal only.
-            for parent in [root, *root.parents]:
-                if parent == Path("/"):
-                    break
-                parent.chmod(parent.stat().st_mode | 0o011)
+            self._open_parents()
             shutil.chown(root, "postgres")
             shutil.chown(self.socket_dir, "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
@@ -58,10 +54,19 @@ class Cluster:
             "pg_ctl", "-D", str(self.data), "-w", "-t", "60", "-l", str(root / "log"), "-o", options, "start"
         )
 
+    def _open_parents(self) -> None:
+        """The cluster's user must reach its directory: open the parents for traversal only. Again before
+        each tool: a pytest session starting meanwhile closes ``/tmp/pytest-of-<user>`` back to 0700."""
+        for parent in [self.root, *self.root.parents]:
+            if parent == Path("/"):
+                break
+            parent.chmod(parent.stat().st_mode | 0o011)
+
     def _run(self, tool: str, *args: str) -> None:
         assert BIN_DIR is not None
         command = [str(BIN_DIR / tool), *args]
         if self._as_postgres:
+            self._open_parents()
             command = ["runuser", "-u", "postgres", "--", *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode:

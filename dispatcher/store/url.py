@@ -37,7 +37,8 @@ def parse(url: str) -> StoreUrl:
             raise StoreError(
                 f"store URL {redact(text)}: expected sqlite:///PATH (three slashes, then a path)"
             )
-        return StoreUrl("sqlite", text, Path(unquote(text[len("sqlite://") :])))
+        # As SQLAlchemy spells it: sqlite:///relative/path, sqlite:////absolute/path.
+        return StoreUrl("sqlite", text, Path(unquote(text[len("sqlite:///") :])))
     if scheme in POSTGRES_SCHEMES:
         return StoreUrl("postgresql", text)
     raise StoreError(f"store URL {redact(text)}: expected sqlite:///PATH or postgresql://...")
