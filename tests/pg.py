@@ -1,5 +1,4 @@
-"""A throwaway PostgreSQL cluster for the tests: one per session, under the session's own temporary
-directory, listening only on a Unix socket there (``listen_addresses=''``: no TCP at all), each test its own
+"""A throwaway PostgreSQL cluster for the tests: one per session, in a temporary directory of its own, listening only on a Unix socket there (``listen_addresses=''``: no TCP at all), each test its own
 database. PostgreSQL refuses to run as root: as root the cluster runs as the ``postgres`` user.
 
 Skipped on a developer's machine without PostgreSQL, a failure in CI (``.ci/run`` installs it).
@@ -12,6 +11,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,7 +70,9 @@ class Cluster:
             command = ["runuser", "-u", "postgres", "--", *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode:
-            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+            raise RuntimeError(
+                f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}"
+            )
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@/{database}?host={self.socket_dir}"
@@ -99,11 +101,20 @@ _cluster: Cluster | None = None
 def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The session's PostgreSQL cluster (skipped without PostgreSQL, except in CI)."""
     require(AVAILABLE, "PostgreSQL (initdb, pg_ctl)")
-    cluster = Cluster(tmp_path_factory.mktemp("pg"))
+    if os.geteuid() == 0:
+        # Not under /tmp/pytest-of-root: every pytest session starting on the machine closes that back to
+        # 0700, which locks the postgres user out of a cluster it is running. A directory of the session's
+        # own, owned by postgres, removed at the end.
+        root = Path(tempfile.mkdtemp(prefix="dispatch-test-pg-"))
+    else:
+        root = tmp_path_factory.mktemp("pg")
+    cluster = Cluster(root / "cluster")
     try:
         yield cluster
     finally:
         cluster.stop()
+        if os.geteuid() == 0:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -4,14 +4,15 @@ password."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from dispatcher.errors import StoreError
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 _PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&\s]*")
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)([^/?#]*)(.*)$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class StoreUrl:
     """A parsed store URL: ``kind`` is ``sqlite`` (with ``path``) or ``postgresql`` (with ``url``)."""
 
     kind: str
-    url: str
+    url: str = field(repr=False)  # may hold a password: see display
     path: Path | None = None
 
     @property
@@ -46,15 +47,13 @@ def parse(url: str) -> StoreUrl:
 
 def redact(url: str) -> str:
     """``url`` with the password of its user-info and any ``password=`` parameter replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable store URL>"
-    netloc = parts.netloc
+    match = _URL.match(url)
+    if match is None:
+        return _PASSWORD_PARAM.sub(r"\1***", url)
+    scheme, netloc, rest = match.groups()
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
         if ":" in userinfo:
             userinfo = userinfo.split(":", 1)[0] + ":***"
         netloc = f"{userinfo}@{host}"
-    query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    return scheme + netloc + _PASSWORD_PARAM.sub(r"\1***", rest)

@@ -8,6 +8,7 @@ Real processes, a real PostgreSQL cluster on a Unix socket in the test's directo
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from dispatcher.store.base import DeliveryStatus
@@ -33,8 +35,9 @@ class CountingReceiver:
     """A loopback receiver that answers 200 after ``delay`` seconds and keeps, per ``webhook-id``, how many
     requests came, and the most requests it ever had in flight at once."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, status: int = 200) -> None:
         self.delay = delay
+        self.status = status
         self.lock = threading.Lock()
         self.ids: Counter[str] = Counter()
         self.inflight = 0
@@ -52,7 +55,7 @@ class CountingReceiver:
                     self.rfile.read(int(self.headers.get("Content-Length", "0")))
                     if outer.delay:
                         time.sleep(outer.delay)  # the receiver's own answer time, not synchronisation
-                    self.send_response(200)
+                    self.send_response(outer.status)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 finally:
@@ -145,6 +148,16 @@ def test_three_dispatchers_deliver_every_event_exactly_once(
     receiver.close()
 
 
+def _leases_of(url: str, proc: DispatchProcess) -> int:
+    """Leases that this dispatcher holds in the store (its holder id carries its pid)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM deliveries WHERE lease_id IS NOT NULL AND holder LIKE %s",
+            (f"%:{proc.proc.pid}:%",),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_kill_minus_nine_of_one_dispatcher_loses_no_acknowledged_event(
     tmp_path: Path, shared_url: str, dispatchers: list[DispatchProcess]
 ) -> None:
@@ -162,8 +175,9 @@ def test_kill_minus_nine_of_one_dispatcher_loses_no_acknowledged_event(
     victim = procs[0]
     with PostgresStore(shared_url) as store:
         # Kill it once it holds leases of its own (work in flight or queued there).
-        wait_until(lambda: len(streams[0].acked) >= 50 and store.holders(time.time()) >= 1, timeout=30)
+        wait_until(lambda: len(streams[0].acked) >= 50 and _leases_of(shared_url, victim) > 0, timeout=30)
         victim.kill9()
+        assert _leases_of(shared_url, victim) > 0, "the killed dispatcher left leases to reclaim"
         for stream in streams:
             if stream is not streams[0]:
                 wait_until(lambda s=stream: len(s.acked) >= 100, timeout=30)  # type: ignore[misc]
@@ -191,4 +205,47 @@ def test_per_endpoint_limit_holds_across_three_dispatchers(
         published |= set(batch)
     wait_until(lambda: receiver.delivered() == published, timeout=90, interval=0.2)
     assert receiver.peak <= 4, f"{receiver.peak} requests in flight at once"
+    receiver.close()
+
+
+def test_a_failing_endpoint_gets_one_slot_across_three_dispatchers(
+    tmp_path: Path, shared_url: str, dispatchers: list[DispatchProcess]
+) -> None:
+    """An endpoint answering 503 (after 100 ms) has one attempt in flight at a time across all three
+    dispatchers, not one per dispatcher."""
+    receiver = CountingReceiver(delay=0.1, status=503)
+    config = tmp_path / "webhooks.d"
+    write_webhook(config, "erp", receiver.url(), retry_countdown_config=QUICK_RETRY)
+    procs = _start_three(tmp_path, config, shared_url, dispatchers, "--per-endpoint", "4")
+    uuids = _uuids(3)
+    for proc in procs:
+        assert all(a["ok"] for a in proc.publish(event_line(uuid=next(uuids)) for _ in range(10)))
+    wait_until(lambda: sum(receiver.ids.values()) >= 40, timeout=60, interval=0.2)
+    assert receiver.peak == 1, f"{receiver.peak} requests in flight at once to a failing endpoint"
+    receiver.close()
+
+
+def test_deliveries_list_show_and_retry_work_on_the_shared_store(
+    tmp_path: Path, shared_url: str, dispatchers: list[DispatchProcess]
+) -> None:
+    """A delivery that died (410) is listed and shown with its attempt through --store, and a retry from
+    the command line is picked up by one of the dispatchers and delivered."""
+    receiver = CountingReceiver(status=410)
+    config = tmp_path / "webhooks.d"
+    write_webhook(config, "erp", receiver.url(), retry_countdown_config=QUICK_RETRY)
+    procs = _start_three(tmp_path, config, shared_url, dispatchers)
+    uuid = next(_uuids(4))
+    assert procs[2].publish([event_line(uuid=uuid)])[0]["ok"]
+    with PostgresStore(shared_url) as store:
+        wait_until(lambda: store.counts()[DeliveryStatus.DEAD] == 1, timeout=30)
+        listed = run_cli("deliveries", "list", "--store", shared_url, "--status", "dead", "--format", "json")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = json.loads(listed.stdout)
+        shown = run_cli("deliveries", "show", "--store", shared_url, str(row["id"]))
+        assert shown.returncode == 0 and "410" in shown.stdout, shown.stdout + shown.stderr
+        receiver.status = 200
+        retried = run_cli("deliveries", "retry", "--store", shared_url, str(row["id"]))
+        assert retried.returncode == 0, retried.stderr
+        wait_until(lambda: store.counts()[DeliveryStatus.DELIVERED] == 1, timeout=30)
+    assert receiver.ids[uuid] == 2
     receiver.close()
