@@ -1,5 +1,6 @@
-"""A throwaway PostgreSQL cluster for the tests: one per session, in a temporary directory of its own, listening only on a Unix socket there (``listen_addresses=''``: no TCP at all), each test its own
-database. PostgreSQL refuses to run as root: as root the cluster runs as the ``postgres`` user.
+"""A throwaway PostgreSQL cluster for the tests: one per session, in a temporary directory of its own,
+listening only on a Unix socket there (``listen_addresses=''``: no TCP at all), each test its own database.
+PostgreSQL refuses to run as root: as root the cluster runs as the ``postgres`` user.
 
 Skipped on a developer's machine without PostgreSQL, a failure in CI (``.ci/run`` installs it).
 """
@@ -95,26 +96,36 @@ class Cluster:
 
 
 _cluster: Cluster | None = None
+_cluster_users = 0
+_cluster_root: Path | None = None
 
 
 @pytest.fixture(scope="session")
 def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The session's PostgreSQL cluster (skipped without PostgreSQL, except in CI)."""
+    """The session's PostgreSQL cluster (skipped without PostgreSQL, except in CI). Several conftest files
+    import this fixture: they share one cluster, stopped when the last of them is done."""
+    global _cluster, _cluster_users, _cluster_root
     require(AVAILABLE, "PostgreSQL (initdb, pg_ctl)")
-    if os.geteuid() == 0:
-        # Not under /tmp/pytest-of-root: every pytest session starting on the machine closes that back to
-        # 0700, which locks the postgres user out of a cluster it is running. A directory of the session's
-        # own, owned by postgres, removed at the end.
-        root = Path(tempfile.mkdtemp(prefix="dispatch-test-pg-"))
-    else:
-        root = tmp_path_factory.mktemp("pg")
-    cluster = Cluster(root / "cluster")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    if _cluster is None:
         if os.geteuid() == 0:
-            shutil.rmtree(root, ignore_errors=True)
+            # Not under /tmp/pytest-of-root: every pytest session starting on the machine closes that back
+            # to 0700, which locks the postgres user out of a cluster it is running. A directory of the
+            # session's own, owned by postgres, removed at the end.
+            _cluster_root = Path(tempfile.mkdtemp(prefix="dispatch-test-pg-"))
+            _cluster = Cluster(_cluster_root / "cluster")
+        else:
+            _cluster = Cluster(tmp_path_factory.mktemp("pg"))
+    _cluster_users += 1
+    try:
+        yield _cluster
+    finally:
+        _cluster_users -= 1
+        if _cluster_users == 0:
+            _cluster.stop()
+            _cluster = None
+            if _cluster_root is not None:
+                shutil.rmtree(_cluster_root, ignore_errors=True)
+                _cluster_root = None
 
 
 @pytest.fixture

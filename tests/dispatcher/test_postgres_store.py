@@ -17,7 +17,6 @@ from dispatcher.store.open import choose, describe
 from dispatcher.store.pgschema import SCHEMA_VERSION
 from dispatcher.store.postgres import PostgresStore
 from dispatcher.store.url import parse, redact
-from tests.pg import pg_cluster, pg_url  # noqa: F401 - fixtures
 
 T0 = 1_000.0
 

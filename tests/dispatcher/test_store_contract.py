@@ -23,7 +23,6 @@ from dispatcher.store.base import (
 )
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.sqlite import SQLiteStore
-from tests.pg import pg_cluster, pg_url  # noqa: F401 - fixtures
 
 T0 = 1_000.0
 LEASE = 30.0

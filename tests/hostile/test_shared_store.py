@@ -24,7 +24,6 @@ from dispatcher.store.base import DeliveryStatus
 from dispatcher.store.postgres import PostgresStore
 from tests.e2e.harness import DispatchProcess, event_line, run_cli, wait_until, write_webhook
 from tests.hostile.test_crash_regression import QUICK_RETRY, Streamer
-from tests.pg import pg_cluster, pg_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.e2e
 
