@@ -644,5 +644,52 @@ def receive(
     )
 
 
+@main.group("store")
+def store_group() -> None:
+    """Operate on stores as a whole."""
+
+
+@store_group.command("copy")
+@click.option(
+    "--from", "source", required=True, metavar="URL", help="The store to move from (sqlite:///PATH...)."
+)
+@click.option(
+    "--to",
+    "destination",
+    metavar="URL",
+    help="The store to move to (postgresql://...; default $DISPATCH_STORE).",
+)
+@click.option(
+    "--keep-source",
+    is_flag=True,
+    help="Leave the copied deliveries open in the source (default: mark them dead as moved).",
+)
+def store_copy(source: str, destination: str | None, keep_source: bool) -> None:
+    """Move the open deliveries of one store into another (stop the source's dispatchers first)."""
+    from dispatcher.app import state_lock
+    from dispatcher.store.copy import copy_open
+
+    try:
+        src = store_choice.choose(source, {})
+        dst = store_choice.choose(destination, os.environ)
+        if src is None or dst is None:
+            raise click.UsageError("give --to URL (or set DISPATCH_STORE)")
+        if src.url == dst.url:
+            raise click.UsageError("--from and --to are the same store")
+        with contextlib.ExitStack() as stack:
+            # A SQLite source is locked like a dispatcher locks it: none may run on it during the move.
+            src_store = stack.enter_context(
+                store_choice.open_store(src, Path(), lock=state_lock, must_exist=True)
+            )
+            dst_store = stack.enter_context(store_choice.open_store(dst, Path(), lock=state_lock))
+            result = copy_open(src_store, dst_store, time.time(), moved_to=dst.display, keep=keep_source)
+    except DispatcherError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"copied {result.deliveries} open deliveries of {result.events} events to {dst.display}"
+        f" ({result.duplicates} events were there already); {result.moved_off} marked moved in the source"
+    )
+
+
 if __name__ == "__main__":
     main()
