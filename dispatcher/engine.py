@@ -255,7 +255,8 @@ class Engine:
         self._hold_seconds = _HOLD_MIN_SECONDS
         self._endpoint_hooks: tuple[Snapshot | None, dict[str, list[str]]] = (None, {})
         self._debug = log.isEnabledFor(10)
-        self._shared = _share(store, self._endpoint_of, s.per_endpoint, self.wake)
+        # A store's wake-up means "due now": a time just past, so it is not rounded up to the next 0.1 s.
+        self._shared = _share(store, self._endpoint_of, s.per_endpoint, lambda: self.wake(self.clock() - 0.1))
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
