@@ -271,7 +271,8 @@ class PostgresStore:
     # -- shared operation -------------------------------------------------------------------------------
 
     def share_limits(self, endpoint_of: Callable[[str], str | None], per_endpoint: int) -> None:
-        """Enforce ``per_endpoint`` leases per endpoint (``endpoint_of(webhook)``; None: no limit) across
+        """Enforce ``per_endpoint`` leases per endpoint (``endpoint_of(webhook)``; None: a webhook this
+        dispatcher does not have, whose deliveries it leaves to the others) across
         every dispatcher sharing this store, one while an endpoint fails. Enqueue then leases nothing."""
         self._endpoint_of = endpoint_of
         self._per_endpoint = per_endpoint
@@ -453,7 +454,10 @@ class PostgresStore:
             for delivery_id, webhook in rows:
                 key = endpoint_of(webhook)
                 if key is None:
-                    taken.append(delivery_id)
+                    # Not in this dispatcher's table: left for one that has it (during a rollout that adds
+                    # a webhook, a dispatcher still on the old tree must not bury its deliveries).
+                    skip.add(webhook)
+                    passed_over = True
                     continue
                 cap = self._per_endpoint if key in healthy else 1
                 if inflight.get(key, 0) < cap:

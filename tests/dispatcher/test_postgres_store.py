@@ -182,3 +182,14 @@ def test_store_urls_are_parsed_and_redacted() -> None:
     assert choose(None, {"DISPATCH_STORE": "postgresql:///oms"}) == parse("postgresql:///oms")
     assert choose("sqlite:///x.db", {"DISPATCH_STORE": "postgresql:///oms"}) == parse("sqlite:///x.db")
     assert choose(None, {}) is None
+
+
+def test_a_shared_lease_leaves_webhooks_this_dispatcher_does_not_have(pg_url: str) -> None:
+    """Deliveries to a webhook missing from one dispatcher's table (a rollout adding it) are not leased by
+    that dispatcher, so it never buries them; one that has the webhook leases them."""
+    with PostgresStore(pg_url) as old_tree, PostgresStore(pg_url) as new_tree:
+        old_tree.share_limits(lambda webhook: "http://erp:80" if webhook == "erp" else None, 4)
+        new_tree.share_limits(lambda webhook: "http://" + webhook + ":80", 4)
+        new_tree.enqueue([event(1, "added"), event(2, "erp")], T0)
+        assert [lease.webhook for lease in old_tree.lease(T0, 10, 30.0)] == ["erp"]
+        assert [lease.webhook for lease in new_tree.lease(T0, 10, 30.0)] == ["added"]
