@@ -7,8 +7,10 @@ Real processes, a real PostgreSQL cluster on a Unix socket in the test's directo
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -96,11 +98,14 @@ def dispatchers() -> Iterator[list[DispatchProcess]]:
 
 
 def _start_three(
-    tmp_path: Path, config: Path, url: str, started: list[DispatchProcess], *extra: str
+    tmp_path: Path, config: Path, url: str, started: list[DispatchProcess], *extra: str, metrics: int = 0
 ) -> list[DispatchProcess]:
-    """Three dispatchers on the store; the second reads the URL from DISPATCH_STORE, not its command line."""
+    """Three dispatchers on the store; the second reads the URL from DISPATCH_STORE, not its command line;
+    with ``metrics``, the first serves /status and /metrics on that port."""
     for n in range(3):
         args = ["--delivery-processes", "0", *extra]
+        if n == 0 and metrics:
+            args += ["--metrics", f"127.0.0.1:{metrics}"]
         env: dict[str, str] = {}
         if n == 1:
             env["DISPATCH_STORE"] = url
@@ -108,6 +113,22 @@ def _start_three(
             args += ["--store", url]
         started.append(DispatchProcess(config, tmp_path / f"state{n}", extra_args=args, env=env))
     return started[-3:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int, path: str) -> str:
+    """GET from the dispatcher's status port (http.client: no proxy from the environment, ever)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
 
 
 def _uuids(prefix: int) -> Iterator[str]:
@@ -122,7 +143,8 @@ def test_three_dispatchers_deliver_every_event_exactly_once(
     receiver = CountingReceiver()
     config = tmp_path / "webhooks.d"
     write_webhook(config, "erp", receiver.url(), retry_countdown_config=QUICK_RETRY)
-    procs = _start_three(tmp_path, config, shared_url, dispatchers)
+    port = _free_port()
+    procs = _start_three(tmp_path, config, shared_url, dispatchers, metrics=port)
     uuids = _uuids(1)
     published: set[str] = set()
     for _ in range(3):
@@ -136,6 +158,12 @@ def test_three_dispatchers_deliver_every_event_exactly_once(
         assert store.counts()[DeliveryStatus.PENDING] == 0
     assert receiver.delivered() == published
     assert set(receiver.ids.values()) == {1}, "an event was delivered twice"
+    status = json.loads(_get(port, "/status"))
+    assert status["store"]["backend"] == "postgresql" and "lease_holders" in status["store"]
+    assert status["store"]["url"].startswith("postgresql://postgres:***@/")
+    metrics = _get(port, "/metrics")
+    assert 'dispatch_store_info{backend="postgresql"} 1.0' in metrics
+    assert "dispatch_store_lease_holders" in metrics and PASSWORD not in metrics + json.dumps(status)
     listed = run_cli("deliveries", "list", "--store", shared_url, "--status", "delivered", "--limit", "500")
     assert listed.returncode == 0, listed.stderr
     assert PASSWORD not in listed.stdout + listed.stderr
