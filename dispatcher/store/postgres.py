@@ -73,6 +73,7 @@ LEASE_LOCK = MIGRATION_LOCK + 1
 _OFFSET_REFRESH_SECONDS = 60.0
 _FRESH_LEASES_MAX = 10_000
 _LIMITED_ROUNDS = 8
+_CANDIDATES = 100  # due rows looked at per round of a limited lease
 
 _DELIVERY_COLUMNS = (
     "d.id, e.uuid, e.type, d.webhook, d.status, d.attempts, d.created_at, d.updated_at, d.next_attempt_at,"
@@ -92,14 +93,18 @@ _LEASE_DUE = (
     " UPDATE deliveries AS d SET lease_id = %(token)s, lease_expires_at = %(expires)s, holder = %(holder)s"
     f" FROM due, events AS e WHERE d.id = due.id AND e.id = d.event_id {_LEASE_RETURNING}"
 )
+# Under the lease lock no other dispatcher leases: candidates are read without row locks (locking hundreds
+# of rows to take the few that fit the limits writes every one of them), and the UPDATE re-checks each
+# chosen row's due condition on its latest version (a requeue or bury meanwhile wins).
 _DUE_CANDIDATES = (
     f"SELECT id, webhook FROM deliveries WHERE {DUE} AND next_attempt_at <= %(now)s"
     " AND webhook <> ALL(%(skip)s::text[]) AND id <> ALL(%(taken)s::bigint[])"
-    " ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+    " ORDER BY next_attempt_at, id LIMIT %(limit)s"
 )
 _LEASE_IDS = (
     "UPDATE deliveries AS d SET lease_id = %(token)s, lease_expires_at = %(expires)s, holder = %(holder)s"
-    f" FROM events AS e WHERE d.id = ANY(%(ids)s::bigint[]) AND e.id = d.event_id {_LEASE_RETURNING}"
+    " FROM events AS e WHERE d.id = ANY(%(ids)s::bigint[]) AND d.status IN ('pending', 'failed')"
+    f" AND NOT d.held AND d.lease_id IS NULL AND e.id = d.event_id {_LEASE_RETURNING}"
 )
 _INSERT_EVENTS = (
     "INSERT INTO events (uuid, type, created_at, body)"
@@ -408,9 +413,8 @@ class PostgresStore:
         if limit <= 0:
             return []
         with self._pool.transaction("lease") as conn:
-            self._light(conn)
+            token = self._begin_lease(conn)
             db_now = self._db_time(conn, now)
-            token = self._next_token(conn)
             params = {
                 "now": now,
                 "skip": sorted(skip),
@@ -427,11 +431,22 @@ class PostgresStore:
         expires_at = now + lease_seconds
         return [Lease(r[0], token, expires_at, r[1], r[2], r[3], bytes(r[4]), r[5], r[6]) for r in rows]
 
+    def _begin_lease(self, conn: Conn) -> int:
+        """A lease transaction's first statement: commit lightly, take the lease lock when the limit is
+        shared, and draw the lease token (one round trip)."""
+        lock = "pg_advisory_xact_lock(%s)" if self._endpoint_of is not None else "%s::bigint"
+        row = conn.execute(
+            f"SELECT set_config('synchronous_commit', 'off', true), {lock}, nextval('lease_tokens')",
+            (LEASE_LOCK,),
+        ).fetchone()
+        assert row is not None
+        return int(row[2])
+
     def _lease_limited(self, conn: Conn, params: dict[str, Any], db_now: float) -> list[tuple[Any, ...]]:
-        """Lease due work while keeping every endpoint within its share (all dispatchers counted)."""
+        """Lease due work while keeping every endpoint within its share (all dispatchers counted); the
+        lease lock is held (``_begin_lease``)."""
         endpoint_of = self._endpoint_of
         assert endpoint_of is not None
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LEASE_LOCK,))
         inflight: dict[str, int] = {}
         for webhook, n in conn.execute(
             "SELECT webhook, count(*) FROM deliveries WHERE lease_id IS NOT NULL AND lease_expires_at > %s"
@@ -446,18 +461,16 @@ class PostgresStore:
         taken: list[int] = []
         limit = int(params["limit"])
         for _ in range(_LIMITED_ROUNDS):
-            want = limit - len(taken)
+            want = min(limit - len(taken), _CANDIDATES)
             rows = conn.execute(
                 _DUE_CANDIDATES, {**params, "skip": sorted(skip), "taken": taken, "limit": want}
             ).fetchall()
-            passed_over = False
             for delivery_id, webhook in rows:
                 key = endpoint_of(webhook)
                 if key is None:
                     # Not in this dispatcher's table: left for one that has it (during a rollout that adds
                     # a webhook, a dispatcher still on the old tree must not bury its deliveries).
                     skip.add(webhook)
-                    passed_over = True
                     continue
                 cap = self._per_endpoint if key in healthy else 1
                 if inflight.get(key, 0) < cap:
@@ -465,8 +478,7 @@ class PostgresStore:
                     taken.append(delivery_id)
                 else:
                     skip.add(webhook)
-                    passed_over = True
-            if len(taken) >= limit or len(rows) < want or not passed_over:
+            if len(taken) >= limit or len(rows) < want:
                 break
         if not taken:
             return []
