@@ -223,7 +223,9 @@ def migrate(conn: Conn, name: str) -> int:
     """Create or migrate the schema in one transaction under the migration lock; returns the version."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS dispatch_schema (version INTEGER NOT NULL)")
+        exists = conn.execute("SELECT to_regclass('dispatch_schema') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):  # asked first: a user without CREATE can run a migrated store
+            conn.execute("CREATE TABLE dispatch_schema (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM dispatch_schema").fetchone()
         version = 0 if row is None else int(row[0])
         if version > SCHEMA_VERSION:
