@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -18,14 +17,14 @@ import click
 from dispatcher import publish as publishing
 from dispatcher import systemd
 from dispatcher.app import DEFAULT_STATE_DIR, Dispatcher, RunOptions, store_path
+from dispatcher.deliveries_report import REPORTERS
 from dispatcher.egress import parse_cidr
 from dispatcher.engine import EngineSettings
 from dispatcher.errors import DispatcherError
 from dispatcher.logs import configure
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
-from dispatcher.store.base import AttemptLog, Callback, Delivery, DeliveryQuery, DeliveryStatus
+from dispatcher.store.base import DeliveryQuery, DeliveryStatus
 from dispatcher.store.sqlite import SQLiteStore
-from dispatcher.terminal import visible
 from dispatcher.transport import default_processes
 from reconciler.limits import DEFAULT_LIMITS
 from reconciler.secretsources import SecretSources
@@ -249,7 +248,7 @@ _state_option = click.option(
 _format_option = click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(list(REPORTERS)),
     default="text",
     show_default=True,
     help="Output format.",
@@ -337,83 +336,6 @@ def _open_store(state_dir: Path) -> SQLiteStore:
         raise click.ClickException(str(exc)) from None
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
-
-
-def _delivery_json(d: Delivery) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "event_uuid": d.event_uuid,
-        "event_type": d.event_type,
-        "webhook": d.webhook,
-        "status": d.status.value,
-        "attempts": d.attempts,
-        "created_at": d.created_at,
-        "updated_at": d.updated_at,
-        "next_attempt_at": d.next_attempt_at,
-        "last_status_code": d.last_status_code,
-        "last_error": d.last_error,
-        "dead_reason": d.dead_reason,
-    }
-
-
-_ROW_HEAD = f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}"
-
-
-def _row_head(r: Delivery | Callback) -> str:
-    """The columns ``deliveries list`` and ``callbacks list`` share, under ``_ROW_HEAD``."""
-    last = str(r.last_status_code) if r.last_status_code is not None else "-"
-    return f"{r.id:>8}  {r.status.value:<9}  {r.attempts:>3}  {last:>4}  {visible(r.webhook):<24}"
-
-
-def _echo_summary(kind: str, r: Delivery | Callback, detail: str) -> None:
-    """The opening lines of ``deliveries show`` and ``callbacks show``; ``detail`` is the line after the
-    webhook's."""
-    click.echo(f"{kind} {r.id}: {r.status.value}, {r.attempts} attempt(s)")
-    click.echo(f"  webhook:      {visible(r.webhook)}")
-    click.echo(detail)
-    click.echo(f"  created:      {_when(r.created_at)}")
-    if r.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
-        click.echo(f"  next attempt: {_when(r.next_attempt_at)}")
-    if r.dead_reason:
-        click.echo(f"  dead reason:  {visible(r.dead_reason)}")
-
-
-def _attempts_json(attempts: tuple[AttemptLog, ...]) -> list[dict[str, Any]]:
-    return [
-        {
-            "number": a.number,
-            "started_at": a.started_at,
-            "duration_seconds": a.duration_seconds,
-            "status_code": a.status_code,
-            "error": a.error,
-            "response_headers": a.response_headers,
-            "response_excerpt": a.response_excerpt,
-        }
-        for a in attempts
-    ]
-
-
-def _callback_json(c: Callback) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "webhook": c.webhook,
-        "delivery_id": c.delivery_id,
-        "outcome": c.label,
-        "status": c.status.value,
-        "attempts": c.attempts,
-        "created_at": c.created_at,
-        "updated_at": c.updated_at,
-        "next_attempt_at": c.next_attempt_at,
-        "last_status_code": c.last_status_code,
-        "last_error": c.last_error,
-        "dead_reason": c.dead_reason,
-    }
-
-
 @deliveries.command("list")
 @_list_options("deliveries")
 def list_deliveries(
@@ -423,12 +345,7 @@ def list_deliveries(
     query = _list_query(status, webhook, since, limit)
     with _open_store(state_dir) as store:
         rows = store.list_deliveries(query)
-    if fmt == "json":
-        click.echo(json.dumps([_delivery_json(d) for d in rows], indent=2))
-        return
-    click.echo(f"{_ROW_HEAD}  {'EVENT':<28}  CREATED")
-    for d in rows:
-        click.echo(f"{_row_head(d)}  {visible(d.event_type):<28}  {_when(d.created_at)}")
+    click.echo(REPORTERS[fmt]().delivery_list(rows), nl=False)
 
 
 @deliveries.command("show")
@@ -442,37 +359,7 @@ def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
         reports = store.list_callbacks(DeliveryQuery(delivery_id=delivery_id, limit=1000))
     if detail is None:
         raise click.ClickException(f"no delivery {delivery_id}")
-    d = detail.delivery
-    if fmt == "json":
-        doc = _delivery_json(d)
-        doc["callbacks"] = [_callback_json(c) for c in reports]
-        doc["attempt_log"] = _attempts_json(detail.attempts)
-        click.echo(json.dumps(doc, indent=2))
-        return
-    _echo_summary("delivery", d, f"  event:        {visible(d.event_type)} {visible(d.event_uuid)}")
-    _echo_attempts(detail.attempts)
-    for c in reversed(reports):  # oldest first, like the attempts
-        click.echo(
-            f"  callback {c.id}: reports {visible(c.label)}, {c.status.value}, {c.attempts} attempt(s)"
-            + (f", next {_when(c.next_attempt_at)}" if c.next_attempt_at is not None else "")
-        )
-
-
-def _echo_attempts(attempts: tuple[AttemptLog, ...]) -> None:
-    """Every attempt in text; what the receiver sent (excerpt, header values, error) through ``visible``."""
-    for a in attempts:
-        status = str(a.status_code) if a.status_code is not None else "-"
-        click.echo(
-            f"  #{a.number} {_when(a.started_at)}  status {status}  {a.duration_seconds * 1000:.1f} ms"
-        )
-        if a.error:
-            click.echo(f"      error: {visible(a.error)}")
-        for name, value in a.response_headers.items():
-            click.echo(f"      header: {visible(name)}: {visible(value)}")
-        if a.response_excerpt:
-            excerpt = a.response_excerpt[:200]
-            more = " ..." if len(a.response_excerpt) > 200 else ""
-            click.echo(f"      response: {visible(excerpt)}{more}")
+    click.echo(REPORTERS[fmt]().delivery(detail, reports), nl=False)
 
 
 @deliveries.command("retry")
@@ -508,12 +395,7 @@ def list_callbacks(
     query = _list_query(status, webhook, since, limit)
     with _open_store(state_dir) as store:
         rows = store.list_callbacks(query)
-    if fmt == "json":
-        click.echo(json.dumps([_callback_json(c) for c in rows], indent=2))
-        return
-    click.echo(f"{_ROW_HEAD}  {'OUTCOME':<9}  {'DELIVERY':>8}  NEXT ATTEMPT")
-    for c in rows:
-        click.echo(f"{_row_head(c)}  {visible(c.label):<9}  {c.delivery_id:>8}  {_when(c.next_attempt_at)}")
+    click.echo(REPORTERS[fmt]().callback_list(rows), nl=False)
 
 
 @callbacks.command("show")
@@ -526,17 +408,7 @@ def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
         detail = store.get_callback(callback_id)
     if detail is None:
         raise click.ClickException(f"no callback {callback_id}")
-    c = detail.callback
-    payload = detail.payload.decode("utf-8", "replace")
-    if fmt == "json":
-        doc = _callback_json(c)
-        doc["payload"] = payload
-        doc["attempt_log"] = _attempts_json(detail.attempts)
-        click.echo(json.dumps(doc, indent=2))
-        return
-    _echo_summary("callback", c, f"  reports:      {visible(c.label)} of delivery {c.delivery_id}")
-    click.echo(f"  payload:      {visible(payload)}")
-    _echo_attempts(detail.attempts)
+    click.echo(REPORTERS[fmt]().callback(detail), nl=False)
 
 
 @callbacks.command("retry")
