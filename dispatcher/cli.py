@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,9 +16,11 @@ from dispatcher import publish as publishing
 from dispatcher import systemd
 from dispatcher.app import DEFAULT_STATE_DIR, Dispatcher, RunOptions, store_path
 from dispatcher.deliveries_report import REPORTERS
+from dispatcher.durations import duration_seconds, parse_since
 from dispatcher.egress import parse_cidr
 from dispatcher.engine import EngineSettings
 from dispatcher.errors import DispatcherError
+from dispatcher.exitcodes import ExitCode
 from dispatcher.logs import configure
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.store.base import DeliveryQuery, DeliveryStatus
@@ -30,20 +30,7 @@ from reconciler.limits import DEFAULT_LIMITS
 from reconciler.secretsources import SecretSources
 
 DEFAULT_SOCKET = "dispatch.sock"
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def parse_since(text: str, now: float) -> float:
-    """``--since``: a duration ago (``30m``, ``2h``, ``7d``) or an ISO 8601 time (``2026-11-28T10:00Z``)."""
-    m = _DURATION.match(text.strip())
-    if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        return datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither a duration like 2h nor an ISO time") from None
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -113,7 +100,14 @@ def main() -> None:
     show_default="one per spare core, at least 2",
     help="Child processes making the HTTP attempts (0: threads of this process).",
 )
-@click.option("--retention", default="7d", show_default=True, help="Keep delivered records this long.")
+@click.option(
+    "--retention",
+    metavar="DURATION",
+    callback=duration_seconds,
+    default="7d",
+    show_default=True,
+    help="Keep delivered records this long: a duration (30m, 12h, 7d).",
+)
 @click.option(
     "--watch/--no-watch", default=True, show_default=True, help="Reload when files in --config change."
 )
@@ -159,7 +153,7 @@ def run(
     workers: int,
     per_endpoint: int,
     delivery_processes: int,
-    retention: str,
+    retention: float,
     watch: bool,
     secrets_dirs: tuple[Path, ...],
     secret_env: tuple[str, ...],
@@ -174,7 +168,6 @@ def run(
         networks = tuple(parse_cidr(c) for c in allow_cidrs)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allow-cidr") from None
-    now = time.time()
     options = RunOptions(
         config_dir=config_dir,
         state_dir=state_dir,
@@ -183,7 +176,7 @@ def run(
         allow_cidrs=networks,
         metrics_address=_address(metrics_address) if metrics_address else None,
         max_line_bytes=max_line_bytes,
-        retention_seconds=now - parse_since(retention, now),
+        retention_seconds=retention,
         engine=EngineSettings(workers=workers, per_endpoint=per_endpoint),
         watch=watch,
         delivery_processes=delivery_processes,
@@ -196,7 +189,7 @@ def run(
         code = Dispatcher(options).run()
     except DispatcherError as exc:
         click.echo(f"dispatch: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILURE)
     sys.exit(code)
 
 
@@ -220,7 +213,7 @@ def publish(socket_path: Path, source: str) -> None:
         result = publishing.publish(socket_path, stream, sys.stdout.buffer)
     except DispatcherError as exc:
         click.echo(f"dispatch publish: {exc}", err=True)
-        sys.exit(3)
+        sys.exit(ExitCode.UNREACHABLE)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
@@ -229,7 +222,7 @@ def publish(socket_path: Path, source: str) -> None:
             f"dispatch publish: {result.rejected} rejected, {result.missing} unacknowledged of {result.sent}",
             err=True,
         )
-        sys.exit(1)
+        sys.exit(ExitCode.FAILURE)
 
 
 @main.group()
@@ -378,7 +371,7 @@ def retry_deliveries(
     click.echo(f"requeued {n} deliver{'y' if n == 1 else 'ies'}")
     if delivery_ids and n < len(delivery_ids):
         click.echo("some IDs were not found or are already delivered", err=True)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILURE)
 
 
 @main.group()
@@ -429,7 +422,7 @@ def retry_callbacks(
     click.echo(f"requeued {n} callback{'' if n == 1 else 's'}")
     if callback_ids and n < len(callback_ids):
         click.echo("some IDs were not found, are already delivered or are being sent", err=True)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILURE)
 
 
 @main.command()
