@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Receiver, dispatch_command, event_line, wait_until, write_webhook
+from tests.conftest import wait_until
+from tests.e2e.harness import Receiver, dispatch_command, event_line, write_webhook
 from tests.requires import requires
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")

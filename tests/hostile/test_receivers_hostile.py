@@ -26,15 +26,9 @@ from dispatcher.http import HttpClient
 from dispatcher.outbound import OutboundRequest
 from dispatcher.transport import ProcessClient
 from reconciler.model import SecretRef, TokenAuth
+from tests.conftest import wait_until
 from tests.dispatcher.test_http import loopback_resolver, make_cert
-from tests.e2e.harness import (
-    DispatchProcess,
-    Receiver,
-    event_line,
-    run_cli,
-    wait_until,
-    write_webhook,
-)
+from tests.e2e.harness import DispatchProcess, Receiver, event_line, run_cli, write_webhook
 
 LOOPBACK_NETS = (ipaddress.ip_network("127.0.0.0/8"),)
 #: How long every hostile receiver would keep a connection going if the client let it.
