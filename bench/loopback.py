@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:
 from tests.loopback import (  # noqa: E402 - importable only once the checkout is on sys.path
     BIN,
     LOOPBACK,
+    LoopbackListener,
     NotReady,
     free_port,
     http_get,
@@ -32,6 +33,7 @@ __all__ = [
     "BIN",
     "LOOPBACK",
     "ROOT",
+    "LoopbackListener",
     "NotReady",
     "free_port",
     "http_get",

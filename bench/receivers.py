@@ -11,12 +11,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from loopback import LOOPBACK, free_port, http_get, loopback_url, wait_port
+from loopback import LOOPBACK, LoopbackListener, free_port, http_get, loopback_url, wait_port
 from processes import ChildProcess
 from report import BENCH
 
@@ -137,54 +135,6 @@ def fast_receiver(choice: str, workdir: Path) -> Nginx | PythonReceiver:
             "NOTE: nginx is not installed; falling back to the Python receiver (figures are not comparable)"
         )
     return PythonReceiver(workdir)
-
-
-class LoopbackListener:
-    """A TCP server on 127.0.0.1 whose thread accepts connections and hands each to ``_take`` (counted in
-    ``accepted``); ``close()`` stops accepting, then ``_release`` lets go of what ``_take`` kept. A subclass
-    starts ``self._thread`` once its own state is set."""
-
-    def __init__(self, name: str, backlog: int) -> None:
-        self._sock = socket.create_server((LOOPBACK, 0), backlog=backlog)
-        self._sock.settimeout(0.2)
-        self.port = int(self._sock.getsockname()[1])
-        self._stop = threading.Event()
-        self.accepted = 0
-        self._thread = threading.Thread(target=self._accept, name=name, daemon=True)
-
-    def url(self, path: str = "/hook") -> str:
-        return loopback_url(self.port, path)
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            self._take(conn)
-
-    def _take(self, conn: socket.socket) -> None:
-        raise NotImplementedError
-
-    def _release(self) -> None:
-        """Nothing kept by default."""
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
-        self._release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class Blackhole(LoopbackListener):

@@ -1,5 +1,6 @@
 """Loopback helpers the tests and the benchmarks share: free ports, polling with a deadline, waiting for a TCP
-port or a Unix socket to accept, the installed ``dispatch`` command, stopping a child process, a plain GET.
+port or a Unix socket to accept, the installed ``dispatch`` command, stopping a child process, a plain GET,
+and a TCP listener whose subclasses decide what to do with each connection.
 
 Everything here talks to 127.0.0.1 or to a Unix socket path the caller chose, never further. The tests
 import it as ``tests.loopback`` (pytest puts the checkout on ``sys.path``); the benchmarks, run as
@@ -15,9 +16,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 LOOPBACK = "127.0.0.1"
 BIN = Path(sys.executable).parent  # the venv's bin: the installed console scripts
@@ -145,3 +149,54 @@ def http_get(port: int, path: str, timeout_seconds: float = 10.0) -> bytes:
         return body
     finally:
         conn.close()
+
+
+class LoopbackListener:
+    """A TCP server on 127.0.0.1 whose thread accepts connections and hands each to ``_take`` (counted in
+    ``accepted``); ``close()`` stops accepting, then ``_release`` lets go of what ``_take`` kept. A subclass
+    starts ``self._thread`` once its own state is set."""
+
+    def __init__(self, name: str, backlog: int = 128) -> None:
+        self._sock = socket.create_server((LOOPBACK, 0), backlog=backlog)
+        self._sock.settimeout(0.2)
+        self.port = int(self._sock.getsockname()[1])
+        self._stop = threading.Event()
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept, name=name, daemon=True)
+
+    def url(self, path: str = "/hook") -> str:
+        """``http://127.0.0.1:PORT/path`` for this listener."""
+        return loopback_url(self.port, path)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            self._take(conn)
+
+    def _take(self, conn: socket.socket) -> None:
+        """Keep, serve or close one accepted connection (runs on the accepting thread)."""
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Nothing kept by default."""
+
+    def close(self) -> None:
+        """Stop accepting, close the listening socket, then ``_release``."""
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+        self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
