@@ -14,7 +14,7 @@ only ever point at ``http://127.0.0.1:PORT/...``, and the dispatcher always runs
 
 from __future__ import annotations
 
-from loopback import BIN, LOOPBACK, LoopbackListener, free_port, http_get, loopback_url, wait_port
+from loopback import BIN, LOOPBACK, LoopbackListener, free_port, http_get, loopback_url, poll_until, wait_port
 from processes import ALLOW_CIDR, STORE_FILE, ChildProcess, Dispatcher, StoreWatch, console_script
 from receivers import (
     Blackhole,
@@ -87,6 +87,7 @@ __all__ = [
     "one_webhook_config",
     "parser",
     "percentile",
+    "poll_until",
     "print_table",
     "print_targets",
     "progress",
