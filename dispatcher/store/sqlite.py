@@ -103,9 +103,11 @@ _DUE_WEBHOOKS_SKIPPING = (
     " SELECT webhook FROM firsts WHERE due <= ?1 AND webhook NOT IN (SELECT value FROM json_each(?2))"
     " ORDER BY due, id LIMIT ?3"
 )
-_DUE_IDS_OF_WEBHOOKS = (
-    f"SELECT id FROM deliveries INDEXED BY deliveries_due_webhook WHERE {_DUE} AND next_attempt_at <= ?"
-    " AND webhook IN (SELECT value FROM json_each(?)) ORDER BY next_attempt_at, id LIMIT ?"
+# Then each of those webhooks' first due rows, in index order (no sort): the j-th webhook (from 0) has at most
+# limit - j rows among the answer, since each webhook before it has an earlier one.
+_DUE_OF_WEBHOOK = (
+    f"SELECT next_attempt_at, id FROM deliveries INDEXED BY deliveries_due_webhook WHERE {_DUE}"
+    " AND webhook = ? AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?"
 )
 _LEASE_DUE_BY_ID = (
     "SELECT d.id, e.uuid, e.type, d.webhook, e.body, d.attempts, d.created_at"
@@ -543,9 +545,10 @@ class SQLiteStore:
         if len(ids) == limit or len(head) < scan:
             return ids  # the whole answer: nothing due lies beyond what was read
         names = [r[0] for r in conn.execute(_DUE_WEBHOOKS_SKIPPING, (now, _json_list(sorted(skip)), limit))]
-        if not names:
-            return []
-        return [r[0] for r in conn.execute(_DUE_IDS_OF_WEBHOOKS, (now, _json_list(names), limit))]
+        due: list[tuple[float, int]] = []
+        for rank, name in enumerate(names):
+            due.extend(conn.execute(_DUE_OF_WEBHOOK, (name, now, limit - rank)))
+        return [delivery_id for _, delivery_id in sorted(due)[:limit]]
 
     def record(self, outcomes: Sequence[Outcome], now: float) -> int:
         first: dict[tuple[int, int], Outcome] = {}
