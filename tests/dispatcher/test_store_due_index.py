@@ -81,7 +81,7 @@ def test_a_version_2_store_gains_the_index_and_keeps_every_delivery(
     )  # all but the one in flight and the delivered one (the failed one is due)
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,) == (sqlite_module.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,) == (schema.SCHEMA_VERSION,)
         (sql,) = conn.execute(
             "SELECT sql FROM sqlite_schema WHERE name = 'deliveries_due_webhook'"
         ).fetchone()
