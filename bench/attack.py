@@ -37,7 +37,6 @@ import sqlite3
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -52,6 +51,7 @@ from common import (
     event_line,
     fast_receiver,
     parser,
+    poll_until,
     print_table,
     print_targets,
     progress,
@@ -265,20 +265,21 @@ def run_once(
             result = publish_pipelined(dispatcher.socket_path, b"".join(warmup), timeout_seconds)
             if result.accepted != len(warmup):
                 raise RuntimeError(f"warm-up: {result.accepted} of {len(warmup)} accepted")
-            deadline = time.monotonic() + timeout_seconds
-            while store.delivered(HEALTHY)[0] < len(warmup) or (
-                _stalled_attempted(dispatcher.store_path) < stalled
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the warm-up did not complete")
-                time.sleep(0.05)
+            warmed = poll_until(
+                lambda: (
+                    store.delivered(HEALTHY)[0] >= len(warmup)
+                    and _stalled_attempted(dispatcher.store_path) >= stalled
+                ),
+                timeout_seconds,
+                0.05,
+            )
+            if not warmed:
+                raise RuntimeError("the warm-up did not complete")
         before = store.delivered(HEALTHY)[0]
         result = publish_pipelined(dispatcher.socket_path, b"".join(lines), timeout_seconds)
         if result.accepted != n:
             raise RuntimeError(f"{result.accepted} of {n} accepted: {result.first_rejection}")
-        deadline = time.monotonic() + timeout_seconds
-        while (count := store.delivered(HEALTHY)[0]) < before + n and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll_until(lambda: store.delivered(HEALTHY)[0] >= before + n, timeout_seconds, 0.05)
         count, last = store.delivered(HEALTHY)
         counts = store.counts()
         got = count - before

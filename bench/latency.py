@@ -39,6 +39,7 @@ from common import (
     one_webhook_config,
     parser,
     percentile,
+    poll_until,
     print_table,
     print_targets,
     progress,
@@ -64,12 +65,9 @@ def _paced(rate: float, count: int, deadline: float) -> Iterator[int]:
 
 
 def _wait_count(receiver: PythonReceiver, n: int, timeout_seconds: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        stats = receiver.stats()
-        if stats["count"] >= n or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.1)
+    """The receiver's stats once it has counted ``n`` POSTs, or once ``timeout_seconds`` have passed."""
+    poll_until(lambda: receiver.stats()["count"] >= n, timeout_seconds, 0.1)
+    return receiver.stats()
 
 
 def baseline_round(receiver: PythonReceiver, url: str, rate: float, seconds: float) -> list[float]:

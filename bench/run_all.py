@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "reconcile": ("reconcile.py", ["--files", "10000"], ["--files", "50", "--rounds", "1"]),
     "reload": ("reload.py", [], ["--quick"]),
     "memory": ("memory.py", [], ["--quick"]),
+    "celery_peer": ("celery_peer.py", [], ["--quick"]),
 }
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from dispatcher.config import Snapshot
 from dispatcher.outbound import OutboundRequest
-from dispatcher.retry import build_retry_policy, classify, next_delay, retry_after_seconds
+from dispatcher.retry import classify, next_delay, retry_after_seconds
 from dispatcher.signing import delivery_headers
 from dispatcher.store.base import AttemptRecord, Lease, Outcome, OutcomeKind
 from reconciler.model import BasicAuth, SecretRef, Webhook
@@ -76,9 +76,8 @@ def decide(lease: Lease, hook: Webhook, record: AttemptRecord, rng: random.Rando
             return Decision(_outcome(lease, OutcomeKind.DELIVERED, record), "delivered")
         if verdict == "gone":
             return Decision(_outcome(lease, OutcomeKind.DEAD, record, reason="410 Gone"), "dead")
-    policy = build_retry_policy(hook.retry)
     retry_after = retry_after_seconds(record.response_headers.get("Retry-After"), now)
-    delay = next_delay(policy, attempts_made, retry_after, rng)
+    delay = next_delay(hook.retry_policy, attempts_made, retry_after, rng)
     if delay is None:
         reason = f"max attempts reached ({attempts_made})"
         return Decision(_outcome(lease, OutcomeKind.DEAD, record, reason=reason), "dead")

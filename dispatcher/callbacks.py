@@ -21,7 +21,7 @@ from typing import Any
 
 from dispatcher.attempt import Decision, callback_payload
 from dispatcher.outbound import OutboundRequest
-from dispatcher.retry import build_retry_policy, classify, next_delay, retry_after_seconds
+from dispatcher.retry import classify, next_delay, retry_after_seconds
 from dispatcher.store.base import (
     AttemptRecord,
     CallbackLease,
@@ -31,10 +31,10 @@ from dispatcher.store.base import (
     OutcomeKind,
 )
 from reconciler.model import Webhook
+from reconciler.retry import DEFAULT_POLICY
 
 #: Timeout of a callback whose webhook is gone from the table (its own timeout is no longer known).
 DEFAULT_TIMEOUT_SECONDS = 10.0
-_DEFAULT_POLICY = build_retry_policy(None)
 
 
 def new_callback_id() -> str:
@@ -91,7 +91,7 @@ def decide_callback(
             return CallbackOutcome(*key, OutcomeKind.DEAD, record, reason="410 Gone")
     attempts_made = lease.attempts + 1
     retry_after = retry_after_seconds(record.response_headers.get("Retry-After"), now)
-    delay = next_delay(_DEFAULT_POLICY, attempts_made, retry_after, rng)
+    delay = next_delay(DEFAULT_POLICY, attempts_made, retry_after, rng)
     if delay is None:
         return CallbackOutcome(
             *key, OutcomeKind.DEAD, record, reason=f"max attempts reached ({attempts_made})"

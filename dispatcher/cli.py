@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,33 +16,22 @@ import click
 from dispatcher import publish as publishing
 from dispatcher import systemd
 from dispatcher.app import DEFAULT_STATE_DIR, Dispatcher, RunOptions, store_path
+from dispatcher.deliveries_report import REPORTERS
+from dispatcher.durations import duration_seconds, parse_since
 from dispatcher.egress import parse_cidr
 from dispatcher.engine import EngineSettings
 from dispatcher.errors import DispatcherError
+from dispatcher.exitcodes import ExitCode
 from dispatcher.logs import configure
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.store import open as store_choice
-from dispatcher.store.base import AttemptLog, Callback, Delivery, DeliveryQuery, DeliveryStatus, Store
-from dispatcher.terminal import visible
+from dispatcher.store.base import DeliveryQuery, DeliveryStatus, Store
 from dispatcher.transport import default_processes
 from reconciler.limits import DEFAULT_LIMITS
 from reconciler.secretsources import SecretSources
 
 DEFAULT_SOCKET = "dispatch.sock"
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def parse_since(text: str, now: float) -> float:
-    """``--since``: a duration ago (``30m``, ``2h``, ``7d``) or an ISO 8601 time (``2026-11-28T10:00Z``)."""
-    m = _DURATION.match(text.strip())
-    if m:
-        return now - float(m.group(1)) * _UNITS[m.group(2)]
-    try:
-        return datetime.fromisoformat(text.strip().replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither a duration like 2h nor an ISO time") from None
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -129,7 +115,14 @@ _RUN_STORE_HELP = (
     show_default="one per spare core, at least 2",
     help="Child processes making the HTTP attempts (0: threads of this process).",
 )
-@click.option("--retention", default="7d", show_default=True, help="Keep delivered records this long.")
+@click.option(
+    "--retention",
+    metavar="DURATION",
+    callback=duration_seconds,
+    default="7d",
+    show_default=True,
+    help="Keep delivered records this long: a duration (30m, 12h, 7d).",
+)
 @click.option(
     "--watch/--no-watch", default=True, show_default=True, help="Reload when files in --config change."
 )
@@ -177,7 +170,7 @@ def run(
     workers: int,
     per_endpoint: int,
     delivery_processes: int,
-    retention: str,
+    retention: float,
     watch: bool,
     secrets_dirs: tuple[Path, ...],
     secret_env: tuple[str, ...],
@@ -196,7 +189,6 @@ def run(
         chosen_store = store_choice.choose(store_url, os.environ)
     except DispatcherError as exc:
         raise click.BadParameter(str(exc), param_hint="--store") from None
-    now = time.time()
     options = RunOptions(
         config_dir=config_dir,
         state_dir=state_dir,
@@ -206,7 +198,7 @@ def run(
         allow_cidrs=networks,
         metrics_address=_address(metrics_address) if metrics_address else None,
         max_line_bytes=max_line_bytes,
-        retention_seconds=now - parse_since(retention, now),
+        retention_seconds=retention,
         engine=EngineSettings(
             workers=workers,
             per_endpoint=per_endpoint,
@@ -224,7 +216,7 @@ def run(
         code = Dispatcher(options).run()
     except DispatcherError as exc:
         click.echo(f"dispatch: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILURE)
     sys.exit(code)
 
 
@@ -248,7 +240,7 @@ def publish(socket_path: Path, source: str) -> None:
         result = publishing.publish(socket_path, stream, sys.stdout.buffer)
     except DispatcherError as exc:
         click.echo(f"dispatch publish: {exc}", err=True)
-        sys.exit(3)
+        sys.exit(ExitCode.UNREACHABLE)
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
@@ -257,7 +249,7 @@ def publish(socket_path: Path, source: str) -> None:
             f"dispatch publish: {result.rejected} rejected, {result.missing} unacknowledged of {result.sent}",
             err=True,
         )
-        sys.exit(1)
+        sys.exit(ExitCode.FAILURE)
 
 
 @main.group()
@@ -295,7 +287,7 @@ def _state_option(f: _F) -> _F:
 _format_option = click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(list(REPORTERS)),
     default="text",
     show_default=True,
     help="Output format.",
@@ -386,83 +378,6 @@ def _open_store(state_dir: Path) -> Iterator[Store]:
         yield store
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S%z")
-
-
-def _delivery_json(d: Delivery) -> dict[str, Any]:
-    return {
-        "id": d.id,
-        "event_uuid": d.event_uuid,
-        "event_type": d.event_type,
-        "webhook": d.webhook,
-        "status": d.status.value,
-        "attempts": d.attempts,
-        "created_at": d.created_at,
-        "updated_at": d.updated_at,
-        "next_attempt_at": d.next_attempt_at,
-        "last_status_code": d.last_status_code,
-        "last_error": d.last_error,
-        "dead_reason": d.dead_reason,
-    }
-
-
-_ROW_HEAD = f"{'ID':>8}  {'STATUS':<9}  {'ATT':>3}  {'LAST':>4}  {'WEBHOOK':<24}"
-
-
-def _row_head(r: Delivery | Callback) -> str:
-    """The columns ``deliveries list`` and ``callbacks list`` share, under ``_ROW_HEAD``."""
-    last = str(r.last_status_code) if r.last_status_code is not None else "-"
-    return f"{r.id:>8}  {r.status.value:<9}  {r.attempts:>3}  {last:>4}  {visible(r.webhook):<24}"
-
-
-def _echo_summary(kind: str, r: Delivery | Callback, detail: str) -> None:
-    """The opening lines of ``deliveries show`` and ``callbacks show``; ``detail`` is the line after the
-    webhook's."""
-    click.echo(f"{kind} {r.id}: {r.status.value}, {r.attempts} attempt(s)")
-    click.echo(f"  webhook:      {visible(r.webhook)}")
-    click.echo(detail)
-    click.echo(f"  created:      {_when(r.created_at)}")
-    if r.status in (DeliveryStatus.PENDING, DeliveryStatus.FAILED):
-        click.echo(f"  next attempt: {_when(r.next_attempt_at)}")
-    if r.dead_reason:
-        click.echo(f"  dead reason:  {visible(r.dead_reason)}")
-
-
-def _attempts_json(attempts: tuple[AttemptLog, ...]) -> list[dict[str, Any]]:
-    return [
-        {
-            "number": a.number,
-            "started_at": a.started_at,
-            "duration_seconds": a.duration_seconds,
-            "status_code": a.status_code,
-            "error": a.error,
-            "response_headers": a.response_headers,
-            "response_excerpt": a.response_excerpt,
-        }
-        for a in attempts
-    ]
-
-
-def _callback_json(c: Callback) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "webhook": c.webhook,
-        "delivery_id": c.delivery_id,
-        "outcome": c.label,
-        "status": c.status.value,
-        "attempts": c.attempts,
-        "created_at": c.created_at,
-        "updated_at": c.updated_at,
-        "next_attempt_at": c.next_attempt_at,
-        "last_status_code": c.last_status_code,
-        "last_error": c.last_error,
-        "dead_reason": c.dead_reason,
-    }
-
-
 @deliveries.command("list")
 @_list_options("deliveries")
 def list_deliveries(
@@ -472,12 +387,7 @@ def list_deliveries(
     query = _list_query(status, webhook, since, limit)
     with _open_store(state_dir) as store:
         rows = store.list_deliveries(query)
-    if fmt == "json":
-        click.echo(json.dumps([_delivery_json(d) for d in rows], indent=2))
-        return
-    click.echo(f"{_ROW_HEAD}  {'EVENT':<28}  CREATED")
-    for d in rows:
-        click.echo(f"{_row_head(d)}  {visible(d.event_type):<28}  {_when(d.created_at)}")
+    click.echo(REPORTERS[fmt]().delivery_list(rows), nl=False)
 
 
 @deliveries.command("show")
@@ -491,37 +401,7 @@ def show_delivery(state_dir: Path, fmt: str, delivery_id: int) -> None:
         reports = store.list_callbacks(DeliveryQuery(delivery_id=delivery_id, limit=1000))
     if detail is None:
         raise click.ClickException(f"no delivery {delivery_id}")
-    d = detail.delivery
-    if fmt == "json":
-        doc = _delivery_json(d)
-        doc["callbacks"] = [_callback_json(c) for c in reports]
-        doc["attempt_log"] = _attempts_json(detail.attempts)
-        click.echo(json.dumps(doc, indent=2))
-        return
-    _echo_summary("delivery", d, f"  event:        {visible(d.event_type)} {visible(d.event_uuid)}")
-    _echo_attempts(detail.attempts)
-    for c in reversed(reports):  # oldest first, like the attempts
-        click.echo(
-            f"  callback {c.id}: reports {visible(c.label)}, {c.status.value}, {c.attempts} attempt(s)"
-            + (f", next {_when(c.next_attempt_at)}" if c.next_attempt_at is not None else "")
-        )
-
-
-def _echo_attempts(attempts: tuple[AttemptLog, ...]) -> None:
-    """Every attempt in text; what the receiver sent (excerpt, header values, error) through ``visible``."""
-    for a in attempts:
-        status = str(a.status_code) if a.status_code is not None else "-"
-        click.echo(
-            f"  #{a.number} {_when(a.started_at)}  status {status}  {a.duration_seconds * 1000:.1f} ms"
-        )
-        if a.error:
-            click.echo(f"      error: {visible(a.error)}")
-        for name, value in a.response_headers.items():
-            click.echo(f"      header: {visible(name)}: {visible(value)}")
-        if a.response_excerpt:
-            excerpt = a.response_excerpt[:200]
-            more = " ..." if len(a.response_excerpt) > 200 else ""
-            click.echo(f"      response: {visible(excerpt)}{more}")
+    click.echo(REPORTERS[fmt]().delivery(detail, reports), nl=False)
 
 
 @deliveries.command("retry")
@@ -540,7 +420,7 @@ def retry_deliveries(
     click.echo(f"requeued {n} deliver{'y' if n == 1 else 'ies'}")
     if delivery_ids and n < len(delivery_ids):
         click.echo("some IDs were not found or are already delivered", err=True)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILURE)
 
 
 @main.group()
@@ -557,12 +437,7 @@ def list_callbacks(
     query = _list_query(status, webhook, since, limit)
     with _open_store(state_dir) as store:
         rows = store.list_callbacks(query)
-    if fmt == "json":
-        click.echo(json.dumps([_callback_json(c) for c in rows], indent=2))
-        return
-    click.echo(f"{_ROW_HEAD}  {'OUTCOME':<9}  {'DELIVERY':>8}  NEXT ATTEMPT")
-    for c in rows:
-        click.echo(f"{_row_head(c)}  {visible(c.label):<9}  {c.delivery_id:>8}  {_when(c.next_attempt_at)}")
+    click.echo(REPORTERS[fmt]().callback_list(rows), nl=False)
 
 
 @callbacks.command("show")
@@ -575,17 +450,7 @@ def show_callback(state_dir: Path, fmt: str, callback_id: int) -> None:
         detail = store.get_callback(callback_id)
     if detail is None:
         raise click.ClickException(f"no callback {callback_id}")
-    c = detail.callback
-    payload = detail.payload.decode("utf-8", "replace")
-    if fmt == "json":
-        doc = _callback_json(c)
-        doc["payload"] = payload
-        doc["attempt_log"] = _attempts_json(detail.attempts)
-        click.echo(json.dumps(doc, indent=2))
-        return
-    _echo_summary("callback", c, f"  reports:      {visible(c.label)} of delivery {c.delivery_id}")
-    click.echo(f"  payload:      {visible(payload)}")
-    _echo_attempts(detail.attempts)
+    click.echo(REPORTERS[fmt]().callback(detail), nl=False)
 
 
 @callbacks.command("retry")
@@ -606,7 +471,7 @@ def retry_callbacks(
     click.echo(f"requeued {n} callback{'' if n == 1 else 's'}")
     if callback_ids and n < len(callback_ids):
         click.echo("some IDs were not found, are already delivered or are being sent", err=True)
-        sys.exit(1)
+        sys.exit(ExitCode.FAILURE)
 
 
 @main.command()

@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Literal, TextIO
 
+from dispatcher.exitcodes import ExitCode
 from dispatcher.signing import verify_standard, verify_whisperer
 
 Verdict = Literal["ok", "BAD", "absent", "unchecked"]
@@ -296,8 +297,8 @@ def run_receiver(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Serve until interrupted, ``max_count`` deliveries, or a strict failure. Returns the exit code: 0; 1
-    when ``strict`` rejected a delivery; 2 for bad arguments or a port that cannot be bound."""
+    """Serve until interrupted, ``max_count`` deliveries, or a strict failure. Returns the exit code: OK;
+    FAILURE when ``strict`` rejected a delivery; USAGE for bad arguments or a port that cannot be bound."""
     err = err if err is not None else sys.stderr
     try:
         receiver = Receiver(
@@ -312,14 +313,14 @@ def run_receiver(
         )
     except ValueError as exc:
         err.write(f"dispatch receive: {exc}\n")
-        return 2
+        return ExitCode.USAGE
     except OSError as exc:
         err.write(f"dispatch receive: cannot listen on {host}:{port}: {exc.strerror or exc}\n")
-        return 2
+        return ExitCode.USAGE
     with receiver:
         # On stderr, so that stdout holds delivery lines only (--json output stays parseable).
         err.write(f"listening on {receiver.url}\n")
         err.flush()
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is the normal way to stop it
             receiver.serve_forever()
-        return 1 if receiver.failures else 0
+        return ExitCode.FAILURE if receiver.failures else ExitCode.OK

@@ -19,12 +19,13 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dispatcher.exitcodes import ExitCode
 from dispatcher.logs import fields, get_logger
 
 log = get_logger("supervise")
 
 #: ``dispatch run``'s exit code when an internal thread died (EX_SOFTWARE in sysexits.h).
-EXIT_INTERNAL_FAILURE = 70
+EXIT_INTERNAL_FAILURE = ExitCode.INTERNAL_FAILURE
 
 #: Starts a named daemon thread running a target and returns it (``Supervisor.spawn`` or ``start_thread``).
 Spawn = Callable[[str, Callable[[], None]], threading.Thread]

@@ -43,14 +43,8 @@ from reconciler.importrender import render_webhook
 from reconciler.importrows import Finding, Problems, Row, json_field, shown, split_rows
 from reconciler.model import API_VERSION, KIND, Severity
 from reconciler.redact import is_sensitive_name
-from reconciler.rules import (
-    HOP_BY_HOP_HEADERS,
-    MAX_DELAY_SECONDS,
-    MAX_SCHEDULE_SECONDS,
-    RESERVED_HEADERS,
-    build_retry_delays,
-    looks_like_credential,
-)
+from reconciler.retry import MAX_DELAY_SECONDS, MAX_SCHEDULE_SECONDS, build_retry_delays
+from reconciler.rules import HOP_BY_HOP_HEADERS, RESERVED_HEADERS, looks_like_credential
 from reconciler.yamlsource import parse_source
 
 #: Attempts the OMS makes: the first, TASK_RETRY_COUNT (10) Celery retries, then the scanner's up to
@@ -346,7 +340,7 @@ def _map_retry(row: Row, problems: Problems) -> dict[str, Any] | None:
         problems.warning(
             row,
             f"{choice} retries of these kwargs would wait longer than the reconciler allows (one delay at "
-            f"most {MAX_DELAY_SECONDS // 86400} days, all at most {MAX_SCHEDULE_SECONDS // 86400} days) "
+            f"most {MAX_DELAY_SECONDS / 86400:g} days, all at most {MAX_SCHEDULE_SECONDS / 86400:g} days) "
             f"before the OMS's last ones: max_attempts lowered from {OMS_MAX_ATTEMPTS} to {attempts}",
         )
     return {"choice": choice, "kwargs": kwargs, "max_attempts": attempts}

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
+from reconciler.retry import RetryPolicy, build_retry_policy
+
 API_VERSION = "webhooks/v1"
 KIND = "Webhook"
 
@@ -93,7 +95,7 @@ class RetryConfig:
     choice: Literal["fixed", "linear", "exponential", "random", "schedule"]
     kwargs: dict[str, Any]
     max_attempts: int | None = None  # total attempts, the first included; None = choice's default
-    jitter: float = 0.0  # fraction, e.g. 0.2 = +-20 %
+    jitter: float = 0.0  # fraction in [0, 1], e.g. 0.2 = +-20 %
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,12 @@ class Webhook:
     callback: Callback | None = None
     labels: dict[str, str] = field(default_factory=dict)
     source: Source = field(default=Source("<memory>"), compare=False)
+    #: The schedule ``retry`` describes, built once with the webhook (when the tree is loaded) and asked by
+    #: every attempt: the one ``reconcile`` judged. A ``retry`` that does not fit its choice is a ValueError.
+    retry_policy: RetryPolicy = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "retry_policy", build_retry_policy(self.retry))
 
     def secret_refs(self) -> tuple[SecretRef, ...]:
         """Every secret reference this webhook uses (for resolution and for redaction)."""

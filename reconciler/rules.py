@@ -16,10 +16,9 @@ Across files: ``duplicate-name``, ``unknown-event-type``.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -27,6 +26,9 @@ from urllib.parse import parse_qsl, urlsplit
 from reconciler.addresses import parse_ip_literal
 from reconciler.addresses import refusal as address_refusal
 from reconciler.model import API_VERSION, KIND, Diagnostic, Severity
+from reconciler.retry import MAX_DELAY_SECONDS as MAX_DELAY_SECONDS  # re-exported for the rule tests
+from reconciler.retry import MAX_SCHEDULE_SECONDS, build_policy
+from reconciler.retry import build_retry_delays as build_retry_delays  # re-exported for the rule tests
 from reconciler.routing import pattern_matches
 from reconciler.secretsources import SecretSources, has_parent_step
 from reconciler.yamlsource import Document, JsonPath, format_json_path
@@ -59,11 +61,6 @@ _CREDENTIAL_VALUE = re.compile(
 _CREDENTIAL_QUERY_NAMES = frozenset(
     {"token", "access_token", "api_key", "apikey", "key", "secret", "password", "sig", "signature", "auth"}
 )
-
-MAX_DELAY_SECONDS = 7 * 24 * 3600  # one retry waiting longer than a week is a configuration mistake
-MAX_SCHEDULE_SECONDS = 30 * 24 * 3600  # past a month a delivery is stale for any receiver
-#: Attempts assumed when retry_countdown_config omits max_attempts (the default schedule also has 8).
-DEFAULT_MAX_ATTEMPTS = 8
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
@@ -339,16 +336,19 @@ def _check_retry(out: _Findings, retry: Mapping[str, Any]) -> None:
         if isinstance(low, int) and isinstance(high, int) and low > high:
             message = f"random retry: min_value ({low}) is greater than max_value ({high})"
             out.at_value(Severity.ERROR, "retry-bounds", message, (*base, "kwargs", "min_value"))
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-        delays_given = kwargs.get("delays")
-        attempts = len(delays_given) + 1 if isinstance(delays_given, list) else DEFAULT_MAX_ATTEMPTS
-    largest = _largest_delay(str(choice), kwargs, attempts)
-    if largest <= MAX_DELAY_SECONDS and largest * (attempts - 1) <= MAX_SCHEDULE_SECONDS:
+    valid_attempts = isinstance(attempts, int) and not isinstance(attempts, bool) and attempts >= 1
+    try:
+        # The schedule the dispatcher will follow (reconciler.retry), asked for its delays.
+        policy = build_policy(str(choice), kwargs, attempts if valid_attempts else None)
+    except ValueError:
+        return  # kwargs that do not fit the choice: the schema (or the check above) reports them
+    largest = policy.largest_delay_bound()
+    if largest <= MAX_DELAY_SECONDS and largest * (policy.max_attempts - 1) <= MAX_SCHEDULE_SECONDS:
         return  # no delay, nor all of them together, can exceed a bound: skip computing them
-    delays = list(build_retry_delays(str(choice), kwargs, attempts))
+    delays = policy.nominal_delays()
     for n, delay in enumerate(delays):
         if delay > MAX_DELAY_SECONDS:
-            where = ("delays", min(n, len(kwargs.get("delays") or [0]) - 1)) if choice == "schedule" else ()
+            where = ("delays", min(n, len(policy.delays) - 1)) if choice == "schedule" else ()
             message = (
                 f"{choice} retry {n + 1} would wait {_duration(delay)}; no single delay may exceed "
                 f"{_duration(MAX_DELAY_SECONDS)}"
@@ -364,59 +364,11 @@ def _check_retry(out: _Findings, retry: Mapping[str, Any]) -> None:
         out.at_value(Severity.ERROR, "retry-bounds", message, (*base, "kwargs"))
 
 
-def _largest_delay(choice: str, kwargs: Mapping[str, Any], max_attempts: int) -> float:
-    """A cheap upper bound of any one delay (infinite when only the full computation can tell)."""
-    limit = kwargs.get("limit")
-    if choice == "fixed":
-        return float(kwargs.get("seconds", 0))
-    if choice == "linear":
-        largest = float(kwargs.get("base", 0)) * max(max_attempts - 2, 0)
-        return largest if limit is None else min(largest, float(limit))
-    if choice == "exponential" and limit is not None:
-        return float(limit)
-    if choice == "random":
-        return float(kwargs.get("max_value", 0))
-    if choice == "schedule":
-        return float(max(kwargs.get("delays") or [0]))
-    return float("inf")
-
-
 def _numbers_only(kwargs: Mapping[str, Any]) -> bool:
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
 
     return all(all(map(number, v)) if isinstance(v, list) else number(v) for v in kwargs.values())
-
-
-def build_retry_delays(choice: str, kwargs: Mapping[str, Any], max_attempts: int) -> Iterator[float]:
-    """The delay before each retry (``max_attempts - 1`` of them), admin-screen semantics, largest for random.
-
-    Values are capped far above ``MAX_DELAY_SECONDS`` so that ``base ** n`` never grows without bound.
-    """
-    cap = MAX_DELAY_SECONDS * 1000
-    limit = kwargs.get("limit")
-    for n in range(max_attempts - 1):
-        if choice == "fixed":
-            delay = float(kwargs.get("seconds", 0))
-        elif choice == "linear":
-            delay = float(kwargs.get("base", 0)) * n
-        elif choice == "exponential":
-            base, factor = float(kwargs.get("base", 0)), float(kwargs.get("factor", 1))
-            delay = cap if base > 1 and n * _log(base) + _log(factor) > _log(cap) else base**n * factor
-        elif choice == "random":
-            delay = float(kwargs.get("max_value", 0))
-        elif choice == "schedule":
-            delays = kwargs.get("delays") or [0]
-            delay = float(delays[min(n, len(delays) - 1)])
-        else:
-            return
-        if limit is not None and choice in ("linear", "exponential"):
-            delay = min(delay, float(limit))
-        yield min(delay, cap)
-
-
-def _log(x: float) -> float:
-    return math.log(x) if x > 0 else float("-inf")
 
 
 def _duration(seconds: float) -> str:

@@ -95,37 +95,23 @@ class Cluster:
                 raise
 
 
-_cluster: Cluster | None = None
-_cluster_users = 0
-_cluster_root: Path | None = None
-
-
 @pytest.fixture(scope="session")
 def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The session's PostgreSQL cluster (skipped without PostgreSQL, except in CI). Several conftest files
-    import this fixture: they share one cluster, stopped when the last of them is done."""
-    global _cluster, _cluster_users, _cluster_root
+    """The session's PostgreSQL cluster (skipped without PostgreSQL, except in CI)."""
     require(AVAILABLE, "PostgreSQL (initdb, pg_ctl)")
-    if _cluster is None:
-        if os.geteuid() == 0:
-            # Not under /tmp/pytest-of-root: every pytest session starting on the machine closes that back
-            # to 0700, which locks the postgres user out of a cluster it is running. A directory of the
-            # session's own, owned by postgres, removed at the end.
-            _cluster_root = Path(tempfile.mkdtemp(prefix="dispatch-test-pg-"))
-            _cluster = Cluster(_cluster_root / "cluster")
-        else:
-            _cluster = Cluster(tmp_path_factory.mktemp("pg"))
-    _cluster_users += 1
+    # As root, not under /tmp/pytest-of-root: every pytest session starting on the machine closes that back
+    # to 0700, which locks the postgres user out of a cluster it is running. A directory of the session's own.
+    own = os.geteuid() == 0
+    root = Path(tempfile.mkdtemp(prefix="dispatch-test-pg-")) if own else tmp_path_factory.mktemp("pg")
+    cluster: Cluster | None = None
     try:
-        yield _cluster
+        cluster = Cluster(root / "cluster")
+        yield cluster
     finally:
-        _cluster_users -= 1
-        if _cluster_users == 0:
-            _cluster.stop()
-            _cluster = None
-            if _cluster_root is not None:
-                shutil.rmtree(_cluster_root, ignore_errors=True)
-                _cluster_root = None
+        if cluster is not None:
+            cluster.stop()
+        if own:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

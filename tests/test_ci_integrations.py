@@ -185,8 +185,8 @@ def run_action(workspace: Path, runner: Path, *, install: bool = False, **given:
     inputs.update({name.replace("_", "-"): value for name, value in given.items()})
     runner.mkdir()
     files = {key: runner / key.lower() for key in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_PATH")}
-    for path in files.values():
-        path.touch()
+    for empty in files.values():
+        empty.touch()
     others = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p) != BIN]
     if install:
         action_path = runner / "action"

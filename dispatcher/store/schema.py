@@ -105,7 +105,15 @@ CREATE TABLE callback_attempts (
 );
 """
 
-MIGRATIONS: tuple[str, ...] = (_CALLBACKS,)
+# Version 3: the due deliveries by webhook. When the scheduler passes over the webhooks of full endpoints
+# (a dead endpoint's backlog), the lease finds the other webhooks' due work with one seek per webhook in
+# this index instead of stepping over every due delivery of the skipped ones (a million of them cost a
+# fifth of a core).
+_DUE_BY_WEBHOOK = f"""
+CREATE INDEX deliveries_due_webhook ON deliveries (webhook, next_attempt_at) WHERE {DUE_CONDITION};
+"""
+
+MIGRATIONS: tuple[str, ...] = (_CALLBACKS, _DUE_BY_WEBHOOK)
 SCHEMA_VERSION = 1 + len(MIGRATIONS)
 
 

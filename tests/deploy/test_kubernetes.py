@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -18,7 +17,9 @@ import pytest
 import yaml
 
 from dispatcher.cli import run as run_command
-from tests.e2e.harness import DispatchProcess, Receiver, event_line, wait_until, webhook_doc
+from tests.conftest import wait_until
+from tests.e2e.harness import DispatchProcess, Receiver, event_line, webhook_doc
+from tests.loopback import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KIT = ROOT / "deploy" / "kubernetes"
@@ -121,12 +122,6 @@ def test_containerfile_holds_the_project_and_runs_dispatch() -> None:
     run_command.make_context("run", cmd[1:])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _active_revision(base: str) -> str:
     with urllib.request.urlopen(base + "/status", timeout=5) as resp:  # loopback only
         return str(json.loads(resp.read())["active_revision"])
@@ -145,7 +140,7 @@ def test_configmap_data_swap_applies_the_new_table(receiver: Receiver, tmp_path:
     _write_version(config, "..2026_a", "old-hook", receiver.url("/old"))
     os.symlink("..2026_a", config / "..data")
     os.symlink("..data/x.yaml", config / "x.yaml")
-    port = _free_port()
+    port = free_port()
     proc = DispatchProcess(config, tmp_path / "state", extra_args=["--metrics", f"127.0.0.1:{port}"])
     try:
         base = f"http://127.0.0.1:{port}"

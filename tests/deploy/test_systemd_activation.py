@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import Receiver, dispatch_command, event_line, wait_until, write_webhook
+from tests.conftest import wait_until
+from tests.e2e.harness import Receiver, dispatch_command, event_line, write_webhook
+from tests.loopback import stop_process
 from tests.requires import requires
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
@@ -108,13 +110,7 @@ def _publish(path: Path, line: bytes) -> bytes:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_process(proc, 20)
     return proc.returncode
 
 

@@ -4,6 +4,7 @@ where the operator allows, and a rotated secret file is picked up without a relo
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from dispatcher.config import ConfigSource, LoadAttempt, Snapshot
@@ -46,10 +47,15 @@ def test_a_reload_after_one_change_equals_a_fresh_load(tmp_path: Path) -> None:
         write(root, f"hook-{i}", EVENTS[i % 3])
     told, scanning = ConfigSource(root, environ), ConfigSource(root, environ)
     told.load(), scanning.load()
-    steps = [
+
+    def delete_hook_2() -> list[str]:
+        (root / "hook-2.yaml").unlink()
+        return ["hook-2.yaml"]
+
+    steps: list[Callable[[], list[str]]] = [
         lambda: [write(root, "hook-1", "shipment.created", "{env: WEBHOOK_OTHER}")],
         lambda: [write(root, "hook-9", "package.*.*")],
-        lambda: [(root / "hook-2.yaml").unlink() or "hook-2.yaml"],
+        delete_hook_2,
         lambda: [write(root, "hook-1", "package.created", "{env: WEBHOOK_MISSING}")],
     ]
     for step in steps:

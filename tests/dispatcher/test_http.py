@@ -26,7 +26,8 @@ import responses
 
 from dispatcher.egress import EgressPolicy
 from dispatcher.errors import DeliveryError
-from dispatcher.http import EXCERPT_BYTES, HttpClient, OutboundRequest, connect_socket
+from dispatcher.http import EXCERPT_BYTES, HttpClient, connect_socket
+from dispatcher.outbound import OutboundRequest
 from reconciler.model import SecretRef, TokenAuth
 
 LOOPBACK = EgressPolicy(allowed=(ipaddress.ip_network("127.0.0.0/8"),))

@@ -20,6 +20,7 @@ from dispatcher.store.base import DeliveryQuery, EnqueueResult, NewEvent
 from dispatcher.store.memory import MemoryStore
 from reconciler.model import Webhook
 from reconciler.routing import build_routing_table
+from tests.conftest import wait_until
 
 
 class GatedStore(MemoryStore):
@@ -54,7 +55,7 @@ def _ingestor(store: GatedStore) -> tuple[Ingestor, Committer]:
     hook = Webhook(name="a", target_url="https://a.example.com/h", event_types=("package.created",))
     snapshot = Snapshot(build_routing_table([hook], "rev-1"), {}, "rev-1")
     metrics = Metrics()
-    no_room, none_behind = (lambda: 0), (lambda names: set())
+    no_room, none_behind = (lambda: 0), (lambda names: set[str]())
     committer = Committer(store, time.time, lambda leases: None, no_room, none_behind, 60.0, metrics)
     return Ingestor(committer, lambda: snapshot, metrics, 1 << 20), committer
 
@@ -75,10 +76,7 @@ def test_stream_is_read_ahead_of_its_commit_and_acknowledged_in_order(store: Gat
     server = threading.Thread(target=serve_stream, args=(read, written.append, ingestor))
     server.start()
     try:
-        deadline = time.monotonic() + 10
-        while len(taken) < len(chunks):  # every read is taken although nothing is committed yet
-            assert time.monotonic() < deadline, f"only {len(taken)} reads taken while the commit waits"
-            time.sleep(0.01)
+        wait_until(lambda: len(taken) >= len(chunks), timeout=10)  # every read, though nothing is committed
         assert written == []
         assert store.list_deliveries(DeliveryQuery()) == []
     finally:

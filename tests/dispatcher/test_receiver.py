@@ -17,9 +17,11 @@ from typing import Any
 import pytest
 
 from dispatcher.egress import EgressPolicy
-from dispatcher.http import HttpClient, OutboundRequest
+from dispatcher.http import HttpClient
+from dispatcher.outbound import OutboundRequest
 from dispatcher.receiver import Receiver, check_signatures, run_receiver
 from dispatcher.signing import delivery_headers
+from tests.conftest import wait_until
 
 BODY = b'{"event":{"type":"package.created","uuid":"c9591f0d1c1d4da58ade880921bd7e93"},"payload":{"id":73}}'
 MSG_ID = "c9591f0d1c1d4da58ade880921bd7e93"
@@ -151,10 +153,7 @@ def test_strict_bad_signature_answers_401_and_stops(make_receiver: Any) -> None:
     receiver = make_receiver(secret="k", strict=True)
     assert post(receiver, signed("wrong", timestamp=int(time.time()))) == 401
     assert receiver.failures == 1
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and receiver.deliveries and not _stopped(receiver):
-        time.sleep(0.02)
-    assert _stopped(receiver)
+    wait_until(lambda: _stopped(receiver), timeout=5)
 
 
 def test_strict_unsigned_delivery_fails(make_receiver: Any) -> None:
@@ -245,9 +244,7 @@ def run_in_thread(**kwargs: Any) -> tuple[threading.Thread, list[int], io.String
         target=lambda: result.append(run_receiver(port=0, out=out, err=err, **kwargs)), daemon=True
     )
     thread.start()
-    deadline = time.monotonic() + 5
-    while "listening on" not in err.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: "listening on" in err.getvalue(), timeout=5)
     return thread, result, out, err
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -16,6 +15,7 @@ from dispatcher.store.base import DeliveryQuery, DeliveryStatus, NewEvent
 from dispatcher.store.memory import MemoryStore
 from reconciler.model import BasicAuth, Callback, RetryConfig, SecretRef, TokenAuth, Webhook
 from reconciler.routing import build_routing_table
+from tests.conftest import wait_until
 from tests.dispatcher.test_engine import FakeClient, _callbacks_sent
 
 REASON = "secret {env: AWS_SECRET_ACCESS_KEY}: refused: the name matches no --secret-env pattern (WEBHOOK_*)"
@@ -48,25 +48,18 @@ def _run_to_dead(store: MemoryStore, hook: Webhook) -> tuple[FakeClient, Metrics
     )
     engine.start()
     try:
-        [result] = store.enqueue([NewEvent("ab" * 16, "package.created", b"{}", ["a"])], time.time(), 60)
+        [result] = store.enqueue([NewEvent("ab" * 16, "package.created", b"{}", ("a",))], time.time(), 60)
         engine.submit(store.lease_for(result.delivery_ids))
-        _wait(lambda: _status(store) is DeliveryStatus.FAILED)
+        wait_until(lambda: _status(store) is DeliveryStatus.FAILED)
         [row] = store.list_deliveries(DeliveryQuery())
         assert row.next_attempt_at is not None
         engine.run_once(row.next_attempt_at + 0.01)  # the retry, on its schedule
-        _wait(
+        wait_until(
             lambda: _status(store) is DeliveryStatus.DEAD and len(_callbacks_sent(client, CALLBACK.url)) == 1
         )
     finally:
         engine.stop(1)
     return client, metrics
-
-
-def _wait(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)
 
 
 def _status(store: MemoryStore) -> DeliveryStatus | None:

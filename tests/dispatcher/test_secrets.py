@@ -41,7 +41,7 @@ def test_env_name_outside_every_pattern_is_refused_without_reading_it() -> None:
     """A variable no --secret-env glob matches is refused, and its value is never looked up."""
 
     class Watching(dict[str, str]):
-        def get(self, key: str, default: object = None) -> object:
+        def get(self, key: str, default: object = None) -> object:  # type: ignore[override]  # a spy
             raise AssertionError(f"{key} was read")
 
         def __getitem__(self, key: str) -> str:
@@ -85,7 +85,8 @@ def test_relative_name_resolves_inside_the_secrets_directory(tmp_path: Path) -> 
 def test_relative_name_is_looked_up_in_each_directory_in_turn(tmp_path: Path) -> None:
     """With several --secrets-dir, a relative name is read from the first directory that has it."""
     first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir(), second.mkdir()
+    first.mkdir()
+    second.mkdir()
     (second / "erp").write_text("from-second\n")
     sources = SecretSources((str(first), str(second)))
     assert resolve_secret(SecretRef("file", "erp"), {}, sources) == "from-second"

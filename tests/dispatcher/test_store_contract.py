@@ -212,6 +212,27 @@ def test_lease_passes_over_skipped_webhooks_and_keeps_them_due(store: Store) -> 
     assert [lease.delivery_id for lease in store.lease(T0 + 5, 10, LEASE)] == [busy_first, busy_second]
 
 
+def test_lease_passes_over_a_long_skipped_backlog_in_due_order(store: Store) -> None:
+    """Behind a backlog of skipped webhooks many times the lease size, the others' due deliveries are still
+    leased earliest first (ties by id), across webhooks, and nothing that is not yet due."""
+    backlog = [NewEvent(f"{n:032x}", "package.created", b"{}", ("dead-a", "dead-b")) for n in range(60)]
+    store.enqueue(backlog, T0)  # 120 skipped deliveries, due first
+    expected: list[tuple[float, int]] = []
+    for n in range(100, 112):
+        at = T0 + 1 + (n % 4)  # four due times, three webhooks: ties across and within webhooks
+        delivery_id = enqueue_one(store, n, f"live-{n % 3}", now=at)
+        expected.append((at, delivery_id))
+    enqueue_one(store, 200, "live-0", now=T0 + 50)  # not due yet
+    due_order = [delivery_id for _, delivery_id in sorted(expected)]
+    skip = {"dead-a", "dead-b"}
+    first = [lease.delivery_id for lease in store.lease(T0 + 10, 5, LEASE, skip=skip)]
+    assert first == due_order[:5]
+    rest = [lease.delivery_id for lease in store.lease(T0 + 10, 50, LEASE, skip=skip)]
+    assert rest == due_order[5:]
+    assert store.lease(T0 + 10, 5, LEASE, skip=skip) == []
+    assert len(store.lease(T0 + 10, 500, LEASE)) == 120
+
+
 def test_record_with_stale_lease_id_is_ignored(store: Store) -> None:
     """After a reclaim and a new lease, an outcome carrying the old lease id changes nothing."""
     enqueue_one(store, 1)

@@ -25,6 +25,7 @@ from dispatcher.store.base import (
     Outcome,
     OutcomeKind,
 )
+from dispatcher.store.schema import SCHEMA_VERSION
 from dispatcher.store.sqlite import SQLiteStore
 
 T0 = 1_000.0
@@ -212,9 +213,9 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "store.db"
     SQLiteStore(path).close()
     header = bytearray(path.read_bytes())
-    header[60:64] = (sqlite_module.SCHEMA_VERSION + 1).to_bytes(4, "big")  # the user_version field
+    header[60:64] = (SCHEMA_VERSION + 1).to_bytes(4, "big")  # the user_version field
     path.write_bytes(bytes(header))
-    newer = sqlite_module.SCHEMA_VERSION + 1
+    newer = SCHEMA_VERSION + 1
     with pytest.raises(StoreError, match=f"schema version {newer} was written by a newer dispatcher"):
         SQLiteStore(path)
 
@@ -319,7 +320,7 @@ def test_a_version_1_store_is_migrated_in_place_keeping_every_delivery(tmp_path:
         assert store.enqueue(events(10, 1), 1300)[0].delivery_ids == (4,)
     conn = sqlite3.connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (sqlite_module.SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     finally:
         conn.close()
 

@@ -6,17 +6,18 @@ import ipaddress
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 
 from dispatcher.errors import DeliveryError
-from dispatcher.http import OutboundRequest
+from dispatcher.outbound import OutboundRequest
 from dispatcher.transport import ProcessClient
 from reconciler.model import SecretRef, TokenAuth
+from tests.conftest import wait_until
 from tests.dispatcher.test_http import LocalServer, respond_ok, start_server, stop_server
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -42,13 +43,6 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _wait(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.02)
 
 
 def test_attempt_in_a_child_posts_the_request_and_returns_the_answer(server: LocalServer) -> None:
@@ -107,7 +101,7 @@ def test_killed_child_fails_its_attempt_in_flight_and_is_replaced(server: LocalS
         assert record.status_code is None
         assert record.error == "delivery process exited during the attempt"
         release.set()
-        _wait(lambda: client.pids != [old])
+        wait_until(lambda: client.pids != [old], timeout=10)
         server.respond = respond_ok
         assert client.send(OutboundRequest(server.url(), b"{}", {}, 5.0)).status_code == 200
 
@@ -118,7 +112,7 @@ def test_close_stops_every_child() -> None:
     pids = client.pids
     assert all(_alive(pid) for pid in pids)
     client.close()
-    _wait(lambda: not any(_alive(pid) for pid in pids))
+    wait_until(lambda: not any(_alive(pid) for pid in pids), timeout=10)
 
 
 def test_token_flow_and_callbacks_are_made_by_the_child(server: LocalServer) -> None:
@@ -153,7 +147,7 @@ def test_child_answers_every_request_even_when_the_client_fails_unexpectedly() -
         def fetch_token(self, *args: object) -> None:
             raise RecursionError("deep")
 
-    request = (transport._ATTEMPT, 7, "http://127.0.0.1:9/", b"{}", {}, 5.0, None)
+    request: tuple[Any, ...] = (transport._ATTEMPT, 7, "http://127.0.0.1:9/", b"{}", {}, 5.0, None)
     attempt = transport._answer(Broken(), request)
     assert attempt[0] == 7 and attempt[3] is None
     assert attempt[4] == "internal error in the delivery process (RuntimeError)"
@@ -188,7 +182,5 @@ def test_close_while_a_child_is_exiting_closes_its_socket_once(monkeypatch: pyte
         closes.clear()
         os.kill(pid, signal.SIGKILL)  # the reader sees EOF and closes; close() below closes too
         client.close()
-        deadline = time.monotonic() + 5
-        while not closes and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: closes, timeout=5)
         assert len(closes) == len(set(closes)) == 1

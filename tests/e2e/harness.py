@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,13 +19,21 @@ from typing import Any
 
 import yaml
 
-BIN = Path(sys.executable).parent
+from tests.conftest import wait_until
+from tests.loopback import NotReady, dispatch_command, stop_process, wait_socket
 
-
-def dispatch_command() -> list[str]:
-    """The installed ``dispatch`` console script (the real thing a user runs)."""
-    script = BIN / "dispatch"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dispatcher.cli"]
+__all__ = [
+    "DispatchProcess",
+    "Received",
+    "Receiver",
+    "dispatch_command",
+    "event_line",
+    "run_cli",
+    "start_receiver",
+    "wait_until",  # re-exported: tests import it from here or from tests.conftest (the one definition)
+    "webhook_doc",
+    "write_webhook",
+]
 
 
 @dataclass
@@ -197,19 +203,10 @@ class DispatchProcess:
             self._wait_socket()
 
     def _wait_socket(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dispatch exited with {self.proc.returncode}:\n{self.logs()}")
-            if self.socket_path.exists():
-                try:
-                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                        s.connect(str(self.socket_path))
-                    return
-                except OSError:
-                    pass
-            time.sleep(0.02)
-        raise AssertionError(f"dispatch socket did not appear:\n{self.logs()}")
+        try:
+            wait_socket(self.socket_path, timeout, self.proc)
+        except NotReady as exc:
+            raise AssertionError(f"dispatch: {exc}:\n{self.logs()}") from None
 
     def logs(self) -> str:
         self._log.flush()
@@ -241,13 +238,7 @@ class DispatchProcess:
         self._log.close()
 
     def stop(self, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, timeout)
         if not self._log.closed:
             self._log.close()
         return self.proc.returncode
@@ -263,12 +254,3 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")

@@ -25,6 +25,7 @@ from dispatcher.store.base import NewEvent
 from dispatcher.store.schema import SCHEMA_VERSION
 from dispatcher.store.sqlite import SQLiteStore
 from dispatcher.terminal import visible
+from tests.conftest import wait_until
 from tests.e2e.harness import (
     DispatchProcess,
     Receiver,
@@ -32,7 +33,6 @@ from tests.e2e.harness import (
     event_line,
     run_cli,
     start_receiver,
-    wait_until,
     write_webhook,
 )
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.e2e import harness
-from tests.e2e.harness import DispatchProcess, Received, Receiver, event_line, wait_until, write_webhook
+from tests.e2e.harness import DispatchProcess, Received, Receiver, event_line, write_webhook
 from tests.requires import require
 
 # Retries one second apart, many of them: a 500 or a killed attempt is retried soon, and never dies out.

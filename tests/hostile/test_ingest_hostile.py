@@ -19,26 +19,14 @@ from pathlib import Path
 import pytest
 
 from dispatcher.supervise import EXIT_INTERNAL_FAILURE
-from tests.e2e.harness import (
-    DispatchProcess,
-    Receiver,
-    dispatch_command,
-    event_line,
-    run_cli,
-    wait_until,
-    write_webhook,
-)
+from tests.conftest import wait_until
+from tests.e2e.harness import DispatchProcess, Receiver, dispatch_command, event_line, run_cli, write_webhook
 from tests.hostile.corpus import PARSE_CORPUS, TOO_LONG
 from tests.hostile.fault_launcher import MESSAGE_MARKER
+from tests.loopback import free_port
 
 LAUNCHER = Path(__file__).with_name("fault_launcher.py")
 HOSTILE = [line for _, line, _ in PARSE_CORPUS] + [TOO_LONG]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _healthz(port: int) -> tuple[int, str]:
@@ -107,7 +95,7 @@ def test_hostile_lines_on_the_socket_are_rejected_alone_while_others_flow(
     """Each hostile line gets its own rejection and the good line after it is delivered; another client's
     acks keep flowing throughout, the committer survives, and /healthz stays 200."""
     write_webhook(config_dir, "erp", receiver.url("/hook"))
-    port = _free_port()
+    port = free_port()
     proc = DispatchProcess(config_dir, tmp_path / "state", extra_args=["--metrics", f"127.0.0.1:{port}"])
     processes.append(proc)
     steady = SteadyClient(proc.socket_path)
@@ -191,7 +179,7 @@ def test_a_dying_internal_thread_turns_healthz_503_and_exits_70(
     """An internal thread killed by an exception makes /healthz answer 503 naming the thread and the
     exception type (never its message), and the process exits with code 70 within a few seconds."""
     write_webhook(config_dir, "erp", receiver.url("/hook"))
-    port, sock, hold = _free_port(), tmp_path / "d.sock", tmp_path / "release"
+    port, sock, hold = free_port(), tmp_path / "d.sock", tmp_path / "release"
     args = ["--config", str(config_dir), "--state", str(tmp_path / "state"), "--socket", str(sock)]
     args += ["--allow-cidr", "127.0.0.0/8", "--metrics", f"127.0.0.1:{port}"]
     proc = _launch(target, args, tmp_path / "log", {"HOLD_STOP_UNTIL": str(hold)})

@@ -26,15 +26,10 @@ from dispatcher.http import HttpClient
 from dispatcher.outbound import OutboundRequest
 from dispatcher.transport import ProcessClient
 from reconciler.model import SecretRef, TokenAuth
+from tests.conftest import wait_until
 from tests.dispatcher.test_http import loopback_resolver, make_cert
-from tests.e2e.harness import (
-    DispatchProcess,
-    Receiver,
-    event_line,
-    run_cli,
-    wait_until,
-    write_webhook,
-)
+from tests.e2e.harness import DispatchProcess, Receiver, event_line, run_cli, write_webhook
+from tests.loopback import LoopbackListener
 
 LOOPBACK_NETS = (ipaddress.ip_network("127.0.0.0/8"),)
 #: How long every hostile receiver would keep a connection going if the client let it.
@@ -47,40 +42,26 @@ BOUND_SECONDS = 5.0
 Behaviour = Callable[[socket.socket, threading.Event], None]
 
 
-class HostileReceiver:
+class HostileReceiver(LoopbackListener):
     """A TCP server on 127.0.0.1 that reads each request's head and then runs ``behave`` on the connection,
     one thread per connection. ``close()`` stops every thread and asserts they are gone."""
 
     def __init__(self, behave: Behaviour, tls: ssl.SSLContext | None = None) -> None:
+        super().__init__("hostile-accept")
         self._behave = behave
         self._tls = tls
-        self._stop = threading.Event()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
         self._threads: list[threading.Thread] = []
-        self.connections = 0
-        self._accepting = threading.Thread(target=self._accept, name="hostile-accept", daemon=True)
-        self._accepting.start()
+        self._thread.start()
 
     @property
-    def port(self) -> int:
-        return int(self._listener.getsockname()[1])
+    def connections(self) -> int:
+        """Connections accepted so far."""
+        return self.accepted
 
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), name="hostile-conn", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+    def _take(self, conn: socket.socket) -> None:
+        thread = threading.Thread(target=self._serve, args=(conn,), name="hostile-conn", daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def _serve(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):  # ssl.SSLError is an OSError too
@@ -100,20 +81,11 @@ class HostileReceiver:
                 head += chunk
             self._behave(conn, self._stop)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._accepting.join(5)
-        self._listener.close()
+    def _release(self) -> None:
         for thread in self._threads:
             thread.join(5)
-        assert not self._accepting.is_alive()
+        assert not self._thread.is_alive()
         assert not any(t.is_alive() for t in self._threads), "a hostile receiver thread did not stop"
-
-    def __enter__(self) -> HostileReceiver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _trickle(conn: socket.socket, stop: threading.Event, data: bytes, interval: float) -> None:

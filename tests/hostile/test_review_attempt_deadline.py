@@ -14,7 +14,8 @@ import subprocess
 import threading
 from pathlib import Path
 
-from tests.e2e.harness import DispatchProcess, event_line, wait_until, write_webhook
+from tests.conftest import wait_until
+from tests.e2e.harness import DispatchProcess, event_line, write_webhook
 from tests.hostile.test_receivers_hostile import HostileReceiver, never_answer
 
 TIMEOUT_SECONDS = 4.0

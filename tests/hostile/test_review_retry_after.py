@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from dispatcher.retry import RETRY_AFTER_CEILING, retry_after_seconds
-from tests.e2e.harness import DispatchProcess, event_line, run_cli, start_receiver, wait_until, write_webhook
+from tests.conftest import wait_until
+from tests.e2e.harness import DispatchProcess, event_line, run_cli, start_receiver, write_webhook
 
 HUGE = ["9" * 400, "9" * 5000]
 

@@ -13,15 +13,10 @@ import urllib.request
 from pathlib import Path
 
 from tests.e2e.harness import DispatchProcess, start_receiver, write_webhook
+from tests.loopback import free_port
 
 #: Longer than the server's idle limit, so a connection still open at the end was never going to close.
 CLIENT_WAIT_SECONDS = 20.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_half_sent_request_on_the_metrics_port_is_closed_by_the_dispatcher(tmp_path: Path) -> None:
@@ -30,7 +25,7 @@ def test_a_half_sent_request_on_the_metrics_port_is_closed_by_the_dispatcher(tmp
     receiver = start_receiver()
     config = tmp_path / "webhooks.d"
     write_webhook(config, "hook", receiver.url("/hook"))
-    port = _free_port()
+    port = free_port()
     proc = DispatchProcess(config, tmp_path / "state", extra_args=["--metrics", f"127.0.0.1:{port}"])
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_WAIT_SECONDS) as slow:

@@ -9,18 +9,11 @@ import hashlib
 import hmac
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import (
-    DispatchProcess,
-    Receiver,
-    event_line,
-    run_cli,
-    wait_until,
-    write_webhook,
-)
+from tests.conftest import wait_until
+from tests.e2e.harness import DispatchProcess, Receiver, event_line, run_cli, write_webhook
 
 MARKER = "zq9-HOST-SECRET-MARKER-41c7"
 #: Two attempts one second apart: retried on the schedule, then dead.
@@ -52,7 +45,7 @@ def test_refused_secret_references_never_leave_the_host(
     (tmp_path / "outside").write_text(MARKER + "-link\n")
     (secrets_dir / "escape").symlink_to(tmp_path / "outside")
     config = tmp_path / "webhooks.d"
-    hostile = {
+    hostile: dict[str, tuple[dict[str, Any], str]] = {
         "env": ({"additional_headers": {"X-Env": {"env": "AWS_SECRET_ACCESS_KEY"}}}, "AWS_SECRET_ACCESS_KEY"),
         "hostname": ({"secret_key": {"file": "/etc/hostname"}}, "/etc/hostname"),
         "dotdot": ({"additional_headers": {"X-File": {"file": "../x"}}}, "../x"),
@@ -96,10 +89,10 @@ def test_refused_secret_references_never_leave_the_host(
         outputs += [_show(state, row["id"], "text"), json.dumps(detail)]
     for name in hostile:
         assert receiver.on(f"/{name}") == [], name  # nothing was ever sent to the hostile target
-        [callback] = receiver.on(f"/callback-{name}")
-        outcome = callback.json()
+        [posted] = receiver.on(f"/callback-{name}")
+        outcome = posted.json()
         assert outcome["outcome"] == "dead" and hostile[name][1] in outcome["error"]
-        outputs.append(callback.body.decode())
+        outputs.append(posted.body.decode())
     for text in outputs:
         assert MARKER not in text
     for got in receiver.requests:
@@ -114,13 +107,12 @@ def _deliver_one(proc: DispatchProcess, receiver: Receiver, path: str) -> Any:
 
 def _wait_signed_with(proc: DispatchProcess, receiver: Receiver, secret: str, timeout: float = 8.0) -> None:
     """Deliver events until one arrives signed with ``secret`` (the rotation has taken effect), or fail."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def signed_with_secret() -> bool:
         got = _deliver_one(proc, receiver, "/a")
-        if got.headers["x-whisperer-signature"] == _signature(secret, got.body):
-            return
-        assert time.monotonic() < deadline, f"still not signed with the rotated secret after {timeout}s"
-        time.sleep(0.2)  # pacing between probe events, not synchronisation: the loop polls a deadline
+        return got.headers["x-whisperer-signature"] == _signature(secret, got.body)
+
+    wait_until(signed_with_secret, timeout=timeout, interval=0.2)  # each poll delivers one probe event
 
 
 def test_a_rotated_secret_file_is_used_without_reload_or_sighup(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Callable
@@ -21,14 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import (
-    DispatchProcess,
-    Receiver,
-    dispatch_command,
-    event_line,
-    wait_until,
-    write_webhook,
-)
+from tests.conftest import wait_until
+from tests.e2e.harness import DispatchProcess, Receiver, dispatch_command, event_line, write_webhook
+from tests.loopback import free_port
 
 SECRET_CONTENT = "TOPSECRET-OUTSIDE-CONTENT"
 
@@ -84,12 +78,6 @@ def dirs(tmp_path: Path) -> tuple[Path, Path]:
     return config, outside
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as resp:  # loopback only
         return json.loads(resp.read())
@@ -111,7 +99,7 @@ def test_a_hostile_file_under_dispatch_run_keeps_the_last_good_table(
     reason, SIGHUP leaves the process alive, and SIGTERM still exits 0."""
     config, outside = dirs
     write_webhook(config, "good", receiver.url("/good"))
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = DispatchProcess(config, tmp_path / "state", extra_args=["--metrics", f"127.0.0.1:{port}"])
     try:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,12 +176,20 @@ def test_told_paths_only_the_others_are_not_looked_at(tree: Path, monkeypatch: p
     loader.load()
     walked: list[str] = []
     real = loader_module._discover
-    monkeypatch.setattr(loader_module, "_discover", lambda *a: walked.append(a[0]) or real(*a))
+
+    def discover(*a: Any) -> Any:
+        walked.append(a[0])
+        return real(*a)
+
+    monkeypatch.setattr(loader_module, "_discover", discover)
     checked: list[str] = []
     real_reuse = loader_module._reuse
-    monkeypatch.setattr(
-        loader_module, "_reuse", lambda path, *a: checked.append(path) or real_reuse(path, *a)
-    )
+
+    def reuse(path: str, *a: Any) -> Any:
+        checked.append(path)
+        return real_reuse(path, *a)
+
+    monkeypatch.setattr(loader_module, "_reuse", reuse)
     result = loader.load(edit(tree))
     assert walked == [] and [Path(p).name for p in checked] == ["hook-3.yaml"]
     assert_same(result, load_tree(tree))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from reconciler.model import Webhook
 from reconciler.routing import RoutingTable, build_routing_table
@@ -27,7 +28,7 @@ PATTERNS = (
 )
 
 
-def hook(i: int, **changes: object) -> Webhook:
+def hook(i: int, **changes: Any) -> Webhook:
     base = Webhook(f"hook-{i:03d}", f"https://example.com/{i}", PATTERNS[i % len(PATTERNS)])
     return dataclasses.replace(base, **changes) if changes else base
 
