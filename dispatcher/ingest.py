@@ -168,15 +168,9 @@ class Committer:
         for b in batches:
             b.finish(results[offset : offset + len(b.events)])
             offset += len(b.events)
-        if lease_seconds is not None:
-            ids = [i for r in results if isinstance(r, EnqueueResult) for i in r.delivery_ids]
-            if ids:
-                try:
-                    leases = self._store.lease_for(ids)
-                except StoreError as exc:  # committed all the same: the leases expire and are reclaimed
-                    log.error("ingest.lease_error", extra=fields(deliveries=len(ids), error=str(exc)))
-                    return
-                self._on_committed(leases)
+        leases = [lease for r in results if isinstance(r, EnqueueResult) for lease in r.leases]
+        if leases:
+            self._on_committed(leases)
 
     def _store_isolating(
         self, events: list[NewEvent], lease_seconds: float | None, unleased: set[str]

@@ -94,7 +94,7 @@ def _engine(store: MemoryStore, client: FakeClient, snapshot: list[Snapshot], **
 
 def _enqueue(store: MemoryStore, engine: Engine, *webhooks: str, uuid: str = "ab" * 16) -> None:
     [result] = store.enqueue([NewEvent(uuid, "package.created", b'{"x":1}', webhooks)], time.time(), 60)
-    engine.submit(store.lease_for(result.delivery_ids))
+    engine.submit(result.leases)
 
 
 def _wait(predicate: Any, timeout: float = 5.0) -> None:
@@ -264,7 +264,7 @@ def test_a_failed_attempt_with_a_retry_produces_a_failed_callback(
 def _stored_callback(store: MemoryStore, now: float, label: str = "dead") -> None:
     """Record a dead delivery whose outcome carries a callback (as the outcome writer does)."""
     [result] = store.enqueue([NewEvent("cd" * 16, "package.created", b"{}", ("a",))], now, 60)
-    [lease] = store.lease_for(result.delivery_ids)
+    [lease] = result.leases
     payload = json.dumps({"callback_id": "ef" * 16, "outcome": label}).encode()
     callback = NewCallback("a", CALLBACK_URL, label, payload)
     outcome = Outcome(lease.delivery_id, lease.lease_id, OutcomeKind.DEAD, reason="x", callback=callback)

@@ -49,7 +49,7 @@ def _run_to_dead(store: MemoryStore, hook: Webhook) -> tuple[FakeClient, Metrics
     engine.start()
     try:
         [result] = store.enqueue([NewEvent("ab" * 16, "package.created", b"{}", ["a"])], time.time(), 60)
-        engine.submit(store.lease_for(result.delivery_ids))
+        engine.submit(result.leases)
         _wait(lambda: _status(store) is DeliveryStatus.FAILED)
         [row] = store.list_deliveries(DeliveryQuery())
         assert row.next_attempt_at is not None
