@@ -1,7 +1,8 @@
 """``dispatch run``: wires the store, the live config, the engine and an event source, and runs until done.
 
-Signals only set flags; the main thread acts on them: SIGTERM/SIGINT stop (stop accepting, let attempts in
-flight finish within the longest timeout, release the rest), SIGHUP reloads ``--config`` now. Internal threads
+Signals and the watcher only set flags; the main thread acts on them: SIGTERM/SIGINT stop (stop accepting,
+let attempts in flight finish within the longest timeout, release the rest), SIGHUP reloads ``--config`` now,
+and changes the watcher saw settle are reloaded (every reload runs on the main thread). Internal threads
 run under a ``Supervisor``: one that dies stops the run, which then exits ``EXIT_INTERNAL_FAILURE`` (70).
 """
 
