@@ -53,6 +53,8 @@ class Intake:
         self._release = release
         self._clock = clock
         self._endpoint_hooks: tuple[Snapshot | None, dict[str, list[str]]] = (None, {})
+        # Each webhook's endpoint key, worked out once per snapshot (plan and admit both need it).
+        self._keys: tuple[Snapshot | None, dict[str, str]] = (None, {})
 
     def plan(self, webhooks: Sequence[str]) -> Admission:
         """Lease the new deliveries of one commit (``webhooks``: one name per delivery) when they all fit in
@@ -62,8 +64,8 @@ class Intake:
         snapshot = self._config()
         full = set()
         for name in set(webhooks):
-            hook = snapshot.webhook(name)
-            if hook is not None and self._queued_fraction(endpoint_key(hook.target_url)) >= 1.0:
+            key = self._key(snapshot, name)
+            if key != NO_ENDPOINT and self._queued_fraction(key) >= 1.0:
                 full.add(name)
         return Admission(self._settings.lease_seconds, frozenset(full))
 
@@ -74,8 +76,7 @@ class Intake:
         now = self._clock()
         queued = 0
         for lease in leases:
-            hook = snapshot.webhook(lease.webhook)
-            key = endpoint_key(hook.target_url) if hook is not None else NO_ENDPOINT
+            key = self._key(snapshot, lease.webhook)
             if self._queued_fraction(key) < 1.0 and self._queues.put(key, lease):
                 queued += 1
             else:  # full, or stopping (due again at once for the next process)
@@ -106,6 +107,18 @@ class Intake:
                 by_endpoint.setdefault(endpoint_key(hook.target_url), []).append(name)
             self._endpoint_hooks = (snapshot, by_endpoint)
         return [name for key in endpoints for name in by_endpoint.get(key, ())]
+
+    def _key(self, snapshot: Snapshot, webhook: str) -> str:
+        """The endpoint key of a webhook in this snapshot (``NO_ENDPOINT`` when it has none)."""
+        cached, keys = self._keys
+        if cached is not snapshot:  # a new snapshot: a new map (another thread may still fill the old one)
+            keys = {}
+            self._keys = (snapshot, keys)
+        key = keys.get(webhook)
+        if key is None:
+            hook = snapshot.webhook(webhook)
+            key = keys[webhook] = endpoint_key(hook.target_url) if hook is not None else NO_ENDPOINT
+        return key
 
     def _queue_cap(self, key: str) -> int:
         """An endpoint's queue size: a failing endpoint (one slot) needs far fewer leases waiting."""

@@ -208,3 +208,18 @@ def test_writer_take_reports_close_after_the_outcomes_before_it(store: MemorySto
     writer.close()
     batch, closed = writer.take()
     assert len(batch) == 1 and closed
+
+
+def test_admit_follows_a_changed_target_url_in_a_new_snapshot(store: MemoryStore) -> None:
+    """Endpoint keys are worked out once per snapshot: after a reload moves a webhook to another host, its
+    new leases queue under the new endpoint."""
+    moved = Webhook(name="a", target_url="https://moved.example.com/h", event_types=("*",))
+    snapshots = [_snapshot(A)]
+    s = EngineSettings()
+    queues = EndpointQueues(s.per_endpoint)
+    intake = Intake(queues, lambda: snapshots[0], s, [].append, lambda: T0)
+    first, second = _leased(store, "a", n=2)
+    intake.admit([first])
+    snapshots[0] = _snapshot(moved)
+    intake.admit([second])
+    assert queues.queued_by_endpoint() == {endpoint_key(A.target_url): 1, endpoint_key(moved.target_url): 1}
