@@ -62,6 +62,8 @@ class Engine:
             store,
             config,
             metrics,
+            # Retries and releases recorded are the scheduler's next work: the one loop of the path, through
+            # the store (the scheduler is built below, and the writer only calls it once running).
             on_due=lambda times: self.scheduler.wake_all(times),
             on_callbacks=self._callbacks.put,
             stopping=self._stopping,

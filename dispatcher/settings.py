@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """Sizes and intervals of the delivery engine (``dispatch run --workers/--per-endpoint`` set two)."""
+
     workers: int = 64
     per_endpoint: int = 8
     lease_seconds: float = 120.0  # longer than the 60 s timeout ceiling plus queueing
