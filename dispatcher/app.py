@@ -1,7 +1,8 @@
 """``dispatch run``: wires the store, the live config, the engine and an event source, and runs until done.
 
-Signals only set flags; the main thread acts on them: SIGTERM/SIGINT stop (stop accepting, let attempts in
-flight finish within the longest timeout, release the rest), SIGHUP reloads ``--config`` now. Internal threads
+Signals and the watcher only set flags; the main thread acts on them: SIGTERM/SIGINT stop (stop accepting,
+let attempts in flight finish within the longest timeout, release the rest), SIGHUP reloads ``--config`` now,
+and changes the watcher saw settle are reloaded (every reload runs on the main thread). Internal threads
 run under a ``Supervisor``: one that dies stops the run, which then exits ``EXIT_INTERNAL_FAILURE`` (70).
 """
 
@@ -114,16 +115,24 @@ class Dispatcher:
         self.clock = clock
         self.stop_requested = threading.Event()
         self._reload_requested = threading.Event()
+        #: Set with every flag below: the main loop acts at once instead of at its next tick.
+        self.wakeup = threading.Event()
         self.notifier = systemd.Notifier({})  # replaced in run(): NOTIFY_SOCKET belongs to the process
-        self.supervisor = Supervisor(on_fault=self.stop_requested.set)
+        self.supervisor = Supervisor(on_fault=self.request_stop)
+
+    def request_stop(self) -> None:
+        """Ask the main loop to stop (a signal, or a thread's fault)."""
+        self.stop_requested.set()
+        self.wakeup.set()
 
     # Signals only set flags (STYLE: loops act on them).
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("signal.stop", extra=fields(signal=signal.Signals(signum).name))
-        self.stop_requested.set()
+        self.request_stop()
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         self._reload_requested.set()
+        self.wakeup.set()
 
     def run(self) -> int:
         o = self.options
@@ -134,8 +143,12 @@ class Dispatcher:
         listener = systemd.take_listener(os.environ) if o.activated and not o.use_stdin else None
         self.notifier = systemd.Notifier(os.environ)
         check_config_mount(o.config_dir)
-        opened = store_choice.open_store(o.store_url, store_path(o.state_dir), lock=state_lock)
-        with opened as store, self.notifier:
+        # Started in this order, stopped in the reverse one (each ``callback`` below is a stop step).
+        with contextlib.ExitStack() as stack:
+            store = stack.enter_context(
+                store_choice.open_store(o.store_url, store_path(o.state_dir), lock=state_lock)
+            )
+            stack.enter_context(self.notifier)
             source = ConfigSource(o.config_dir, self.environ, o.secret_sources, o.limits)
             snapshot = initial_snapshot(source)
             metrics = Metrics()
@@ -143,59 +156,43 @@ class Dispatcher:
             metrics.watch_store(
                 store_choice.backend(store), lambda: store_choice.holders(store, self.clock())
             )
-            engine_ref: list[Engine] = []
-            live = LiveConfig(
-                source, snapshot, store, metrics, clock=self.clock, on_change=lambda: engine_ref[0].wake()
+            live = LiveConfig(source, snapshot, store, metrics, clock=self.clock)
+            client = _client(o)
+            stack.callback(client.close)
+            engine = Engine(store, client, live.current, settings=o.engine, metrics=metrics, clock=self.clock)
+            self._install_signals()
+            log.info(
+                "dispatch.started",
+                extra=fields(
+                    revision=snapshot.revision,
+                    webhooks=len(snapshot.table),
+                    state=o.store_url.display if o.store_url else str(store_path(o.state_dir)),
+                    source="stdin" if o.use_stdin else "systemd" if listener else str(o.socket_path),
+                    secrets_dirs=list(source.sources.dirs),
+                    secret_env=list(source.sources.env_patterns),
+                ),
             )
-            with _client(o) as client:
-                engine = Engine(
-                    store, client, live.current, settings=o.engine, metrics=metrics, clock=self.clock
-                )
-                engine_ref.append(engine)
-                self._install_signals()
-                log.info(
-                    "dispatch.started",
-                    extra=fields(
-                        revision=snapshot.revision,
-                        webhooks=len(snapshot.table),
-                        state=o.store_url.display if o.store_url else str(store_path(o.state_dir)),
-                        source="stdin" if o.use_stdin else "systemd" if listener else str(o.socket_path),
-                        secrets_dirs=list(source.sources.dirs),
-                        secret_env=list(source.sources.env_patterns),
-                    ),
-                )
-                if snapshot.secret_errors:
-                    # The reasons name references only, never values; those webhooks' attempts fail with them.
-                    problems = sorted(snapshot.secret_errors.values())
-                    log.warning("secrets.unresolved", extra=fields(count=len(problems), reasons=problems))
-                store.prune(self.clock(), o.retention_seconds)
-                live.sync_store()
-                engine.start(self.supervisor.spawn)
-                committer = Committer(
-                    store,
-                    self.clock,
-                    engine.submit,
-                    engine.room,
-                    engine.behind,
-                    o.engine.lease_seconds,
-                    metrics,
-                    spawn=self.supervisor.spawn,
-                )
-                ingestor = Ingestor(committer, live.current, metrics, o.max_line_bytes)
-                services = _Services(self, live, engine, store, metrics)
-                services.start()
-                try:
-                    if o.use_stdin:
-                        self._run_stdin(ingestor, engine, services)
-                    else:
-                        self._run_socket(o.socket_path, ingestor, services, listener)
-                finally:
-                    self.notifier.stopping()
-                    self.supervisor.stopping()
-                    committer.close()
-                    engine.stop(grace_seconds=_longest_timeout(live))
-                    services.close()
-                log.info("dispatch.stopped")
+            if snapshot.secret_errors:
+                # The reasons name references only, never values; those webhooks' attempts fail with them.
+                problems = sorted(snapshot.secret_errors.values())
+                log.warning("secrets.unresolved", extra=fields(count=len(problems), reasons=problems))
+            store.prune(self.clock(), o.retention_seconds)
+            live.sync_store()
+            services = _Services(self, live, engine, store, metrics)
+            stack.callback(services.close)  # last: /healthz answers while the engine stops
+            engine.start(self.supervisor.spawn)
+            stack.callback(lambda: engine.stop(grace_seconds=_longest_timeout(live)))
+            committer = Committer(store, self.clock, engine.intake, metrics, spawn=self.supervisor.spawn)
+            stack.callback(committer.close)
+            stack.callback(self.supervisor.stopping)
+            stack.callback(self.notifier.stopping)
+            ingestor = Ingestor(committer, live.current, metrics, o.max_line_bytes)
+            services.start()
+            if o.use_stdin:
+                self._run_stdin(ingestor, engine, services)
+            else:
+                self._run_socket(o.socket_path, ingestor, services, listener)
+        log.info("dispatch.stopped")
         if self.supervisor.fault is not None:
             log.error("dispatch.failed", extra=fields(reason=str(self.supervisor.fault)))
             return EXIT_INTERNAL_FAILURE
@@ -233,6 +230,7 @@ class Dispatcher:
                 log.error("stdin.error", extra=fields(error=str(exc)))
             finally:
                 eof.set()
+                self.wakeup.set()
 
         self.supervisor.spawn("dispatch-stdin", read_all, until_stop=False)
         services.announce_ready()
@@ -247,6 +245,7 @@ class Dispatcher:
             services.tick(0.02)
 
     def reload_requested(self) -> bool:
+        """Whether SIGHUP asked for a reload since the last call."""
         if self._reload_requested.is_set():
             self._reload_requested.clear()
             return True
@@ -254,7 +253,8 @@ class Dispatcher:
 
 
 class _Services:
-    """Housekeeping on the main thread: SIGHUP reloads, rotated secret files, retention pruning."""
+    """Housekeeping on the main thread: every reload (SIGHUP, watched changes), rotated secret files,
+    retention pruning. The watcher's thread only sets a flag."""
 
     PRUNE_EVERY_SECONDS = 3600.0
     #: Secret files are stat-ed this often: a rotation takes effect within about this long.
@@ -271,14 +271,14 @@ class _Services:
         self._next_prune = app.clock() + self.PRUNE_EVERY_SECONDS
         self._next_secrets_check = app.clock() + self.SECRETS_EVERY_SECONDS
         self.watcher: ConfigWatcher | None = None
+        self._changes_seen = threading.Event()  # set by the watcher's thread after changes settle
         self._full_reload_due = False  # a watch reload failed part-way: the next one looks at every file
         self.status_server: StatusServer | None = None
 
     def start(self) -> None:
         o = self.app.options
         if o.watch:
-            on_change = self.app.supervisor.guard("dispatch-watch", self._reload_from_watch)
-            self.watcher = ConfigWatcher(o.config_dir, on_change, log=get_logger("watch"))
+            self.watcher = ConfigWatcher(o.config_dir, self._on_changes, log=get_logger("watch"))
             self.watcher.start()
         if o.metrics_address is not None:
             self.status_server = StatusServer(
@@ -292,6 +292,11 @@ class _Services:
             host, port = o.metrics_address[0], self.status_server.address[1]
             log.info("metrics.listening", extra=fields(address=f"{host}:{port}"))
 
+    def _on_changes(self) -> None:
+        """On the watcher's thread: only a flag (the main loop reloads)."""
+        self._changes_seen.set()
+        self.app.wakeup.set()
+
     def announce_ready(self) -> None:
         """READY=1 to systemd: the store is open, a valid table is loaded and events are being read."""
         snapshot = self.live.current()
@@ -304,12 +309,18 @@ class _Services:
         return None if self.engine.is_running() else "an engine thread is not running"
 
     def tick(self, wait_seconds: float = 0.2) -> None:
-        self.app.stop_requested.wait(wait_seconds)
+        """One turn of the main loop: wait for a flag or ``wait_seconds``, then act on what is due."""
+        self.app.wakeup.wait(wait_seconds)
+        self.app.wakeup.clear()  # before reading the flags: one set after this is seen next turn
         if self._problem() is None:  # a dead thread stops the pings: systemd's watchdog restarts us
             self.app.notifier.watchdog_tick()
+        if self.app.stop_requested.is_set():
+            return
         if self.app.reload_requested():
-            with self.app.notifier.reloading():
-                self.live.reload("SIGHUP")
+            self._reload("SIGHUP", None)
+        if self._changes_seen.is_set():
+            self._changes_seen.clear()
+            self._reload_from_watch()
         now = self.app.clock()
         if now >= self._next_secrets_check:
             self._next_secrets_check = now + self.SECRETS_EVERY_SECONDS
@@ -328,9 +339,17 @@ class _Services:
         if self._full_reload_due:
             changed = None
         self._full_reload_due = True  # until this reload returns: the paths taken may not have been loaded
-        with self.app.notifier.reloading():
-            self.live.reload("watch", changed)
+        self._reload("watch", changed)
         self._full_reload_due = False
+
+    def _reload(self, reason: str, changed: frozenset[str] | None) -> None:
+        """Reload (applying, burying and releasing in the store), then wake the scheduler if the table
+        changed: held deliveries released, or a fixed URL, are due now."""
+        before = self.live.current().revision
+        with self.app.notifier.reloading():
+            self.live.reload(reason, changed)
+        if self.live.current().revision != before:
+            self.engine.scheduler.wake()
 
     def close(self) -> None:
         if self.watcher is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from dispatcher.errors import ConfigError, SecretError
 from dispatcher.secrets import Signature, file_signature, resolve_secret
 from reconciler.limits import DEFAULT_LIMITS, Limits
-from reconciler.loader import TreeLoader, TreeResult
+from reconciler.loader import TreeLoader
 from reconciler.model import Diagnostic, SecretRef, Webhook
 from reconciler.routing import RoutingTable, changed_webhooks
 from reconciler.secretsources import SecretSources
@@ -57,24 +57,15 @@ class LoadAttempt:
         return self.snapshot is not None
 
 
-def resolve_secrets(
-    webhooks: Mapping[str, Webhook], environ: Mapping[str, str], sources: SecretSources
+def resolve_refs(
+    refs: Iterable[SecretRef], environ: Mapping[str, str], sources: SecretSources
 ) -> tuple[dict[SecretRef, str], dict[SecretRef, str]]:
-    """Resolve every secret reference of every webhook.
+    """Resolve each reference afresh (a rotated secret file is read again): (values, reasons of failures).
 
     An unresolvable secret does not block the table (one team's missing secret must not freeze every other
     team's changes): the webhooks using it fail their attempts with the reason, and are retried, until a
     reload resolves it. Errors name the reference, never a value.
     """
-    return resolve_refs(
-        dict.fromkeys(ref for hook in webhooks.values() for ref in hook.secret_refs()), environ, sources
-    )
-
-
-def resolve_refs(
-    refs: Iterable[SecretRef], environ: Mapping[str, str], sources: SecretSources
-) -> tuple[dict[SecretRef, str], dict[SecretRef, str]]:
-    """Resolve each reference afresh (a rotated secret file is read again): (values, reasons of failures)."""
     values: dict[SecretRef, str] = {}
     errors: dict[SecretRef, str] = {}
     for ref in refs:
@@ -83,19 +74,6 @@ def resolve_refs(
         except SecretError as exc:
             errors[ref] = str(exc)
     return values, errors
-
-
-def build_attempt(
-    tree: TreeResult, environ: Mapping[str, str], sources: SecretSources, git_commit: str | None = None
-) -> LoadAttempt:
-    """Turn a loaded tree into a snapshot, or into the reasons it cannot be applied."""
-    errors = tuple(d for d in tree.diagnostics if d.is_error)
-    if errors:
-        return LoadAttempt(tree.revision, None, tree.diagnostics)
-    table = tree.table()
-    secrets, secret_errors = resolve_secrets(table.webhooks, environ, sources)
-    snapshot = Snapshot(table, secrets, tree.revision, git_commit, secret_errors)
-    return LoadAttempt(tree.revision, snapshot, tree.diagnostics)
 
 
 class ConfigSource:

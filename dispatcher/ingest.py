@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from dispatcher.config import Snapshot
 from dispatcher.errors import StoreError
+from dispatcher.intake import Admission
 from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
 from dispatcher.protocol import (
@@ -65,27 +67,33 @@ class _Batch:
             self.done.set()
 
 
+class DeliveryIntake(Protocol):
+    """Where the committer hands new deliveries (``dispatcher.intake.Intake``; tests pass a fake)."""
+
+    def plan(self, webhooks: Sequence[str]) -> Admission:
+        """Whether to create the next commit's deliveries leased, and which to leave unleased."""
+        ...
+
+    def admit(self, leases: Sequence[Lease]) -> object:
+        """Take the leases the commit created."""
+        ...
+
+
 class Committer:
-    """One thread that group-commits batches of events and hands new deliveries to the engine."""
+    """One thread that group-commits batches of events and hands their new leases to the intake."""
 
     def __init__(
         self,
         store: Store,
         clock: Callable[[], float],
-        on_committed: Callable[[list[Lease]], object],
-        room: Callable[[], int],
-        behind: Callable[[list[str]], set[str]],
-        lease_seconds: float,
+        intake: DeliveryIntake,
         metrics: Metrics,
         *,
         spawn: Spawn = start_thread,
     ) -> None:
         self._store = store
         self._clock = clock
-        self._on_committed = on_committed
-        self._room = room
-        self._behind = behind
-        self._lease_seconds = lease_seconds
+        self._intake = intake
         self._metrics = metrics
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
         self._current: list[_Batch] = []
@@ -102,12 +110,6 @@ class Committer:
                 self._fail_waiting()
         else:
             batch.finish([])
-        return batch
-
-    def commit(self, events: list[NewEvent]) -> _Batch:
-        """Commit events durably (blocks until done); results are in input order."""
-        batch = self.submit(events)
-        batch.done.wait()
         return batch
 
     def close(self) -> None:
@@ -159,32 +161,24 @@ class Committer:
 
     def _commit(self, batches: list[_Batch]) -> None:
         events = [e for b in batches for e in b.events]
-        # Hand new deliveries straight to the engine when it has room; otherwise the scheduler leases them.
-        names = [name for e in events for name in e.webhooks]
-        lease_seconds = self._lease_seconds if self._room() >= len(names) else None
-        unleased = self._behind(names) if lease_seconds is not None and names else set()
-        results = self._store_isolating(events, lease_seconds, unleased)
+        # New deliveries go straight to the engine when it has room; otherwise the scheduler leases them.
+        admission = self._intake.plan([name for e in events for name in e.webhooks])
+        results = self._store_isolating(events, admission)
         offset = 0
         for b in batches:
             b.finish(results[offset : offset + len(b.events)])
             offset += len(b.events)
-        if lease_seconds is not None:
-            ids = [i for r in results if isinstance(r, EnqueueResult) for i in r.delivery_ids]
-            if ids:
-                try:
-                    leases = self._store.lease_for(ids)
-                except StoreError as exc:  # committed all the same: the leases expire and are reclaimed
-                    log.error("ingest.lease_error", extra=fields(deliveries=len(ids), error=str(exc)))
-                    return
-                self._on_committed(leases)
+        leases = [lease for r in results if isinstance(r, EnqueueResult) for lease in r.leases]
+        if leases:
+            self._intake.admit(leases)
 
-    def _store_isolating(
-        self, events: list[NewEvent], lease_seconds: float | None, unleased: set[str]
-    ) -> list[EnqueueResult | str]:
+    def _store_isolating(self, events: list[NewEvent], admission: Admission) -> list[EnqueueResult | str]:
         """Enqueue ``events`` in one transaction; if that fails with anything but a StoreError, in halves
         (recursively) so that only the events that cannot be stored are rejected."""
         try:
-            return list(self._store.enqueue(events, self._clock(), lease_seconds, unleased))
+            return list(
+                self._store.enqueue(events, self._clock(), admission.lease_seconds, admission.unleased)
+            )
         except StoreError as exc:
             log.error("ingest.store_error", extra=fields(events=len(events), error=str(exc)))
             return [RETRY] * len(events)
@@ -193,8 +187,8 @@ class Committer:
                 log.error("ingest.unstorable", extra=fields(uuid=events[0].uuid, error=describe(exc)))
                 return [UNSTORABLE]
         middle = len(events) // 2
-        return self._store_isolating(events[:middle], lease_seconds, unleased) + self._store_isolating(
-            events[middle:], lease_seconds, unleased
+        return self._store_isolating(events[:middle], admission) + self._store_isolating(
+            events[middle:], admission
         )
 
 
@@ -266,10 +260,6 @@ class Ingestor:
         self._config = config
         self._metrics = metrics
         self.max_line_bytes = max_line_bytes
-
-    def handle(self, lines: list[tuple[int, bytes | None]]) -> bytes:
-        """Acknowledgement lines for these input lines, in order, after their events are durable."""
-        return self.start(lines)()
 
     def start(
         self,

@@ -44,15 +44,13 @@ class LiveConfig:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,
-        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._source = source
         self._snapshot = initial
         self._store = store
         self._metrics = metrics
         self._clock = clock
-        self._on_change = on_change
-        self._lock = threading.Lock()  # one reload at a time; readers never take it
+        self._lock = threading.Lock()  # one swap at a time; readers never take it
         now = clock()
         self._status = ReloadStatus(
             initial.revision, initial.git_commit, initial.revision, True, now, now, None
@@ -106,8 +104,6 @@ class LiveConfig:
                     took_ms=round((time.monotonic() - started) * 1000, 1),
                 ),
             )
-            if revised:
-                self._on_change()
             return True
 
     def refresh_secrets(self) -> bool:

@@ -9,9 +9,9 @@ engine's ``Client`` interface but sends each ``OutboundRequest`` to a child proc
 A child is ``python -m dispatcher.transport`` on one end of a socket pair, not a ``multiprocessing`` child:
 ``spawn`` re-imports the parent's ``__main__`` (the whole CLI) in every child, and pickles through
 ``ForkingPickler``, whose set-up per message cost more than the message (both profiled). Here a child imports
-only the HTTP client, and messages are plain tuples pickled with the fastest protocol, framed by
-``multiprocessing.connection.Connection`` (a length, then the bytes). Token requests and callbacks go to the
-children too, so the main process never imports ``requests`` (about 14 MB of memory).
+only the HTTP client, and messages are the named tuples of ``dispatcher.messages`` pickled with the fastest
+protocol, framed by ``multiprocessing.connection.Connection`` (a length, then the bytes). Token requests and
+callbacks go to the children too, so the main process never imports ``requests`` (about 14 MB of memory).
 
 A child that dies fails its attempts in flight (they are retried like any connection error) and is started
 again. Children ignore SIGINT/SIGTERM/SIGHUP (the parent decides when to stop) and exit when their socket
@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from dispatcher.errors import DeliveryError
 from dispatcher.logs import fields, get_logger
+from dispatcher.messages import AttemptReply, AttemptRequest, Reply, Request, TokenReply, TokenRequest
 from dispatcher.outbound import OutboundRequest, json_request
 from dispatcher.store.base import AttemptRecord
 
@@ -50,40 +51,36 @@ log = get_logger("transport")
 
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _STOP = b""  # asks a child to finish its attempts in flight and exit
-# Requests: (_ATTEMPT, id, url, body, headers, timeout, basic auth) -> (id, started at, duration, status code,
-# error, headers, excerpt); (_TOKEN, id, auth, password, timeout) -> (id, token or None, error or None).
-_ATTEMPT, _TOKEN = 0, 1
 # The package root, so a child finds ``dispatcher`` whatever the parent's working directory and sys.path.
 _ROOT = str(Path(__file__).resolve().parent.parent)
 
 
-def _record_from(reply: tuple[Any, ...]) -> AttemptRecord:
-    _, started_at, duration, status_code, error, headers, excerpt = reply
-    return AttemptRecord(started_at, duration, status_code, error, headers, excerpt)
+def _record_from(reply: AttemptReply) -> AttemptRecord:
+    return AttemptRecord(*reply[1:])
 
 
-def _answer(client: Any, item: tuple[Any, ...]) -> tuple[Any, ...]:
+def _answer(client: Any, item: Request) -> Reply:
     """The child's reply to one request (``client`` is its ``HttpClient``). Always a reply: a request left
     unanswered would hold an engine worker for good."""
-    kind, request_id = item[0], item[1]
     started_at = time.time()
     try:
-        if kind == _TOKEN:
-            _, _, auth, password, timeout_seconds = item
+        if isinstance(item, TokenRequest):
             try:
-                return (request_id, client.fetch_token(auth, password, timeout_seconds), None)
+                token = client.fetch_token(item.auth, item.password, item.timeout_seconds)
+                return TokenReply(item.request_id, token, None)
             except DeliveryError as exc:  # its message never holds the password or the token
-                return (request_id, None, str(exc))
-        _, _, url, body, headers, timeout_seconds, basic_auth = item
-        r = client.send(OutboundRequest(url, body, headers, timeout_seconds, basic_auth))
-        return (request_id, r.started_at, r.duration_seconds, r.status_code, r.error, r.response_headers,
-                r.response_excerpt)  # fmt: skip
+                return TokenReply(item.request_id, None, str(exc))
+        r = client.send(
+            OutboundRequest(item.url, item.body, item.headers, item.timeout_seconds, item.basic_auth)
+        )
+        return AttemptReply(item.request_id, r.started_at, r.duration_seconds, r.status_code, r.error,
+                            r.response_headers, r.response_excerpt)  # fmt: skip
     except Exception as exc:  # a bug: named by type only (a message could quote a secret)
         error = f"internal error in the delivery process ({type(exc).__name__})"
         sys.stderr.write(f"dispatcher.transport: {error}\n")
-        if kind == _TOKEN:
-            return (request_id, None, error)
-        return (request_id, started_at, time.time() - started_at, None, error, {}, "")
+        if isinstance(item, TokenRequest):
+            return TokenReply(item.request_id, None, error)
+        return AttemptReply(item.request_id, started_at, time.time() - started_at, None, error, {}, "")
 
 
 # -- the child -------------------------------------------------------------------------------------------
@@ -104,7 +101,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     conn = Connection(args.fd)
     allowed = tuple(ip_network(cidr) for cidr in args.allow)
     send_lock = threading.Lock()
-    work: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+    work: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
 
     def attempts(client: HttpClient) -> None:
         while (item := work.get()) is not None:
@@ -148,14 +145,14 @@ class _Waiter:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.lock.acquire()
-        self.reply: tuple[Any, ...] | None = None
+        self.reply: Reply | None = None
 
-    def set(self, reply: tuple[Any, ...] | None) -> None:
+    def set(self, reply: Reply | None) -> None:
         """The child's reply, or None when the child died first."""
         self.reply = reply
         self.lock.release()
 
-    def wait(self, timeout_seconds: float) -> tuple[Any, ...] | None:
+    def wait(self, timeout_seconds: float) -> Reply | None:
         """The reply; None when the child died first or did not answer in time."""
         return self.reply if self.lock.acquire(timeout=timeout_seconds) else None
 
@@ -235,11 +232,11 @@ class ProcessClient:
     def _read_replies(self, index: int, child: _Child) -> None:
         while True:
             try:
-                reply = pickle.loads(child.conn.recv_bytes())
+                reply: Reply = pickle.loads(child.conn.recv_bytes())
             except (EOFError, OSError):
                 break
             with child.lock:
-                waiter = child.pending.pop(reply[0], None)
+                waiter = child.pending.pop(reply.request_id, None)
             if waiter is not None:
                 waiter.set(reply)
         with child.lock:
@@ -264,15 +261,15 @@ class ProcessClient:
             return
         self._children[index] = self._spawn(index)
 
-    def _call(self, message: tuple[Any, ...], timeout_seconds: float) -> tuple[Any, ...] | str:
+    def _call(self, message: Callable[[int], Request], timeout_seconds: float) -> Reply | str:
         """Send one request to a child (round robin) and wait for its reply; a string says why there is none.
-        ``message`` lacks the request id, which goes second. The child answers every request within its
-        timeout; waiting is bounded all the same (a hung child must not hold a worker for good)."""
+        ``message`` builds the request from its id. The child answers every request within its timeout;
+        waiting is bounded all the same (a hung child must not hold a worker for good)."""
         children = self._children
         child = children[next(self._next) % len(children)]
         request_id = next(self._ids)
         waiter = _Waiter()
-        data = pickle.dumps((message[0], request_id, *message[1:]), _PROTOCOL)
+        data = pickle.dumps(message(request_id), _PROTOCOL)
         with child.lock:
             if not child.alive:
                 return "delivery process unavailable"
@@ -295,22 +292,25 @@ class ProcessClient:
     def send(self, request: OutboundRequest) -> AttemptRecord:
         """Make one attempt in a child process; never raises for delivery problems."""
         started_at = time.time()
-        message = (_ATTEMPT, request.url, request.body, request.headers, request.timeout_seconds,
-                   request.basic_auth)  # fmt: skip
-        reply = self._call(message, request.timeout_seconds)
+        r = request
+        reply = self._call(
+            lambda i: AttemptRequest(i, r.url, r.body, r.headers, r.timeout_seconds, r.basic_auth),
+            request.timeout_seconds,
+        )
         if isinstance(reply, str):
             return AttemptRecord(started_at, time.time() - started_at, error=reply)
+        assert isinstance(reply, AttemptReply)
         return _record_from(reply)
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
         """The token flow, in a child; DeliveryError when it fails (the message holds no secret)."""
-        reply = self._call((_TOKEN, auth, password, timeout_seconds), timeout_seconds)
+        reply = self._call(lambda i: TokenRequest(i, auth, password, timeout_seconds), timeout_seconds)
         if isinstance(reply, str):
             raise DeliveryError(f"token endpoint {auth.url}: {reply}")
-        _, token, error = reply
-        if error is not None:
-            raise DeliveryError(error)
-        return str(token)
+        assert isinstance(reply, TokenReply)
+        if reply.error is not None:
+            raise DeliveryError(reply.error)
+        return str(reply.token)
 
     def post_json(self, url: str, payload: dict[str, Any], timeout_seconds: float) -> AttemptRecord:
         return self.send(json_request(url, payload, timeout_seconds))

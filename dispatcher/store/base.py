@@ -61,8 +61,8 @@ class EnqueueResult:
     uuid: str
     duplicate: bool  # the uuid was already accepted within the retention window; nothing was stored
     delivery_ids: tuple[int, ...] = ()
-    #: The leases enqueue created for this event's deliveries (with ``lease_seconds``; webhooks in
-    #: ``unleased`` excluded), in the order of ``NewEvent.webhooks``.
+    #: The leases this call created for the event's deliveries (``enqueue`` with ``lease_seconds``; webhooks
+    #: in ``unleased`` excluded), in the order of ``NewEvent.webhooks``.
     leases: tuple[Lease, ...] = ()
 
 
@@ -215,14 +215,10 @@ class Store(Protocol):
         """Store events and one delivery per routed webhook in one durable transaction.
 
         Duplicates (uuid already stored) are reported and store nothing. With ``lease_seconds`` the new
-        deliveries are created already leased to the caller (hot path: no second write to lease them);
-        ``lease_for`` then returns those leases. Deliveries to the webhooks in ``unleased`` are created
+        deliveries are created already leased to the caller (hot path: no second write to lease them) and
+        returned in ``EnqueueResult.leases``. Deliveries to the webhooks in ``unleased`` are created
         unleased even then (their endpoint is behind: the scheduler leases them when it has room).
         """
-        ...
-
-    def lease_for(self, delivery_ids: Sequence[int]) -> list[Lease]:
-        """The leases of deliveries created leased by ``enqueue`` (in the same process)."""
         ...
 
     def lease(self, now: float, limit: int, lease_seconds: float, skip: Collection[str] = ()) -> list[Lease]:

@@ -227,23 +227,15 @@ class MemoryStore:
                     continue
                 event = self._events[new.uuid] = _Event(new.uuid, new.type, new.body, now)
                 ids: list[int] = []
+                leases: list[Lease] = []
                 for webhook in dict.fromkeys(new.webhooks):
                     row = _Row(next(self._delivery_ids), event, webhook, now, now, next_attempt_at=now)
                     if token is not None and lease_seconds is not None and webhook not in unleased:
-                        row.lease(token, now + lease_seconds)
+                        leases.append(row.lease(token, now + lease_seconds))
                     self._rows[row.id] = row
                     ids.append(row.id)
-                results.append(EnqueueResult(new.uuid, duplicate=False, delivery_ids=tuple(ids)))
+                results.append(EnqueueResult(new.uuid, False, tuple(ids), tuple(leases)))
         return results
-
-    def lease_for(self, delivery_ids: Sequence[int]) -> list[Lease]:
-        leases: list[Lease] = []
-        with self._lock:
-            for delivery_id in dict.fromkeys(delivery_ids):
-                row = self._rows.get(delivery_id)
-                if row is not None and row.lease_id is not None and row.lease_expires_at is not None:
-                    leases.append(row.current_lease(row.lease_id, row.lease_expires_at))
-        return leases
 
     def lease(self, now: float, limit: int, lease_seconds: float, skip: Collection[str] = ()) -> list[Lease]:
         with self._lock:

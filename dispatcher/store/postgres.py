@@ -71,7 +71,6 @@ PRUNE_CHUNK = 1000
 #: The advisory lock that serialises leasing when the per-endpoint limit is shared.
 LEASE_LOCK = MIGRATION_LOCK + 1
 _OFFSET_REFRESH_SECONDS = 60.0
-_FRESH_LEASES_MAX = 10_000
 _LIMITED_ROUNDS = 8
 _CANDIDATES = 100  # due rows looked at per round of a limited lease
 
@@ -259,8 +258,6 @@ class PostgresStore:
         self._offset_lock = threading.Lock()
         self._endpoint_of: Callable[[str], str | None] | None = None
         self._per_endpoint = 0
-        self._fresh_lock = threading.Lock()
-        self._fresh: dict[int, Lease] = {}
         self._listener: Listener | None = None
         try:
             with self._pool.connect() as conn:
@@ -383,25 +380,12 @@ class PostgresStore:
                     for i, w in zip(delivery_ids, webhooks, strict=True)
                     if w not in unleased
                 )
-        if leases:
-            with self._fresh_lock:
-                for fresh in leases.values():
-                    for lease in fresh:
-                        self._fresh[lease.delivery_id] = lease
-                while len(self._fresh) > _FRESH_LEASES_MAX:
-                    del self._fresh[next(iter(self._fresh))]
         return [
             EnqueueResult(e.uuid, False, by_event.pop(e.uuid), leases.pop(e.uuid, ()))
             if e.uuid in by_event
             else EnqueueResult(e.uuid, duplicate=True)
             for e in events
         ]
-
-    def lease_for(self, delivery_ids: Sequence[int]) -> list[Lease]:
-        # To be removed with Store.lease_for (EnqueueResult.leases replaces it).
-        with self._fresh_lock:
-            found = [self._fresh.pop(i) for i in dict.fromkeys(delivery_ids) if i in self._fresh]
-        return found
 
     @staticmethod
     def _next_token(conn: Conn) -> int:

@@ -65,7 +65,6 @@ PRUNE_CHUNK = 1000
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _WRITER_CACHE_KIB = 2000
 _READER_CACHE_KIB = 2000
-_FRESH_LEASES_MAX = 10_000  # leases created by enqueue and not yet collected by lease_for; beyond, re-read
 
 _DUE = DUE_CONDITION
 _CALLBACK_DUE = CALLBACK_DUE_CONDITION
@@ -304,8 +303,6 @@ class SQLiteStore:
         self._level = self._durable_level
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._fresh_lock = threading.Lock()
-        self._fresh: dict[int, Lease] = {}
         self._writer = self._connect(synchronous.upper(), _WRITER_CACHE_KIB, writer=True)
         try:
             self._create_schema()
@@ -426,8 +423,8 @@ class SQLiteStore:
         unique = list(first_of.values())
         if not unique:
             return []
-        fresh: list[tuple[int, NewEvent, str]] = []  # deliveries created leased, handed out by lease_for
         ids: dict[str, tuple[int, ...]] = {}
+        leases: dict[str, list[Lease]] = {}  # the deliveries created leased, per event, in webhook order
         with self._write("enqueue") as conn:
             first_event, delivery_id, token = self._counters(conn)
             event_rows = [
@@ -451,10 +448,13 @@ class SQLiteStore:
                     continue
                 webhooks = tuple(dict.fromkeys(event.webhooks))  # one delivery per (event, webhook)
                 ids[event.uuid] = tuple(range(delivery_id, delivery_id + len(webhooks)))
+                created = leases[event.uuid] = []
                 for webhook in webhooks:
-                    leased = lease_id is not None and webhook not in unleased
-                    if leased:
-                        fresh.append((delivery_id, event, webhook))
+                    leased = lease_id is not None and expires_at is not None and webhook not in unleased
+                    if lease_id is not None and expires_at is not None and leased:
+                        lease = Lease(delivery_id, lease_id, expires_at, event.uuid, event.type, webhook,
+                                      event.body, 0, now)  # fmt: skip
+                        created.append(lease)
                     delivery_rows.append(
                         (
                             delivery_id,
@@ -473,40 +473,12 @@ class SQLiteStore:
                 "UPDATE counters SET next_event_id = ?, next_delivery_id = ?, next_lease_id = ?",
                 (first_event + len(unique), delivery_id, token + (lease_id is not None)),
             )
-        if lease_id is not None and expires_at is not None:
-            with self._fresh_lock:
-                for delivery_id, event, webhook in fresh:
-                    self._fresh[delivery_id] = Lease(
-                        delivery_id, lease_id, expires_at, event.uuid, event.type, webhook, event.body, 0, now
-                    )
-                # Bounded in case the caller never collects them: the oldest are re-read from the file.
-                while len(self._fresh) > _FRESH_LEASES_MAX:
-                    del self._fresh[next(iter(self._fresh))]
         return [
-            EnqueueResult(e.uuid, duplicate=False, delivery_ids=ids.pop(e.uuid))
+            EnqueueResult(e.uuid, False, ids.pop(e.uuid), tuple(leases.pop(e.uuid)))
             if e.uuid in ids
             else EnqueueResult(e.uuid, duplicate=True)
             for e in events
         ]
-
-    def lease_for(self, delivery_ids: Sequence[int]) -> list[Lease]:
-        found: dict[int, Lease] = {}
-        with self._fresh_lock:
-            for delivery_id in delivery_ids:
-                lease = self._fresh.pop(delivery_id, None)
-                if lease is not None:
-                    found[delivery_id] = lease
-        missing = [delivery_id for delivery_id in delivery_ids if delivery_id not in found]
-        if missing:
-            with self._read("lease_for") as conn:
-                for row in conn.execute(
-                    "SELECT d.id, d.lease_id, d.lease_expires_at, e.uuid, e.type, d.webhook, e.body,"
-                    " d.attempts, d.created_at FROM deliveries AS d JOIN events AS e ON e.id = d.event_id"
-                    " WHERE d.id IN (SELECT value FROM json_each(?)) AND d.lease_id IS NOT NULL",
-                    (_json_list(missing),),
-                ):
-                    found[row[0]] = Lease(row[0], row[1], row[2], _uuid_text(row[3]), *row[4:])
-        return [found[delivery_id] for delivery_id in dict.fromkeys(delivery_ids) if delivery_id in found]
 
     def lease(self, now: float, limit: int, lease_seconds: float, skip: Collection[str] = ()) -> list[Lease]:
         if limit <= 0:

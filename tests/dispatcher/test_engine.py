@@ -6,15 +6,16 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from dispatcher.attempt import endpoint_key
 from dispatcher.config import Snapshot
-from dispatcher.engine import EndpointQueues, Engine, EngineSettings
-from dispatcher.http import OutboundRequest
+from dispatcher.engine import Engine, EngineSettings
+from dispatcher.outbound import OutboundRequest
+from dispatcher.queues import EndpointQueues
 from dispatcher.store.base import (
     AttemptRecord,
     DeliveryQuery,
@@ -82,19 +83,38 @@ def store() -> Iterator[MemoryStore]:
     s.close()
 
 
-def _engine(store: MemoryStore, client: FakeClient, snapshot: list[Snapshot], **settings: Any) -> Engine:
+def _engine(
+    store: MemoryStore,
+    client: FakeClient,
+    snapshot: list[Snapshot],
+    clock: Callable[[], float] = time.time,
+    **settings: Any,
+) -> Engine:
     return Engine(
         store,
         client,
         lambda: snapshot[0],
         settings=EngineSettings(workers=4, per_endpoint=2, **settings),
         rng=random.Random(7),
+        clock=clock,
     )
 
 
-def _enqueue(store: MemoryStore, engine: Engine, *webhooks: str, uuid: str = "ab" * 16) -> None:
-    [result] = store.enqueue([NewEvent(uuid, "package.created", b'{"x":1}', webhooks)], time.time(), 60)
-    engine.submit(store.lease_for(result.delivery_ids))
+def _enqueue(
+    store: MemoryStore, engine: Engine, *webhooks: str, uuid: str = "ab" * 16, now: float | None = None
+) -> None:
+    at = time.time() if now is None else now
+    [result] = store.enqueue([NewEvent(uuid, "package.created", b'{"x":1}', webhooks)], at, 60)
+    engine.intake.admit(result.leases)
+
+
+def _work(engine: Engine, now: float) -> None:
+    """On this thread, as the engine's threads would: attempt every queued lease, then write the outcomes."""
+    while (item := engine.queues.take(0)) is not None:
+        key, lease = item
+        engine.queues.done(key, engine.worker.handle(lease, now))
+    batch, _ = engine.writer.take(block=False)
+    engine.writer.write_once(batch, now)
 
 
 def _wait(predicate: Any, timeout: float = 5.0) -> None:
@@ -175,38 +195,35 @@ def test_failed_attempt_is_rescheduled_and_retried_by_the_scheduler(
     retry = RetryConfig(choice="fixed", kwargs={"seconds": 30}, max_attempts=3)
     hook = Webhook(name="a", target_url="https://a.example.com/h", event_types=("*",), retry=retry)
     client.scripts[hook.target_url] = [500, 200]
-    engine = _engine(store, client, [_snapshot(hook)])
-    engine.start()
-    try:
-        _enqueue(store, engine, "a")
-        _wait(lambda: _statuses(store).get("a") is DeliveryStatus.FAILED)
-        [row] = store.list_deliveries(DeliveryQuery())
-        assert row.next_attempt_at is not None
-        assert 29 <= row.next_attempt_at - time.time() <= 31
-        assert engine.run_once(time.time()) == pytest.approx(row.next_attempt_at)  # not due yet: sleeps until
-        engine.run_once(row.next_attempt_at + 0.01)
-        _wait(lambda: _statuses(store).get("a") is DeliveryStatus.DELIVERED)
-    finally:
-        engine.stop(1)
+    now = [10_000.0]
+    engine = _engine(store, client, [_snapshot(hook)], clock=lambda: now[0])
+    _enqueue(store, engine, "a", now=now[0])
+    _work(engine, now[0])
+    [row] = store.list_deliveries(DeliveryQuery())
+    assert row.status is DeliveryStatus.FAILED and row.next_attempt_at == now[0] + 30
+    assert engine.scheduler.run_once(now[0]) == row.next_attempt_at  # not due yet: sleeps until then
+    assert engine.queues.size == 0
+    now[0] = row.next_attempt_at + 0.01
+    engine.scheduler.run_once(now[0])
+    assert engine.queues.size == 1
+    _work(engine, now[0])
+    assert _statuses(store)["a"] is DeliveryStatus.DELIVERED
     assert len(client.sent) == 2
 
 
 def test_inactive_webhook_holds_and_removed_webhook_buries(store: MemoryStore, client: FakeClient) -> None:
     """An inactive webhook's delivery is held without an attempt; one of a removed webhook becomes dead."""
     inactive = Webhook(name="off", target_url="https://off.example.com/h", event_types=("*",), active=False)
-    engine = _engine(store, client, [_snapshot(inactive)])
-    engine.start()
-    try:
-        _enqueue(store, engine, "off", "gone")
-        _wait(lambda: _statuses(store).get("gone") is DeliveryStatus.DEAD)
-        _wait(lambda: not store.lease(time.time() + 1, 10, 60) and engine.is_idle())
-    finally:
-        engine.stop(1)
+    now = 10_000.0
+    engine = _engine(store, client, [_snapshot(inactive)], clock=lambda: now)
+    _enqueue(store, engine, "off", "gone", now=now)
+    _work(engine, now)
     rows = {d.webhook: d for d in store.list_deliveries(DeliveryQuery())}
-    assert rows["gone"].dead_reason == "webhook removed"
+    assert rows["gone"].status is DeliveryStatus.DEAD and rows["gone"].dead_reason == "webhook removed"
     assert rows["off"].status is DeliveryStatus.PENDING and rows["off"].attempts == 0
+    assert engine.is_idle() and engine.scheduler.run_once(now + 1) is None  # held: nothing due
     assert client.sent == []
-    assert store.release_held("off", time.time()) == 1
+    assert store.release_held("off", now) == 1
 
 
 def _callbacks_sent(client: FakeClient, url: str) -> list[dict[str, Any]]:
@@ -264,7 +281,7 @@ def test_a_failed_attempt_with_a_retry_produces_a_failed_callback(
 def _stored_callback(store: MemoryStore, now: float, label: str = "dead") -> None:
     """Record a dead delivery whose outcome carries a callback (as the outcome writer does)."""
     [result] = store.enqueue([NewEvent("cd" * 16, "package.created", b"{}", ("a",))], now, 60)
-    [lease] = store.lease_for(result.delivery_ids)
+    [lease] = result.leases
     payload = json.dumps({"callback_id": "ef" * 16, "outcome": label}).encode()
     callback = NewCallback("a", CALLBACK_URL, label, payload)
     outcome = Outcome(lease.delivery_id, lease.lease_id, OutcomeKind.DEAD, reason="x", callback=callback)
@@ -416,25 +433,26 @@ def test_scheduler_leases_past_the_backlog_of_a_full_endpoint(store: MemoryStore
         return got
 
     store.lease = counting_lease  # type: ignore[method-assign]
-    assert engine.run_once(now) == now  # a full batch of the dead endpoint's: 3 queued, more may be due
-    engine.run_once(now)  # the dead endpoint is now past half full: passed over, the live one leased
+    scheduler = engine.scheduler
+    assert scheduler.run_once(now) == now  # a full batch of the dead endpoint's: 3 queued, more may be due
+    scheduler.run_once(now)  # the dead endpoint is now past half full: passed over, the live one leased
     dead_key, live_key = endpoint_key(dead.target_url), endpoint_key(live.target_url)
     assert engine.queues.queued(dead_key) == 3
     assert engine.queues.queued(live_key) == 3
     due = [d for d in store.list_deliveries(DeliveryQuery()) if d.webhook == "dead"]
     assert sum(1 for d in due if d.next_attempt_at is not None and d.next_attempt_at <= now) == 10
     assert leases == [3, 3]
-    engine.run_once(now)  # nothing but the backlog is due: one fruitless lease, then a hold
-    engine.run_once(now + 0.1)
-    engine.run_once(now + 0.2)
+    scheduler.run_once(now)  # nothing but the backlog is due: one fruitless lease, then a hold
+    scheduler.run_once(now + 0.1)
+    scheduler.run_once(now + 0.2)
     assert leases == [3, 3, 0]
-    engine.wake()  # new due work may exist: look again
-    engine.run_once(now + 0.3)
+    scheduler.wake()  # new due work may exist: look again
+    scheduler.run_once(now + 0.3)
     assert leases == [3, 3, 0, 0]
-    engine.wake(now + 10)  # work announced for later (a retry) does not end the hold before it is due
-    engine.run_once(now + 0.5)
+    scheduler.wake(now + 10)  # work announced for later (a retry) does not end the hold before it is due
+    scheduler.run_once(now + 0.5)
     assert leases == [3, 3, 0, 0]
-    engine.wake_all([now + 1.0, now + 1.5])  # each announced time ends a hold when it comes
-    engine.run_once(now + 1.2)
-    engine.run_once(now + 1.7)
+    scheduler.wake_all([now + 1.0, now + 1.5])  # each announced time ends a hold when it comes
+    scheduler.run_once(now + 1.2)
+    scheduler.run_once(now + 1.7)
     assert leases == [3, 3, 0, 0, 0, 0]

@@ -21,6 +21,7 @@ from dispatcher.store.memory import MemoryStore
 from reconciler.model import Webhook
 from reconciler.routing import build_routing_table
 from tests.conftest import wait_until
+from tests.dispatcher.intakes import NoIntake
 
 
 class GatedStore(MemoryStore):
@@ -55,8 +56,7 @@ def _ingestor(store: GatedStore) -> tuple[Ingestor, Committer]:
     hook = Webhook(name="a", target_url="https://a.example.com/h", event_types=("package.created",))
     snapshot = Snapshot(build_routing_table([hook], "rev-1"), {}, "rev-1")
     metrics = Metrics()
-    no_room, none_behind = (lambda: 0), (lambda names: set[str]())
-    committer = Committer(store, time.time, lambda leases: None, no_room, none_behind, 60.0, metrics)
+    committer = Committer(store, time.time, NoIntake(), metrics)
     return Ingestor(committer, lambda: snapshot, metrics, 1 << 20), committer
 
 

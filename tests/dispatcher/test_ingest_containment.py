@@ -22,6 +22,7 @@ from dispatcher.store.memory import MemoryStore
 from dispatcher.supervise import Supervisor
 from reconciler.model import Webhook
 from reconciler.routing import build_routing_table
+from tests.dispatcher.intakes import LeasingIntake, NoIntake
 
 
 class PickyStore(MemoryStore):
@@ -43,10 +44,7 @@ class PickyStore(MemoryStore):
 
 
 def _committer(store: MemoryStore, **kwargs: Any) -> Committer:
-    def none_behind(names: list[str]) -> set[str]:
-        return set()
-
-    return Committer(store, time.time, lambda leases: None, lambda: 0, none_behind, 60.0, Metrics(), **kwargs)
+    return Committer(store, time.time, NoIntake(), Metrics(), **kwargs)
 
 
 def _event(event_uuid: str) -> NewEvent:
@@ -108,7 +106,7 @@ def test_a_line_whose_handling_raises_is_rejected_alone(monkeypatch: pytest.Monk
         b'{"poison":1}',
         b'{"event":{"type":"package.created"}}',
     ]
-    acks = [json.loads(a) for a in ingestor.handle(list(enumerate(lines, start=1))).splitlines()]
+    acks = [json.loads(a) for a in ingestor.start(list(enumerate(lines, start=1)))().splitlines()]
     assert [a["ok"] for a in acks] == [True, False, True]
     assert acks[1] == {"ok": False, "line": 2, "error": "internal error while handling this line"}
     committer.close()
@@ -124,9 +122,7 @@ def test_a_dead_committer_rejects_waiting_batches_and_reports_a_fault() -> None:
     def explode(leases: object) -> None:
         raise KeyError("secret-looking message")
 
-    committer = Committer(
-        store, time.time, explode, lambda: 10, lambda names: set(), 60.0, Metrics(), spawn=supervisor.spawn
-    )
+    committer = Committer(store, time.time, LeasingIntake(explode), Metrics(), spawn=supervisor.spawn)
     first = _results(committer, [_event(uuid.uuid4().hex)])
     assert isinstance(first[0], EnqueueResult)  # committed before the hand-off raised
     assert faults.wait(5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,8 +14,7 @@ from dispatcher.store.base import DeliveryQuery, DeliveryStatus, NewEvent
 from dispatcher.store.memory import MemoryStore
 from reconciler.model import BasicAuth, Callback, RetryConfig, SecretRef, TokenAuth, Webhook
 from reconciler.routing import build_routing_table
-from tests.conftest import wait_until
-from tests.dispatcher.test_engine import FakeClient, _callbacks_sent
+from tests.dispatcher.test_engine import FakeClient, _callbacks_sent, _work
 
 REASON = "secret {env: AWS_SECRET_ACCESS_KEY}: refused: the name matches no --secret-env pattern (WEBHOOK_*)"
 REF = SecretRef("env", "AWS_SECRET_ACCESS_KEY")
@@ -36,8 +34,10 @@ def _snapshot(hook: Webhook) -> Snapshot:
 
 
 def _run_to_dead(store: MemoryStore, hook: Webhook) -> tuple[FakeClient, Metrics]:
+    """Drive the engine's steps on this thread: the first attempt, the retry on its schedule, the callback."""
     client, metrics = FakeClient(), Metrics()
     snapshot = _snapshot(hook)
+    now = [10_000.0]
     engine = Engine(
         store,
         client,
@@ -45,20 +45,18 @@ def _run_to_dead(store: MemoryStore, hook: Webhook) -> tuple[FakeClient, Metrics
         settings=EngineSettings(workers=2, per_endpoint=2),
         metrics=metrics,
         rng=random.Random(1),
+        clock=lambda: now[0],
     )
-    engine.start()
-    try:
-        [result] = store.enqueue([NewEvent("ab" * 16, "package.created", b"{}", ("a",))], time.time(), 60)
-        engine.submit(store.lease_for(result.delivery_ids))
-        wait_until(lambda: _status(store) is DeliveryStatus.FAILED)
-        [row] = store.list_deliveries(DeliveryQuery())
-        assert row.next_attempt_at is not None
-        engine.run_once(row.next_attempt_at + 0.01)  # the retry, on its schedule
-        wait_until(
-            lambda: _status(store) is DeliveryStatus.DEAD and len(_callbacks_sent(client, CALLBACK.url)) == 1
-        )
-    finally:
-        engine.stop(1)
+    [result] = store.enqueue([NewEvent("ab" * 16, "package.created", b"{}", ("a",))], now[0], 60)
+    engine.intake.admit(result.leases)
+    _work(engine, now[0])
+    [row] = store.list_deliveries(DeliveryQuery())
+    assert row.status is DeliveryStatus.FAILED and row.next_attempt_at is not None
+    now[0] = row.next_attempt_at + 0.01
+    engine.scheduler.run_once(now[0])  # the retry, on its schedule
+    _work(engine, now[0])
+    assert _status(store) is DeliveryStatus.DEAD
+    assert engine.callback_sender.run_once(now[0]) is None
     return client, metrics
 
 

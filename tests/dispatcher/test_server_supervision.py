@@ -17,6 +17,7 @@ from dispatcher.server import SocketServer
 from dispatcher.store.memory import MemoryStore
 from dispatcher.supervise import Supervisor
 from reconciler.routing import build_routing_table
+from tests.dispatcher.intakes import NoIntake
 
 
 class FlakyListener:
@@ -39,11 +40,7 @@ class FlakyListener:
 def _server(tmp_path: Path, errors: list[int], supervisor: Supervisor) -> tuple[SocketServer, Committer]:
     store = MemoryStore()
     snapshot = Snapshot(build_routing_table([], "rev-1"), {}, "rev-1")
-
-    def none_behind(names: list[str]) -> set[str]:
-        return set()
-
-    committer = Committer(store, time.time, lambda leases: None, lambda: 0, none_behind, 60.0, Metrics())
+    committer = Committer(store, time.time, NoIntake(), Metrics())
     ingestor = Ingestor(committer, lambda: snapshot, Metrics(), 1 << 20)
     server = SocketServer(tmp_path / "s.sock", ingestor, spawn=supervisor.spawn)
     server._sock = FlakyListener(server._sock, errors)  # type: ignore[assignment]

@@ -142,12 +142,14 @@ def test_duplicate_uuid_within_one_batch(store: Store) -> None:
     assert sum(len(r.delivery_ids) for r in results) == 2
 
 
-def test_enqueue_with_lease_seconds_then_lease_for(store: Store) -> None:
-    """Deliveries created leased are handed out by lease_for, are not leased again, and accept outcomes."""
+def test_enqueue_with_lease_seconds_returns_the_leases_it_created(store: Store) -> None:
+    """Deliveries created leased come back in the result, are not leased again, and accept outcomes."""
     results = store.enqueue([event(1, "a", "b"), event(2)], T0, lease_seconds=LEASE)
     ids = [i for r in results for i in r.delivery_ids]
-    leases = store.lease_for(ids)
+    leases = [lease for r in results for lease in r.leases]
     assert [lease.delivery_id for lease in leases] == ids
+    assert [lease.webhook for lease in results[0].leases] == ["a", "b"]
+    assert {lease.event_uuid for lease in results[1].leases} == {f"{2:032x}"}
     assert {lease.expires_at for lease in leases} == {T0 + LEASE}
     assert leases[0].body == b'{"n": 1}' and leases[2].webhook == "erp" and leases[2].attempts == 0
     assert store.lease(T0, 10, LEASE) == []
@@ -158,11 +160,28 @@ def test_enqueue_with_lease_seconds_then_lease_for(store: Store) -> None:
     assert applied == 3
 
 
+def test_enqueue_returns_no_leases_without_lease_seconds_or_for_duplicates(store: Store) -> None:
+    """Without lease_seconds nothing is leased; a duplicate (stored before, or in the batch) gets no lease."""
+    [plain] = store.enqueue([event(1, "a")], T0)
+    assert plain.leases == () and len(plain.delivery_ids) == 1
+    again, fresh, copy = store.enqueue([event(1, "a"), event(2, "a"), event(2, "a")], T0, lease_seconds=LEASE)
+    assert again.duplicate and again.leases == ()
+    assert [lease.webhook for lease in fresh.leases] == ["a"]
+    assert copy.duplicate and copy.leases == ()
+
+
+def test_enqueue_leases_follow_the_webhook_order_once_per_webhook(store: Store) -> None:
+    """A webhook named twice gets one delivery and one lease, in the order webhooks were first named."""
+    [result] = store.enqueue([event(1, "c", "a", "c", "b")], T0, lease_seconds=LEASE)
+    assert [lease.webhook for lease in result.leases] == ["c", "a", "b"]
+    assert [lease.delivery_id for lease in result.leases] == list(result.delivery_ids)
+    assert all(lease.attempts == 0 and lease.created_at == T0 for lease in result.leases)
+
+
 def test_enqueue_leaves_deliveries_to_unleased_webhooks_for_the_scheduler(store: Store) -> None:
     """With lease_seconds, deliveries to webhooks named in ``unleased`` are created due, not leased."""
     [result] = store.enqueue([event(1, "fast", "slow")], T0, lease_seconds=LEASE, unleased={"slow"})
-    leases = store.lease_for(result.delivery_ids)
-    assert [lease.webhook for lease in leases] == ["fast"]
+    assert [lease.webhook for lease in result.leases] == ["fast"]
     [due] = store.lease(T0, 10, LEASE)
     assert due.webhook == "slow"
 

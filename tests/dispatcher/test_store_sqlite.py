@@ -145,16 +145,15 @@ def test_another_connection_and_process_read_while_a_write_is_open(tmp_path: Pat
         assert writer.counts()[DeliveryStatus.PENDING] == 4
 
 
-def test_lease_for_reads_the_file_when_the_leases_are_not_in_memory(tmp_path: Path) -> None:
-    """lease_for falls back to the file, e.g. for deliveries leased by enqueue through another connection."""
+def test_leases_returned_by_enqueue_are_in_the_file(tmp_path: Path) -> None:
+    """The leases enqueue returns are durable: another connection sees those deliveries leased, not due."""
     path = tmp_path / "store.db"
     with SQLiteStore(path) as first, SQLiteStore(path) as second:
         results = first.enqueue(events(1, 2, "a", "b"), T0, lease_seconds=30)
-        ids = [i for r in results for i in r.delivery_ids]
-        leases = second.lease_for(ids)
-        assert [lease.delivery_id for lease in leases] == ids
-        assert leases == first.lease_for(ids)
-        assert leases[3].event_uuid == f"{2:032x}" and leases[3].body == b'{"n": 2}'
+        assert [len(r.leases) for r in results] == [2, 2]
+        assert results[1].leases[1].event_uuid == f"{2:032x}" and results[1].leases[1].body == b'{"n": 2}'
+        assert second.lease(T0, 10, 30) == []
+        assert second.next_due_at() is None
 
 
 def test_prune_works_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

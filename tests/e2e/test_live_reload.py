@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -77,13 +76,13 @@ def test_adding_changing_and_deleting_files_changes_routing_within_a_second(
     assert proc.publish([event_line()])[0]["deliveries"] == 1
     assert proc.publish([event_line("shipment.created")])[0]["deliveries"] == 1
 
+    receiver.wait_count("/b", 2)  # before b goes: a removed webhook's queued deliveries are buried, not sent
     (config_dir / "b.yaml").unlink()
     third = _status(base)["active_revision"]
     wait_until(lambda: _status(base)["active_revision"] != third, timeout=1.5)
     assert proc.publish([event_line("shipment.created")])[0]["deliveries"] == 0
     receiver.wait_count("/a", 3)
-    receiver.wait_count("/b", 2)
-    time.sleep(0.5)
+    wait_until(lambda: [d["status"] for d in _deliveries(tmp_path)] == ["delivered"] * 5)  # none left to send
     assert len(receiver.on("/a")) == 3 and len(receiver.on("/b")) == 2  # nothing lost, nothing twice
     assert proc.proc.poll() is None
 
@@ -140,16 +139,17 @@ def test_inactive_holds_active_delivers_and_removal_buries(
     receiver.respond("/a", 500, 200)
     write_webhook(config_dir, "a", receiver.url("/a"), retry_countdown_config=FAST_RETRY)
     write_webhook(config_dir, "b", receiver.url("/b"), retry_countdown_config=FAST_RETRY, status="inactive")
-    proc, _base = _start(processes, config_dir, tmp_path)
+    proc, base = _start(processes, config_dir, tmp_path)
     proc.publish([event_line(uuid="01" * 16, webhook="b")])  # published to the inactive one: held
-    time.sleep(1.5)
+    wait_until(lambda: _metrics(base).get("dispatch_deliveries_total{outcome=hold}") == 1)
     assert receiver.on("/b") == []
     write_webhook(config_dir, "b", receiver.url("/b"), retry_countdown_config=FAST_RETRY, status="active")
     receiver.wait_count("/b", 1, timeout=5)
 
     receiver.respond("/c", 503)
+    before = _status(base)["active_revision"]
     write_webhook(config_dir, "c", receiver.url("/c"), retry_countdown_config=FAST_RETRY)
-    time.sleep(1)
+    wait_until(lambda: _status(base)["active_revision"] != before)
     proc.publish([event_line(uuid="02" * 16, webhook="c")])
     receiver.wait_count("/c", 1)
     (config_dir / "c.yaml").unlink()
@@ -169,16 +169,17 @@ def test_rotated_secret_file_is_used_from_the_next_reload(
     secret_file = tmp_path / "secret"
     secret_file.write_text("first-secret\n")
     write_webhook(config_dir, "a", receiver.url("/a"), secret_key={"file": str(secret_file)})
-    proc, _base = _start(processes, config_dir, tmp_path, extra_args=["--secrets-dir", str(tmp_path)])
+    proc, base = _start(processes, config_dir, tmp_path, extra_args=["--secrets-dir", str(tmp_path)])
     proc.publish([event_line()])
     [one] = receiver.wait_count("/a", 1)
     assert (
         one.headers["x-whisperer-signature"]
         == "sha256=" + hmac.new(b"first-secret", one.body, hashlib.sha256).hexdigest()
     )
+    reloads = _metrics(base).get("dispatch_config_reloads_total{result=success}", 0)
     secret_file.write_text("second-secret\n")
     proc.signal(signal.SIGHUP)
-    time.sleep(1)
+    wait_until(lambda: _metrics(base).get("dispatch_config_reloads_total{result=success}", 0) > reloads)
     proc.publish([event_line()])
     two = receiver.wait_count("/a", 2)[1]
     assert (

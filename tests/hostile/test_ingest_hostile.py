@@ -169,7 +169,7 @@ def _launch(target: str, args: list[str], log: Path, env: dict[str, str]) -> sub
 @pytest.mark.parametrize(
     ("target", "thread", "needs_event"),
     [
-        ("dispatcher.engine:Engine.run_once", "dispatch-scheduler", False),
+        ("dispatcher.scheduler:Scheduler.run_once", "dispatch-scheduler", False),
         ("dispatcher.ingest:Committer._commit", "dispatch-committer", True),
     ],
 )
@@ -214,7 +214,7 @@ def test_a_dying_internal_thread_turns_healthz_503_and_exits_70(
 def test_a_dying_internal_thread_ends_the_process_unattended(tmp_path: Path, config_dir: Path) -> None:
     """Without anyone watching, a dead scheduler still ends the process with code 70 within seconds."""
     args = ["--config", str(config_dir), "--state", str(tmp_path / "state"), "--socket", str(tmp_path / "s")]
-    proc = _launch("dispatcher.engine:Engine.run_once", args, tmp_path / "log", {})
+    proc = _launch("dispatcher.scheduler:Scheduler.run_once", args, tmp_path / "log", {})
     try:
         assert proc.wait(timeout=15) == EXIT_INTERNAL_FAILURE
     finally:

@@ -28,11 +28,21 @@ def watched(tmp_path: Path) -> Iterator[tuple[Path, ConfigWatcher, threading.Eve
         watcher.close()
 
 
-def settle(watcher: ConfigWatcher, fired: threading.Event) -> frozenset[str] | None:
+def settle(
+    watcher: ConfigWatcher, fired: threading.Event, expected: frozenset[str] | None = None
+) -> frozenset[str] | None:
+    """The changes reported once the watcher fired, gathered until they are ``expected`` (None: until one
+    take says "everything") or 10 s pass: trailing events of one burst may come after the first report."""
     assert fired.wait(10), "no change reported"
-    time.sleep(0.2)  # let trailing events of the same burst arrive
     fired.clear()
-    return watcher.take_changes()
+    seen: set[str] = set()
+    deadline = time.monotonic() + 10
+    while (changed := watcher.take_changes()) is not None:
+        seen |= changed
+        if seen == expected or time.monotonic() > deadline:
+            return frozenset(seen)
+        fired.wait(0.01)  # a poll interval; the loop ends on what was taken, not on time
+    return None
 
 
 def test_an_atomic_save_names_the_file_and_its_temporary(
@@ -43,7 +53,8 @@ def test_an_atomic_save_names_the_file_and_its_temporary(
     (root / "team" / ".b.yaml.tmp").write_text("b\n", encoding="utf-8")
     os.replace(root / "team" / ".b.yaml.tmp", root / "team" / "b.yaml")
     (root / "a.yaml").unlink()
-    assert settle(watcher, fired) == {"team/.b.yaml.tmp", "team/b.yaml", "a.yaml"}
+    expected = frozenset({"team/.b.yaml.tmp", "team/b.yaml", "a.yaml"})
+    assert settle(watcher, fired, expected) == expected
     assert watcher.take_changes() == frozenset()
 
 

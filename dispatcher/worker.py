@@ -1,0 +1,125 @@
+"""A worker: takes the next lease from the endpoint queues, attempts it through the client, puts the outcome.
+
+The attempt itself is ``dispatcher.attempt`` (prepare, decide); the HTTP is the ``Client`` (``HttpClient`` in
+this process, or ``ProcessClient`` in the delivery processes). The outcome goes to the outcome writer; the
+endpoint's slot is given back with whether it looked healthy (answered, and not 5xx/429).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, Protocol
+
+from dispatcher.attempt import decide, prepare, without_attempt
+from dispatcher.config import Snapshot
+from dispatcher.errors import DeliveryError, SecretError
+from dispatcher.logs import fields, get_logger
+from dispatcher.metrics import Metrics
+from dispatcher.outbound import OutboundRequest
+from dispatcher.outcomes import Done
+from dispatcher.queues import EndpointQueues
+from dispatcher.store.base import AttemptRecord, Lease, OutcomeKind
+from reconciler.model import TokenAuth, Webhook
+
+log = get_logger("engine")
+
+
+class Client(Protocol):
+    """What the engine needs from HTTP (``dispatcher.http.HttpClient``; tests pass a fake)."""
+
+    def send(self, request: OutboundRequest) -> AttemptRecord: ...
+
+    def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str: ...
+
+    def post_json(self, url: str, payload: dict[str, Any], timeout_seconds: float) -> AttemptRecord: ...
+
+
+class Worker:
+    """Handles leases. ``handle(lease, now)`` is one lease; ``run(queues)`` loops on a thread until closed."""
+
+    def __init__(
+        self,
+        client: Client,
+        config: Callable[[], Snapshot],
+        put: Callable[[Done], None],
+        metrics: Metrics,
+        rng: random.Random,
+        clock: Callable[[], float],
+    ) -> None:
+        self._client = client
+        self._config = config
+        self._put = put
+        self._metrics = metrics
+        self._rng = rng
+        self._clock = clock
+
+    def run(self, queues: EndpointQueues) -> None:
+        """Take, handle and give back leases until the queues are closed."""
+        while True:
+            item = queues.take()
+            if item is None:
+                return
+            key, lease = item
+            healthy = True
+            try:
+                healthy = self.handle(lease, self._clock())
+            except Exception:
+                # A bug must not kill the worker; the lease expires and the delivery is retried.
+                log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
+            finally:
+                queues.done(key, healthy)
+
+    def handle(self, lease: Lease, now: float) -> bool:
+        """Handle one lease; returns whether the endpoint looked healthy (answered, and not 5xx/429)."""
+        if lease.expires_at <= now:
+            return True  # the store will reclaim it; attempting now could race another holder
+        snapshot = self._config()
+        hook = snapshot.webhook(lease.webhook)
+        if hook is None:
+            self._put(Done(without_attempt(lease, OutcomeKind.DEAD, reason="webhook removed"), lease=lease))
+            return True
+        if not hook.active:
+            self._put(Done(without_attempt(lease, OutcomeKind.HOLD), hook, lease))
+            return True
+        try:
+            record = self._attempt(lease, hook, snapshot, now)
+            sent = True
+        except SecretError as exc:
+            # A refused or unresolvable secret is this webhook's failed attempt (retried, dead at the end,
+            # with the reason: the reference, never a value), not a bug.
+            self._metrics.secret_errors.inc()
+            record = AttemptRecord(started_at=now, duration_seconds=0.0, error=str(exc))
+            sent = False
+        else:
+            self._metrics.attempt_duration.observe(record.duration_seconds)
+        decision = decide(lease, hook, record, self._rng, self._clock())
+        self._put(Done(decision.outcome, hook, lease, decision))
+        if not sent:
+            return True  # nothing was sent: the endpoint is not to blame
+        code = record.status_code
+        return code is not None and code < 500 and code != 429
+
+    def _attempt(self, lease: Lease, hook: Webhook, snapshot: Snapshot, now: float) -> AttemptRecord:
+        """Make the HTTP attempt; SecretError (before anything is sent) when a secret it needs is missing.
+
+        ``config.timeout`` bounds the whole attempt: after a token request, the POST gets what is left."""
+        token: str | None = None
+        timeout = hook.timeout_seconds
+        if isinstance(hook.auth, TokenAuth):
+            started = time.monotonic()
+            try:
+                raw = self._client.fetch_token(hook.auth, snapshot.secret(hook.auth.password), timeout)
+            except DeliveryError as exc:
+                return AttemptRecord(started_at=now, duration_seconds=0.0, error=str(exc))
+            token = hook.auth.header_format.format(raw)
+            timeout -= time.monotonic() - started
+            if timeout <= 0:
+                error = f"timed out: the token request took the whole {hook.timeout_seconds:g}s"
+                return AttemptRecord(started_at=now, duration_seconds=hook.timeout_seconds, error=error)
+        request = prepare(lease, hook, snapshot, int(now), token)
+        if timeout < request.timeout_seconds:
+            request = replace(request, timeout_seconds=timeout)
+        return self._client.send(request)
