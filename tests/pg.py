@@ -102,7 +102,7 @@ def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # As root, not under /tmp/pytest-of-root: every pytest session starting on the machine closes that back
     # to 0700, which locks the postgres user out of a cluster it is running. A directory of the session's own.
     own = os.geteuid() == 0
-    root = Path(tempfile.mkdtemp(prefix="dispatch-test-pg-")) if own else tmp_path_factory.mktemp("pg")
+    root = Path(tempfile.mkdtemp(prefix="webhooks-as-code-pg-")) if own else tmp_path_factory.mktemp("pg")
     cluster: Cluster | None = None
     try:
         cluster = Cluster(root / "cluster")
