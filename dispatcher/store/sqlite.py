@@ -115,6 +115,10 @@ _LEASE_DUE_BY_ID = (
     f" AND d.{_DUE.replace(' AND ', ' AND d.')} AND d.next_attempt_at <= ?"
     " ORDER BY d.next_attempt_at, d.id"
 )
+# One statement for the whole batch, not one per row (see _INSERT_DELIVERIES).
+_LEASE_BY_ID = (
+    "UPDATE deliveries SET lease_id = ?1, lease_expires_at = ?2 WHERE id IN (SELECT value FROM json_each(?3))"
+)
 _INSERT_EVENT = (
     "INSERT INTO events (id, uuid, type, created_at, body) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (uuid) DO NOTHING"
@@ -495,10 +499,7 @@ class SQLiteStore:
             _, _, token = self._counters(conn)
             conn.execute("UPDATE counters SET next_lease_id = ?", (token + 1,))
             expires_at = now + lease_seconds
-            conn.executemany(
-                "UPDATE deliveries SET lease_id = ?, lease_expires_at = ? WHERE id = ?",
-                [(token, expires_at, row[0]) for row in rows],
-            )
+            conn.execute(_LEASE_BY_ID, (token, expires_at, _json_list([row[0] for row in rows])))
         return [Lease(row[0], token, expires_at, _uuid_text(row[1]), *row[2:]) for row in rows]
 
     @staticmethod
