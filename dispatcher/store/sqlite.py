@@ -133,6 +133,12 @@ _INSERT_DELIVERIES = (
     " json_extract(value, '$[2]'), ?2, CASE WHEN json_extract(value, '$[3]') THEN ?3 END,"
     " CASE WHEN json_extract(value, '$[3]') THEN ?4 END, ?2, ?2 FROM json_each(?1)"
 )
+# SQLite's JSON functions end a string at an escaped NUL: a webhook name holding one (never one from a
+# webhooks.d file, whose names are DNS labels) goes in row by row.
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (id, event_id, webhook, next_attempt_at, lease_id, lease_expires_at, created_at,"
+    " updated_at) VALUES (?1, ?2, ?3, ?5, CASE WHEN ?4 THEN ?6 END, CASE WHEN ?4 THEN ?7 END, ?5, ?5)"
+)
 # Inserted only while the lease still matches; numbered after existing rows (history kept on requeue).
 _INSERT_ATTEMPT = (
     "INSERT INTO attempts (delivery_id, number, started_at, duration_seconds, status_code, error,"
@@ -467,7 +473,9 @@ class SQLiteStore:
                         created.append(lease)
                     delivery_rows.append((delivery_id, event_id, webhook, int(leased)))
                     delivery_id += 1
-            if delivery_rows:
+            if any("\0" in name for name in {row[2] for row in delivery_rows}):
+                conn.executemany(_INSERT_DELIVERY, [(*r, now, lease_id, expires_at) for r in delivery_rows])
+            elif delivery_rows:
                 conn.execute(_INSERT_DELIVERIES, (_json_list(delivery_rows), now, lease_id, expires_at))
             conn.execute(
                 "UPDATE counters SET next_event_id = ?, next_delivery_id = ?, next_lease_id = ?",

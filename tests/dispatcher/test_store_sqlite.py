@@ -193,6 +193,15 @@ def test_one_commit_stores_every_delivery_row_exactly_as_routed(tmp_path: Path) 
         assert [lease.webhook for lease in result.leases] == [h for h in hooks if h not in unleased]
 
 
+def test_a_webhook_name_with_a_nul_is_stored_whole(tmp_path: Path) -> None:
+    """A webhook name holding a NUL character (which SQLite's JSON functions would cut short) is stored and
+    leased back unchanged, next to ordinary names in the same commit."""
+    with SQLiteStore(tmp_path / "store.db") as store:
+        store.enqueue(events(1, 2, "a\0b", "plain"), T0)
+        leased = store.lease(T0, 10, 30)
+    assert sorted(lease.webhook for lease in leased) == ["a\0b", "a\0b", "plain", "plain"]
+
+
 def test_prune_works_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Prune removes every old delivered delivery and unrouted event across several chunks."""
     monkeypatch.setattr(sqlite_module, "PRUNE_CHUNK", 2)
