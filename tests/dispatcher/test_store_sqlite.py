@@ -156,6 +156,52 @@ def test_leases_returned_by_enqueue_are_in_the_file(tmp_path: Path) -> None:
         assert second.next_due_at() is None
 
 
+def test_one_commit_stores_every_delivery_row_exactly_as_routed(tmp_path: Path) -> None:
+    """A batch of events routed to many webhooks (leased and unleased mixed, names JSON must escape) becomes
+    one row per (event, webhook) with consecutive ids, the lease token and expiry only on the leased ones."""
+    path = tmp_path / "store.db"
+    hooks = ("fast", 'q"uote', "back\\slash", "caf\u00e9", "stalled-1", "stalled-2")
+    unleased = {'q"uote', "stalled-1", "stalled-2"}
+    with SQLiteStore(path) as store:
+        results = store.enqueue(events(1, 300, *hooks), T0, lease_seconds=30, unleased=unleased)
+    ids = [i for r in results for i in r.delivery_ids]
+    assert ids == list(range(1, 300 * len(hooks) + 1))
+    token = results[0].leases[0].lease_id
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        rows = conn.execute(
+            "SELECT d.id, e.uuid, d.webhook, d.lease_id, d.lease_expires_at, d.next_attempt_at, d.status,"
+            " typeof(d.id), typeof(d.event_id) FROM deliveries AS d JOIN events AS e ON e.id = d.event_id"
+            " ORDER BY d.id"
+        ).fetchall()
+    expected = [
+        (
+            1 + n * len(hooks) + k,
+            bytes.fromhex(f"{n + 1:032x}"),
+            hook,
+            None if hook in unleased else token,
+            None if hook in unleased else T0 + 30,
+            T0,
+            "pending",
+            "integer",
+            "integer",
+        )
+        for n in range(300)
+        for k, hook in enumerate(hooks)
+    ]
+    assert rows == expected
+    for result in results:
+        assert [lease.webhook for lease in result.leases] == [h for h in hooks if h not in unleased]
+
+
+def test_a_webhook_name_with_a_nul_is_stored_whole(tmp_path: Path) -> None:
+    """A webhook name holding a NUL character (which SQLite's JSON functions would cut short) is stored and
+    leased back unchanged, next to ordinary names in the same commit."""
+    with SQLiteStore(tmp_path / "store.db") as store:
+        store.enqueue(events(1, 2, "a\0b", "plain"), T0)
+        leased = store.lease(T0, 10, 30)
+    assert sorted(lease.webhook for lease in leased) == ["a\0b", "a\0b", "plain", "plain"]
+
+
 def test_prune_works_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Prune removes every old delivered delivery and unrouted event across several chunks."""
     monkeypatch.setattr(sqlite_module, "PRUNE_CHUNK", 2)
