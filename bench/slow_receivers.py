@@ -10,7 +10,8 @@ Shapes (the receivers run for the whole run, on 127.0.0.1):
   delivery, and the bound of the slow shapes when the CPU is what limits them;
 - slow-20: 20 endpoints answering 204 after 50 ms (bench/delayed_receiver.py: one asyncio process, one port
   per endpoint);
-- slow-1000: 1,000 endpoints answering after 200 ms (a second delayed_receiver process, 1,000 ports).
+- slow-1000: 1,000 endpoints answering after 200 ms (a second delayed_receiver process, 1,000 ports; the
+  endpoint key is host:port, so each port is an endpoint with its own limit).
 
 For every ``--workers`` value (default: the dispatcher's own default) and round, each shape gets a fresh
 ``dispatch run`` with one signed webhook per endpoint and every event matching every webhook; events go in
@@ -30,6 +31,7 @@ strict: it is the dispatcher alone against a receiver that costs nearly nothing.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celery_peer import DelayedReceiver, Outcome, poll
+from celery_peer import Outcome, child_env, poll
 from common import (
+    BENCH,
+    ChildProcess,
     Dispatcher,
     Rounds,
     StoreWatch,
@@ -78,6 +82,24 @@ class Shape:
         return max(1, self.deliveries // len(self.urls))
 
 
+class KernelPortsReceiver(ChildProcess):
+    """bench/delayed_receiver.py on ``count`` ports the kernel picks (1,000 free ports chosen here would race
+    other processes on a shared machine), answering after ``delay_ms``."""
+
+    def __init__(self, count: int, delay_ms: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "delayed_receiver.py"), "--count", str(count),
+             "--delay-ms", str(delay_ms)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True, env=child_env(),
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # once every port listens (empty if it exited first)
+        self.ports = [int(port) for port in line.split(b",") if port.strip()]
+        if len(self.ports) != count:
+            self.close()
+            raise RuntimeError(f"delayed_receiver.py did not start ({self.proc.returncode})")
+
+
 def run_dispatcher(workdir: Path, shape: Shape, workers: int | None, side_seconds: float) -> Outcome:
     """A fresh dispatcher with the shape's webhooks; every event published, every delivery waited for."""
     config = workdir / "webhooks.d"
@@ -90,7 +112,9 @@ def run_dispatcher(workdir: Path, shape: Shape, workers: int | None, side_second
     with Dispatcher(workdir, config, extra_args=extra) as dispatcher:
         result = publish_pipelined(dispatcher.socket_path, lines, side_seconds + 60)
         if result.accepted != shape.events:
-            raise RuntimeError(f"{result.accepted} of {shape.events} events accepted: {result.first_rejection}")
+            raise RuntimeError(
+                f"{result.accepted} of {shape.events} events accepted: {result.first_rejection}"
+            )
         with StoreWatch(dispatcher.store_path) as store:
             started = time.perf_counter() - (time.time() - result.started)
             outcome = poll(store.delivered_count, n, started, side_seconds)
@@ -127,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-slow-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         fast = stack.enter_context(fast_receiver(args.receiver, workdir))
-        slow_few = stack.enter_context(DelayedReceiver(few, 50.0))
-        slow_many = stack.enter_context(DelayedReceiver(many, 200.0))
+        slow_few = stack.enter_context(KernelPortsReceiver(few, 50.0))
+        slow_many = stack.enter_context(KernelPortsReceiver(many, 200.0))
         shapes = [
             Shape("fast", (fast.url("/hook/fast"),), 0.0, n),
             Shape(
