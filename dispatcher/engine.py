@@ -141,6 +141,11 @@ class Engine:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
+    @property
+    def workers_started(self) -> int:
+        """Worker threads started so far (at most ``settings.workers``)."""
+        return self._workers_started
+
     def is_running(self) -> bool:
         """Every engine thread is alive (for /healthz)."""
         return bool(self._threads) and all(t.is_alive() for t in self._threads)

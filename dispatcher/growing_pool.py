@@ -38,6 +38,11 @@ class GrowingPool(Generic[T]):
         """How many threads have been started."""
         return len(self._threads)
 
+    @property
+    def idle(self) -> int:
+        """Started threads waiting for an item that none has been promised to."""
+        return self._idle
+
     def submit(self, item: T) -> None:
         """Queue ``item``; start a thread for it when none is free and the limit allows."""
         with self._lock:
