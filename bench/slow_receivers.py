@@ -8,6 +8,8 @@ Shapes (the receivers run for the whole run, on 127.0.0.1):
 
 - fast: one endpoint answering 204 at once (nginx when installed; else bench/receiver.py): the cost per
   delivery, and the bound of the slow shapes when the CPU is what limits them;
+- python-20: 20 endpoints of the Python receiver below answering at once: a reference, not a bound (what the
+  dispatcher delivers when the receiver's own CPU, which shares the two cores, is that of the slow shapes);
 - slow-20: 20 endpoints answering 204 after 50 ms (bench/delayed_receiver.py: one asyncio process, one port
   per endpoint);
 - slow-1000: 1,000 endpoints answering after 200 ms (a second delayed_receiver process, 1,000 ports; the
@@ -15,8 +17,11 @@ Shapes (the receivers run for the whole run, on 127.0.0.1):
 
 For every ``--workers`` value (default: the dispatcher's own default) and round, each shape gets a fresh
 ``dispatch run`` with one signed webhook per endpoint and every event matching every webhook; events go in
-through its socket (a pipelining client). Time: first byte published to the last delivery recorded as
-delivered in the store (a side not done within ``--side-seconds`` is its deliveries over that time).
+through its socket (a pipelining client). ``--warmup-events`` (2) go first and are delivered before timing
+starts, so every endpoint has proven itself (an endpoint starts with one slot) and has connections open in
+the delivery processes: real receivers are a steady state. Time: first byte of the measured events published
+to the last delivery recorded as delivered in the store (a side not done within ``--side-seconds`` is its
+deliveries over that time).
 
 Bounds, each slow shape against the lowest of (reported with which one it is):
 
@@ -100,27 +105,39 @@ class KernelPortsReceiver(ChildProcess):
             raise RuntimeError(f"delayed_receiver.py did not start ({self.proc.returncode})")
 
 
-def run_dispatcher(workdir: Path, shape: Shape, workers: int | None, side_seconds: float) -> Outcome:
-    """A fresh dispatcher with the shape's webhooks; every event published, every delivery waited for."""
+def run_dispatcher(
+    workdir: Path, shape: Shape, workers: int | None, side_seconds: float, warmup_events: int
+) -> Outcome:
+    """A fresh dispatcher with the shape's webhooks. ``warmup_events`` first (every endpoint proven and its
+    connections open in every delivery process: the steady state, not the first minute), then every event
+    published and every delivery waited for."""
     config = workdir / "webhooks.d"
     config.mkdir(parents=True)
     for i, url in enumerate(shape.urls):
         write_atomic(config / f"hook-{i:04d}.yaml", webhook_yaml(f"hook-{i:04d}", url, timeout_seconds=10))
-    lines = b"".join(event_line(i) for i in range(shape.events))
+    warm = b"".join(event_line(i) for i in range(warmup_events))
+    lines = b"".join(event_line(warmup_events + i) for i in range(shape.events))
+    warm_n = warmup_events * len(shape.urls)
     n = shape.events * len(shape.urls)
     extra = [] if workers is None else ["--workers", str(workers)]
-    with Dispatcher(workdir, config, extra_args=extra) as dispatcher:
+    with (
+        Dispatcher(workdir, config, extra_args=extra) as dispatcher,
+        StoreWatch(dispatcher.store_path) as store,
+    ):
+        if warm_n:
+            publish_pipelined(dispatcher.socket_path, warm, side_seconds + 60)
+            if not store.wait_delivered(warm_n, side_seconds + 60):
+                raise RuntimeError(f"warm-up not delivered: {store.counts()}")
         result = publish_pipelined(dispatcher.socket_path, lines, side_seconds + 60)
         if result.accepted != shape.events:
             raise RuntimeError(
                 f"{result.accepted} of {shape.events} events accepted: {result.first_rejection}"
             )
-        with StoreWatch(dispatcher.store_path) as store:
-            started = time.perf_counter() - (time.time() - result.started)
-            outcome = poll(store.delivered_count, n, started, side_seconds)
-            count, last = store.delivered()
-        if count >= n and last is not None:  # the time the last one was recorded, not when we looked
-            return Outcome(count, float(last) - result.started)
+        started = time.perf_counter() - (time.time() - result.started)
+        outcome = poll(lambda: store.delivered_count() - warm_n, n, started, side_seconds)
+        count, last = store.delivered()
+        if count - warm_n >= n and last is not None:  # the time the last one was recorded, not when we looked
+            return Outcome(count - warm_n, float(last) - result.started)
         return outcome
 
 
@@ -138,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", help="dispatch run --workers values (default its own)")
     p.add_argument("--deliveries", type=int, help="deliveries per shape (default 6000 and 12000; quick 200)")
     p.add_argument("--many", type=int, default=1000, help="endpoints of the slow-1000 shape (default 1000)")
+    p.add_argument("--warmup-events", type=int, default=2, help="events delivered before timing (default 2)")
     p.add_argument("--side-seconds", type=float, help="at most this long per side (default 60; quick 20)")
     add_receiver_option(p)
     args = p.parse_args(argv)
@@ -153,8 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         fast = stack.enter_context(fast_receiver(args.receiver, workdir))
         slow_few = stack.enter_context(KernelPortsReceiver(few, 50.0))
         slow_many = stack.enter_context(KernelPortsReceiver(many, 200.0))
+        zero_few = stack.enter_context(KernelPortsReceiver(few, 0.0))
         shapes = [
             Shape("fast", (fast.url("/hook/fast"),), 0.0, n),
+            Shape(
+                f"python-{few}",
+                tuple(loopback_url(port, f"/hook/{i}") for i, port in enumerate(zero_few.ports)),
+                0.0,
+                n,
+            ),
             Shape(
                 f"slow-{few}",
                 tuple(loopback_url(port, f"/hook/{i}") for i, port in enumerate(slow_few.ports)),
@@ -177,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures = []
                 for shape in shapes:
                     side = workdir / f"round-{r}-{workers}-{shape.name}"
-                    outcome = run_dispatcher(side, shape, workers, side_seconds)
+                    outcome = run_dispatcher(side, shape, workers, side_seconds, args.warmup_events)
                     series.add(f"{workers or defaults.workers}:{shape.name}", outcome.rate)
                     n_shape = shape.events * len(shape.urls)
                     figures.append(f"{shape.name} {outcome.rate:,.0f}/s ({outcome.delivered}/{n_shape})")
@@ -193,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             values = series.values[f"{w}:{shape.name}"]
             med = series.median(f"{w}:{shape.name}")
             spread = f"{min(values):,.0f}-{max(values):,.0f}"
-            if shape.name == "fast":
+            if not shape.delay_seconds:  # fast, and the Python receiver at 0 ms: references
                 rows.append([w, shape.name, med, spread, "-", "-", "-"])
                 continue
             limit, why = bound(shape, w, defaults.per_endpoint, fast_rate)
