@@ -21,7 +21,7 @@ through its socket (a pipelining client). ``--warmup-events`` (2) go first and a
 starts, so every endpoint has proven itself (an endpoint starts with one slot) and has connections open in
 the delivery processes: real receivers are a steady state. Time: first byte of the measured events published
 to the last delivery recorded as delivered in the store (a side not done within ``--side-seconds`` is its
-deliveries over that time).
+deliveries over that time). Also reported: the CPU the dispatcher's processes used meanwhile, per delivery.
 
 Bounds, each slow shape against the lowest of (reported with which one it is):
 
@@ -105,9 +105,17 @@ class KernelPortsReceiver(ChildProcess):
             raise RuntimeError(f"delayed_receiver.py did not start ({self.proc.returncode})")
 
 
+@dataclass(frozen=True)
+class Side:
+    """One dispatcher's figures on one shape: deliveries, time, and its processes' CPU per delivery."""
+
+    outcome: Outcome
+    cpu_us_per_delivery: float
+
+
 def run_dispatcher(
     workdir: Path, shape: Shape, workers: int | None, side_seconds: float, warmup_events: int
-) -> Outcome:
+) -> Side:
     """A fresh dispatcher with the shape's webhooks. ``warmup_events`` first (every endpoint proven and its
     connections open in every delivery process: the steady state, not the first minute), then every event
     published and every delivery waited for."""
@@ -128,6 +136,7 @@ def run_dispatcher(
             publish_pipelined(dispatcher.socket_path, warm, side_seconds + 60)
             if not store.wait_delivered(warm_n, side_seconds + 60):
                 raise RuntimeError(f"warm-up not delivered: {store.counts()}")
+        cpu_before = dispatcher.cpu_seconds()
         result = publish_pipelined(dispatcher.socket_path, lines, side_seconds + 60)
         if result.accepted != shape.events:
             raise RuntimeError(
@@ -136,9 +145,10 @@ def run_dispatcher(
         started = time.perf_counter() - (time.time() - result.started)
         outcome = poll(lambda: store.delivered_count() - warm_n, n, started, side_seconds)
         count, last = store.delivered()
+        cpu = dispatcher.cpu_seconds() - cpu_before
         if count - warm_n >= n and last is not None:  # the time the last one was recorded, not when we looked
-            return Outcome(count - warm_n, float(last) - result.started)
-        return outcome
+            outcome = Outcome(count - warm_n, float(last) - result.started)
+        return Side(outcome, cpu * 1e6 / max(1, outcome.delivered))
 
 
 def bound(shape: Shape, workers: int, per_endpoint: int, fast_rate: float) -> tuple[float, str]:
@@ -202,10 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures = []
                 for shape in shapes:
                     side = workdir / f"round-{r}-{workers}-{shape.name}"
-                    outcome = run_dispatcher(side, shape, workers, side_seconds, args.warmup_events)
+                    measured = run_dispatcher(side, shape, workers, side_seconds, args.warmup_events)
+                    outcome = measured.outcome
                     series.add(f"{workers or defaults.workers}:{shape.name}", outcome.rate)
+                    series.add(
+                        f"{workers or defaults.workers}:{shape.name}:cpu", measured.cpu_us_per_delivery
+                    )
                     n_shape = shape.events * len(shape.urls)
-                    figures.append(f"{shape.name} {outcome.rate:,.0f}/s ({outcome.delivered}/{n_shape})")
+                    figures.append(
+                        f"{shape.name} {outcome.rate:,.0f}/s ({outcome.delivered}/{n_shape}, "
+                        f"{measured.cpu_us_per_delivery:,.0f} us CPU each)"
+                    )
                 label = workers or defaults.workers
                 progress(f"round {r + 1}/{rounds} workers {label}: " + ", ".join(figures))
 
@@ -218,12 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             values = series.values[f"{w}:{shape.name}"]
             med = series.median(f"{w}:{shape.name}")
             spread = f"{min(values):,.0f}-{max(values):,.0f}"
+            cpu = series.median(f"{w}:{shape.name}:cpu")
             if not shape.delay_seconds:  # fast, and the Python receiver at 0 ms: references
-                rows.append([w, shape.name, med, spread, "-", "-", "-"])
+                rows.append([w, shape.name, med, spread, cpu, "-", "-", "-"])
                 continue
             limit, why = bound(shape, w, defaults.per_endpoint, fast_rate)
             ratio = med / limit if limit else 0.0
-            rows.append([w, shape.name, med, spread, limit, why, f"{ratio:.2f}x"])
+            rows.append([w, shape.name, med, spread, cpu, limit, why, f"{ratio:.2f}x"])
             targets.append(
                 Target(
                     what=f"{shape.name} x {shape.delay_seconds * 1000:g} ms, workers {w}",
@@ -238,7 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     print()
     print_table(
-        ["workers", "shape", "median deliveries/s", "spread (min-max)", "bound", "bound is", "ratio"], rows
+        [
+            "workers",
+            "shape",
+            "median deliveries/s",
+            "spread (min-max)",
+            "CPU us/delivery",
+            "bound",
+            "bound is",
+            "ratio",
+        ],
+        rows,
     )
     print_targets(targets)
     doc: dict[str, Any] = {
