@@ -37,7 +37,9 @@ from dispatcher.mounts import check_config_mount
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.server import SocketServer, serve_stdin
 from dispatcher.status import StatusServer, status_provider
-from dispatcher.store.sqlite import SQLiteStore
+from dispatcher.store import open as store_choice
+from dispatcher.store.base import Store
+from dispatcher.store.url import StoreUrl
 from dispatcher.supervise import EXIT_INTERNAL_FAILURE, Supervisor
 from dispatcher.transport import ProcessClient
 from reconciler.limits import DEFAULT_LIMITS, Limits
@@ -59,6 +61,7 @@ SWITCH_INTERVAL_SECONDS = 0.001
 class RunOptions:
     config_dir: Path
     state_dir: Path = Path(DEFAULT_STATE_DIR)
+    store_url: StoreUrl | None = None  # --store / DISPATCH_STORE; None: the SQLite file under state_dir
     socket_path: Path | None = None
     use_stdin: bool = False
     allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -142,13 +145,17 @@ class Dispatcher:
         check_config_mount(o.config_dir)
         # Started in this order, stopped in the reverse one (each ``callback`` below is a stop step).
         with contextlib.ExitStack() as stack:
-            stack.enter_context(state_lock(o.state_dir))
-            store = stack.enter_context(SQLiteStore(store_path(o.state_dir)))
+            store = stack.enter_context(
+                store_choice.open_store(o.store_url, store_path(o.state_dir), lock=state_lock)
+            )
             stack.enter_context(self.notifier)
             source = ConfigSource(o.config_dir, self.environ, o.secret_sources, o.limits)
             snapshot = initial_snapshot(source)
             metrics = Metrics()
             metrics.watch_queue(store.counts, lambda: _age(store.oldest_open_created_at(), self.clock()))
+            metrics.watch_store(
+                store_choice.backend(store), lambda: store_choice.holders(store, self.clock())
+            )
             live = LiveConfig(source, snapshot, store, metrics, clock=self.clock)
             client = _client(o)
             stack.callback(client.close)
@@ -159,7 +166,7 @@ class Dispatcher:
                 extra=fields(
                     revision=snapshot.revision,
                     webhooks=len(snapshot.table),
-                    state=str(store_path(o.state_dir)),
+                    state=o.store_url.display if o.store_url else str(store_path(o.state_dir)),
                     source="stdin" if o.use_stdin else "systemd" if listener else str(o.socket_path),
                     secrets_dirs=list(source.sources.dirs),
                     secret_env=list(source.sources.env_patterns),
@@ -254,7 +261,7 @@ class _Services:
     SECRETS_EVERY_SECONDS = 1.0
 
     def __init__(
-        self, app: Dispatcher, live: LiveConfig, engine: Engine, store: SQLiteStore, metrics: Metrics
+        self, app: Dispatcher, live: LiveConfig, engine: Engine, store: Store, metrics: Metrics
     ) -> None:
         self.app = app
         self.live = live

@@ -1,4 +1,5 @@
-"""The callback sender: leases stored callbacks, POSTs them, records the answers (a step plus a runner).
+"""The callback sender: leases stored callbacks, POSTs them, hands the answers to the recorder (a step plus
+a runner).
 
 Callbacks are stored by the outcome writer in the transaction of the outcome they report (see
 ``dispatcher.callbacks``); this loop only moves them from due to delivered, retried or dead. It runs on its
@@ -13,15 +14,15 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
+from dispatcher.callback_outcomes import CallbackRecorder
 from dispatcher.callbacks import callback_request, decide_callback
 from dispatcher.config import Snapshot
 from dispatcher.errors import StoreError
-from dispatcher.logs import fields, get_logger
+from dispatcher.logs import get_logger
 from dispatcher.metrics import Metrics
 from dispatcher.outbound import OutboundRequest
-from dispatcher.store.base import AttemptRecord, CallbackLease, CallbackOutcome, OutcomeKind, Store
+from dispatcher.store.base import AttemptRecord, CallbackLease, Store
 
 log = get_logger("callbacks")
 
@@ -52,6 +53,7 @@ class CallbackSender:
         self.lease_seconds = lease_seconds
         self.clock = clock
         self.rng = rng
+        self.recorder = CallbackRecorder(store, metrics)  # the outcome-writing half
         self.busy = False  # a leased batch is being sent (--stdin waits for it at EOF)
 
     def run_once(self, now: float, pool: ThreadPoolExecutor | None = None) -> float | None:
@@ -78,26 +80,7 @@ class CallbackSender:
             decide_callback(lease, record, self.rng, self.clock())
             for lease, record in zip(leases, records, strict=True)
         ]
-        self.store.record_callbacks(outcomes, self.clock())
-        for lease, outcome in zip(leases, outcomes, strict=True):
-            self._count(lease, outcome)
-
-    def _count(self, lease: CallbackLease, outcome: CallbackOutcome) -> None:
-        if outcome.kind is OutcomeKind.DELIVERED:
-            self.metrics.callbacks.labels("ok").inc()
-            return
-        self.metrics.callbacks.labels("failed" if outcome.kind is OutcomeKind.RETRY else "dead").inc()
-        a = outcome.attempt
-        values: dict[str, Any] = {"callback": lease.callback_id, "webhook": lease.webhook}
-        values["status_code"] = a.status_code if a else None
-        if a and a.error:
-            values["error"] = a.error
-        if outcome.next_attempt_at is not None:
-            values["retry_in_s"] = round(outcome.next_attempt_at - self.clock(), 1)
-        if outcome.reason:
-            values["reason"] = outcome.reason
-        event = "callback.dead" if outcome.kind is OutcomeKind.DEAD else "callback.failed"
-        log.warning(event, extra=fields(**values))
+        self.recorder.write(leases, outcomes, self.clock())
 
     def run(self, stop: threading.Event, wakeups: queue.Queue[float | None]) -> None:
         """Step until ``stop`` is set or None arrives on ``wakeups`` (which new callbacks also post to)."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,8 +24,8 @@ from dispatcher.errors import DispatcherError
 from dispatcher.exitcodes import ExitCode
 from dispatcher.logs import configure
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
-from dispatcher.store.base import DeliveryQuery, DeliveryStatus
-from dispatcher.store.sqlite import SQLiteStore
+from dispatcher.store import open as store_choice
+from dispatcher.store.base import DeliveryQuery, DeliveryStatus, Store
 from dispatcher.transport import default_processes
 from reconciler.limits import DEFAULT_LIMITS
 from reconciler.secretsources import SecretSources
@@ -46,6 +47,12 @@ def main() -> None:
     """Durable, signed webhook delivery for events piped in by the OMS."""
 
 
+_RUN_STORE_HELP = (
+    "sqlite:///PATH or postgresql://... (also $DISPATCH_STORE; default: the SQLite file under --state). "
+    "Several dispatchers may share one PostgreSQL store; --per-endpoint then holds across them."
+)
+
+
 @main.command()
 @click.option(
     "--config", "config_dir", required=True, type=click.Path(path_type=Path), help="webhooks.d directory."
@@ -64,6 +71,14 @@ def main() -> None:
     default=DEFAULT_STATE_DIR,
     show_default=True,
     help="Directory of the embedded SQLite store.",
+)
+@click.option("--store", "store_url", metavar="URL", help=_RUN_STORE_HELP)
+@click.option(
+    "--lease-seconds",
+    type=click.FloatRange(2, 3600),
+    default=120.0,
+    show_default=True,
+    help="How long an attempt's lease lasts; a dispatcher that dies holds its work this long at most.",
 )
 @click.option(
     "--allow-cidr", "allow_cidrs", multiple=True, help="Allow deliveries to this network (repeatable)."
@@ -150,6 +165,8 @@ def run(
     socket_path: Path | None,
     use_stdin: bool,
     state_dir: Path,
+    store_url: str | None,
+    lease_seconds: float,
     allow_cidrs: tuple[str, ...],
     metrics_address: str | None,
     max_line_bytes: int,
@@ -172,16 +189,26 @@ def run(
         networks = tuple(parse_cidr(c) for c in allow_cidrs)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--allow-cidr") from None
+    try:
+        chosen_store = store_choice.choose(store_url, os.environ)
+    except DispatcherError as exc:
+        raise click.BadParameter(str(exc), param_hint="--store") from None
     options = RunOptions(
         config_dir=config_dir,
         state_dir=state_dir,
+        store_url=chosen_store,
         socket_path=socket_path,
         use_stdin=use_stdin,
         allow_cidrs=networks,
         metrics_address=_address(metrics_address) if metrics_address else None,
         max_line_bytes=max_line_bytes,
         retention_seconds=retention,
-        engine=EngineSettings(workers=workers, per_endpoint=per_endpoint),
+        engine=EngineSettings(
+            workers=workers,
+            per_endpoint=per_endpoint,
+            lease_seconds=lease_seconds,
+            reclaim_interval_seconds=min(15.0, lease_seconds / 2),
+        ),
         watch=watch,
         delivery_processes=delivery_processes,
         activated=activated,
@@ -234,7 +261,7 @@ def deliveries() -> None:
     """Inspect and requeue deliveries in the store."""
 
 
-_state_option = click.option(
+_state_only = click.option(
     "--state",
     "state_dir",
     type=click.Path(path_type=Path),
@@ -242,6 +269,25 @@ _state_option = click.option(
     show_default=True,
     help="Directory of the store (as given to dispatch run).",
 )
+_STORE_HELP = (
+    "The store: sqlite:///PATH or postgresql://... (default: $DISPATCH_STORE, else the SQLite file under "
+    "--state). Put a password in $DISPATCH_STORE or PGPASSWORD, not on the command line."
+)
+
+
+def _remember_store(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    ctx.meta["dispatch.store"] = value
+    return value
+
+
+def _state_option(f: _F) -> _F:
+    """``--state DIR`` and ``--store URL`` (read by ``_open_store``)."""
+    store = click.option(
+        "--store", metavar="URL", expose_value=False, callback=_remember_store, help=_STORE_HELP
+    )
+    return _state_only(store(f))
+
+
 _format_option = click.option(
     "--format",
     "fmt",
@@ -323,14 +369,17 @@ def _check_retry(
         raise click.UsageError("--webhook and --since filter --all-dead only")
 
 
-def _open_store(state_dir: Path) -> SQLiteStore:
-    path = store_path(state_dir)
-    if not path.exists():
-        raise click.ClickException(f"no store at {path} (is --state right?)")
-    try:
-        return SQLiteStore(path)
-    except DispatcherError as exc:  # e.g. a store written by a newer dispatcher: one line, no traceback
-        raise click.ClickException(str(exc)) from None
+@contextlib.contextmanager
+def _open_store(state_dir: Path) -> Iterator[Store]:
+    """The store of ``--store``, ``DISPATCH_STORE`` or ``--state`` (which must exist: nothing is created)."""
+    option = click.get_current_context().meta.get("dispatch.store")
+    with contextlib.ExitStack() as stack:
+        try:
+            url = store_choice.choose(option, os.environ)
+            store = stack.enter_context(store_choice.open_store(url, store_path(state_dir), must_exist=True))
+        except DispatcherError as exc:  # e.g. a store written by a newer dispatcher: one line, no traceback
+            raise click.ClickException(str(exc)) from None
+        yield store
 
 
 @deliveries.command("list")
@@ -461,6 +510,53 @@ def receive(
             max_count=count,
             json_lines=as_json,
         )
+    )
+
+
+@main.group("store")
+def store_group() -> None:
+    """Operate on stores as a whole."""
+
+
+@store_group.command("copy")
+@click.option(
+    "--from", "source", required=True, metavar="URL", help="The store to move from (sqlite:///PATH...)."
+)
+@click.option(
+    "--to",
+    "destination",
+    metavar="URL",
+    help="The store to move to (postgresql://...; default $DISPATCH_STORE).",
+)
+@click.option(
+    "--keep-source",
+    is_flag=True,
+    help="Leave the copied deliveries open in the source (default: mark them dead as moved).",
+)
+def store_copy(source: str, destination: str | None, keep_source: bool) -> None:
+    """Move the open deliveries of one store into another (stop the source's dispatchers first)."""
+    from dispatcher.app import state_lock
+    from dispatcher.store.copy import copy_open
+
+    try:
+        src = store_choice.choose(source, {})
+        dst = store_choice.choose(destination, os.environ)
+        if src is None or dst is None:
+            raise click.UsageError("give --to URL (or set DISPATCH_STORE)")
+        if src.url == dst.url:
+            raise click.UsageError("--from and --to are the same store")
+        with contextlib.ExitStack() as stack:
+            # A SQLite source is locked like a dispatcher locks it: none may run on it during the move.
+            src_store = stack.enter_context(
+                store_choice.open_store(src, Path(), lock=state_lock, must_exist=True)
+            )
+            dst_store = stack.enter_context(store_choice.open_store(dst, Path(), lock=state_lock))
+            result = copy_open(src_store, dst_store, time.time(), moved_to=dst.display, keep=keep_source)
+    except DispatcherError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"copied {result.deliveries} open deliveries of {result.events} events to {dst.display}"
+        f" ({result.duplicates} events were there already); {result.moved_off} marked moved in the source"
     )
 
 

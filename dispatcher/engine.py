@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from dispatcher.attempt import without_attempt
+from dispatcher.attempt import endpoint_key, without_attempt
 from dispatcher.callback_sender import CallbackSender
 from dispatcher.config import Snapshot
 from dispatcher.intake import Intake
@@ -36,6 +36,18 @@ log = get_logger("engine")
 
 #: Worker threads started with the engine; more start as attempts in flight need them (``Engine._grow``).
 INITIAL_WORKERS = 8
+
+
+def _share(
+    store: Store, endpoint_of: Callable[[str], str | None], per_endpoint: int, wake: Callable[[], None]
+) -> bool:
+    """On a store shared by several dispatchers (PostgreSQL): hand it the per-endpoint limit, to hold
+    across all of them, and listen for the work they make due. Returns whether the store is shared."""
+    if not getattr(store, "shared", False):
+        return False
+    store.share_limits(endpoint_of, per_endpoint)  # type: ignore[attr-defined]
+    store.listen(wake)  # type: ignore[attr-defined]
+    return True
 
 
 class Engine:
@@ -82,11 +94,25 @@ class Engine:
         self._spawn: Spawn = start_thread
         self._workers_started = 0
         self._grow_lock = threading.Lock()
+        self._config = config
+        # On a store shared by several dispatchers (PostgreSQL) the store holds the per-endpoint limit across
+        # all of them and its NOTIFY wakes the scheduler ("due now": a time just past, not rounded up).
+        self.scheduler.shared = _share(
+            store, self._endpoint_of, s.per_endpoint, lambda: self.scheduler.wake(self.clock() - 0.1)
+        )
+
+    def _endpoint_of(self, webhook: str) -> str | None:
+        """A webhook's endpoint key for the shared limit (None: not in this dispatcher's table)."""
+        hook = self._config().webhook(webhook)
+        return None if hook is None else endpoint_key(hook.target_url)
 
     def start(self, spawn: Spawn = start_thread) -> None:
         """Reclaim leases left by a previous process, then start the threads (through ``spawn``: the
         supervisor's, in ``dispatch run``)."""
-        reclaimed = self.store.reclaim_expired(self.clock() + self.settings.lease_seconds * 2)
+        # Alone on its store, a dispatcher reclaims every lease left (they were its previous run's); on a
+        # shared one only expired leases: the others' are live.
+        ahead = 0.0 if self.scheduler.shared else self.settings.lease_seconds * 2
+        reclaimed = self.store.reclaim_expired(self.clock() + ahead)
         if reclaimed:
             log.info("leases.reclaimed", extra=fields(count=reclaimed, at="start-up"))
         self.scheduler.next_reclaim = self.clock() + self.settings.reclaim_interval_seconds

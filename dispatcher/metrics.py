@@ -45,6 +45,27 @@ class _QueueCollector(Collector):
         )
 
 
+class _StoreCollector(Collector):
+    """Which store backend is in use, and on a shared store how many dispatchers hold leases (at scrape
+    time). The URL is never a label: /status shows it, redacted."""
+
+    def __init__(self, backend: str, holders: Callable[[], int | None]) -> None:
+        self._backend = backend
+        self._holders = holders
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        info = GaugeMetricFamily("dispatch_store_info", "The store backend in use.", labels=["backend"])
+        info.add_metric([self._backend], 1)
+        yield info
+        n = self._holders()
+        if n is not None:
+            yield GaugeMetricFamily(
+                "dispatch_store_lease_holders",
+                "Dispatchers holding live delivery leases on the shared store.",
+                value=n,
+            )
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -99,6 +120,9 @@ class Metrics:
         oldest_age: Callable[[], float | None],
     ) -> None:
         self.registry.register(_QueueCollector(counts, oldest_age))
+
+    def watch_store(self, backend: str, holders: Callable[[], int | None]) -> None:
+        self.registry.register(_StoreCollector(backend, holders))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

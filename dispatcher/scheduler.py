@@ -45,6 +45,9 @@ class Scheduler:
         # and until when to wait for one of them to drain (or for announced work to come due) before leasing.
         self._hold: tuple[frozenset[str], float] | None = None
         self._hold_seconds = HOLD_MIN_SECONDS
+        #: The store is shared and holds the per-endpoint limit (set by the engine): due work it did not
+        #: lease waits for a freed slot, which its NOTIFY announces (``wake``), not for a poll.
+        self.shared = False
 
     def wake(self, at: float | None = None) -> None:
         """Look at the store at ``at`` (default: now): new work is due then."""
@@ -101,7 +104,10 @@ class Scheduler:
             self._hold_seconds = HOLD_MIN_SECONDS if leases else min(HOLD_MAX_SECONDS, self._hold_seconds * 2)
             return now + 0.05
         self._hold_seconds = HOLD_MIN_SECONDS
-        return self._store.next_due_at()
+        due = self._store.next_due_at()
+        if self.shared and due is not None and due <= now:
+            return None  # due but over the shared endpoint limits: a NOTIFY (a freed slot) wakes us
+        return due
 
     def run(self, stopping: threading.Event) -> None:
         """Step, then sleep until the next step is due or a wake, until ``stopping`` is set."""

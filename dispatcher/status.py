@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from dispatcher.live import LiveConfig
 from dispatcher.metrics import Metrics
 from dispatcher.store.base import Store
+from dispatcher.store.open import describe as describe_store
 from dispatcher.supervise import Spawn, start_thread
 
 
@@ -56,6 +57,7 @@ def build_status(live: LiveConfig, store: Store, now: float) -> dict[str, Any]:
         ],
         "queue": {status.value: n for status, n in store.counts().items()},
         "oldest_pending_age_seconds": None if oldest is None else max(0.0, now - oldest),
+        "store": describe_store(store, now),
     }
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.loopback import poll_until
+from tests.pg import pg_cluster, pg_url
+
+__all__ = ["pg_cluster", "pg_url", "wait_until"]  # pg_*: fixtures (a throwaway PostgreSQL per session)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05) -> None:

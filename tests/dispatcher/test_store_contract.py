@@ -28,9 +28,15 @@ T0 = 1_000.0
 LEASE = 30.0
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend: Store = SQLiteStore(tmp_path / "store.db") if request.param == "sqlite" else MemoryStore()
+    backend: Store
+    if request.param == "postgresql":
+        from dispatcher.store.postgres import PostgresStore
+
+        backend = PostgresStore(request.getfixturevalue("pg_url"))
+    else:
+        backend = SQLiteStore(tmp_path / "store.db") if request.param == "sqlite" else MemoryStore()
     try:
         yield backend
     finally:

@@ -57,29 +57,30 @@ def _deliveries(tmp_path: Path, *args: str) -> list[dict[str, Any]]:
     return json.loads(out.stdout)
 
 
-def test_adding_changing_and_deleting_files_changes_routing_within_a_second(
+def test_adding_changing_and_deleting_files_changes_routing_without_a_restart(
     receiver: Receiver, config_dir: Path, tmp_path: Path, processes: list[DispatchProcess]
 ) -> None:
-    """Routing follows file changes within a second, without a restart and without losing queued work."""
+    """Routing follows file changes without a restart and without losing queued work (how fast is
+    bench/reload.py's to measure: a test never asserts a time)."""
     write_webhook(config_dir, "a", receiver.url("/a"))
     proc, base = _start(processes, config_dir, tmp_path)
     assert proc.publish([event_line()])[0]["deliveries"] == 1
     first = _status(base)["active_revision"]
 
     write_webhook(config_dir, "b", receiver.url("/b"))
-    wait_until(lambda: _status(base)["active_revision"] != first, timeout=1.5)
+    wait_until(lambda: _status(base)["active_revision"] != first)
     assert proc.publish([event_line()])[0]["deliveries"] == 2
 
     write_webhook(config_dir, "b", receiver.url("/b"), event_type="shipment.created")
     second = _status(base)["active_revision"]
-    wait_until(lambda: _status(base)["active_revision"] != second, timeout=1.5)
+    wait_until(lambda: _status(base)["active_revision"] != second)
     assert proc.publish([event_line()])[0]["deliveries"] == 1
     assert proc.publish([event_line("shipment.created")])[0]["deliveries"] == 1
 
     receiver.wait_count("/b", 2)  # before b goes: a removed webhook's queued deliveries are buried, not sent
     (config_dir / "b.yaml").unlink()
     third = _status(base)["active_revision"]
-    wait_until(lambda: _status(base)["active_revision"] != third, timeout=1.5)
+    wait_until(lambda: _status(base)["active_revision"] != third)
     assert proc.publish([event_line("shipment.created")])[0]["deliveries"] == 0
     receiver.wait_count("/a", 3)
     wait_until(lambda: [d["status"] for d in _deliveries(tmp_path)] == ["delivered"] * 5)  # none left to send
@@ -98,7 +99,7 @@ def test_broken_file_keeps_the_last_good_table_and_is_reported(
     broken = config_dir / "a.yaml"
     text = broken.read_text().replace("target_url:", "target_urll:")
     broken.write_text(text)
-    wait_until(lambda: _status(base)["last_reload"]["successful"] is False, timeout=2)
+    wait_until(lambda: _status(base)["last_reload"]["successful"] is False)
     status = _status(base)
     assert status["active_revision"] == good
     assert status["attempted_revision"] != good
@@ -110,7 +111,7 @@ def test_broken_file_keeps_the_last_good_table_and_is_reported(
     receiver.wait_count("/a", 1)
 
     write_webhook(config_dir, "a", receiver.url("/a2"))
-    wait_until(lambda: _status(base)["last_reload"]["successful"] is True, timeout=2)
+    wait_until(lambda: _status(base)["last_reload"]["successful"] is True)
     assert _metrics(base)["config_last_reload_successful"] == 1
     assert _metrics(base)["config_last_reload_success_timestamp_seconds"] > 0
     proc.publish([event_line()])
