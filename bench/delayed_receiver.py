@@ -2,6 +2,10 @@
 """A loopback HTTP receiver that answers every request after a fixed delay, on several ports at once.
 
     python bench/delayed_receiver.py --ports 8001,8002 --delay-ms 50 [--status 204]
+    python bench/delayed_receiver.py --count 1000 --delay-ms 200   # ports chosen by the kernel
+
+With ``--count N`` it listens on N ports the kernel picks (no race with other processes choosing free ports)
+and prints them, comma-separated, as its first line on standard output once every one listens.
 
 The shape of real receivers (tens of milliseconds away) for the peer benchmark: one process, one asyncio
 loop, any number of listening ports (one per "endpoint"), HTTP/1.1 keep-alive, no per-connection thread, so
@@ -52,7 +56,7 @@ async def _serve(
         writer.close()
 
 
-async def _main(ports: Sequence[int], delay: float, status: int) -> None:
+async def _main(ports: Sequence[int], delay: float, status: int, count: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -61,8 +65,11 @@ async def _main(ports: Sequence[int], delay: float, status: int) -> None:
         await asyncio.start_server(
             lambda r, w: _serve(r, w, delay, status), "127.0.0.1", port, backlog=1024, reuse_address=True
         )
-        for port in ports
+        for port in [*ports, *[0] * count]
     ]
+    if count:
+        chosen = [server.sockets[0].getsockname()[1] for server in servers[len(ports) :]]
+        print(",".join(map(str, chosen)), flush=True)
     await stop.wait()
     for server in servers:
         server.close()
@@ -70,14 +77,17 @@ async def _main(ports: Sequence[int], delay: float, status: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ports", required=True, help="comma-separated ports to listen on (127.0.0.1)")
+    p.add_argument("--ports", default="", help="comma-separated ports to listen on (127.0.0.1)")
+    p.add_argument("--count", type=int, default=0, help="also listen on this many ports the kernel picks")
     p.add_argument(
         "--delay-ms", type=float, default=50.0, help="milliseconds before each answer (default 50)"
     )
     p.add_argument("--status", type=int, default=204, help="HTTP status of every answer (default 204)")
     args = p.parse_args(argv)
     ports = [int(port) for port in args.ports.split(",") if port]
-    asyncio.run(_main(ports, args.delay_ms / 1000.0, args.status))
+    if not ports and not args.count:
+        p.error("give --ports or --count")
+    asyncio.run(_main(ports, args.delay_ms / 1000.0, args.status, args.count))
     return 0
 
 

@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "reload": ("reload.py", [], ["--quick"]),
     "memory": ("memory.py", [], ["--quick"]),
     "celery_peer": ("celery_peer.py", [], ["--quick"]),
+    "slow_receivers": ("slow_receivers.py", [], ["--quick"]),
 }
 
 

@@ -99,7 +99,11 @@ _RUN_STORE_HELP = (
     help="Refuse (error file-too-large) any file in --config larger than this, without reading it.",
 )
 @click.option(
-    "--workers", type=click.IntRange(1, 1024), default=64, show_default=True, help="Delivery threads."
+    "--workers",
+    type=click.IntRange(1, 4096),
+    default=EngineSettings().workers,
+    show_default=True,
+    help="Attempts in flight at most (threads, started as attempts need them).",
 )
 @click.option(
     "--per-endpoint",

@@ -34,6 +34,9 @@ __all__ = ["Client", "Engine", "EngineSettings"]
 
 log = get_logger("engine")
 
+#: Worker threads started with the engine; more start as attempts in flight need them (``Engine._grow``).
+INITIAL_WORKERS = 8
+
 
 def _share(
     store: Store, endpoint_of: Callable[[str], str | None], per_endpoint: int, wake: Callable[[], None]
@@ -88,6 +91,9 @@ class Engine:
             store, client.send, config, metrics, lease_seconds=s.lease_seconds, clock=clock, rng=rng
         )
         self._threads: list[threading.Thread] = []
+        self._spawn: Spawn = start_thread
+        self._workers_started = 0
+        self._grow_lock = threading.Lock()
         self._config = config
         # On a store shared by several dispatchers (PostgreSQL) the store holds the per-endpoint limit across
         # all of them and its NOTIFY wakes the scheduler ("due now": a time just past, not rounded up).
@@ -115,10 +121,32 @@ class Engine:
             ("scheduler", lambda: self.scheduler.run(self._stopping)),
             ("callbacks", lambda: self.callback_sender.run(self._stopping, self._callbacks)),
         ]
-        work = lambda: self.worker.run(self.queues)  # noqa: E731 - one target for every worker thread
-        specs.extend((f"worker-{i}", work) for i in range(self.settings.workers))
+        self._spawn = spawn
         for name, target in specs:
             self._threads.append(spawn(f"dispatch-{name}", target))
+        with self._grow_lock:
+            for _ in range(min(self.settings.workers, INITIAL_WORKERS)):
+                self._start_worker()
+
+    def _start_worker(self) -> None:
+        """One more worker thread (the caller holds ``_grow_lock``)."""
+        name = f"dispatch-worker-{self._workers_started}"
+        self._threads.append(self._spawn(name, lambda: self.worker.run(self.queues, self._grow)))
+        self._workers_started += 1
+
+    def _grow(self) -> None:
+        """After a take: when every worker started is busy, start one more (up to ``settings.workers``), so
+        one waits for the next lease. Threads cost memory waiting (``dispatcher.growing_pool``): the
+        dispatcher holds as many as attempts were ever in flight at once, plus one."""
+        if self.queues.busy < self._workers_started or self._workers_started >= self.settings.workers:
+            return  # read without the lock: a stale answer only delays growth to the next take
+        with self._grow_lock:
+            if (
+                self.queues.busy >= self._workers_started
+                and self._workers_started < self.settings.workers
+                and not self._stopping.is_set()
+            ):
+                self._start_worker()
 
     def stop(self, grace_seconds: float = 60.0) -> None:
         """Stop taking work, let attempts in flight finish (up to ``grace_seconds``), release the rest."""
@@ -138,6 +166,11 @@ class Engine:
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+
+    @property
+    def workers_started(self) -> int:
+        """Worker threads started so far (at most ``settings.workers``)."""
+        return self._workers_started
 
     def is_running(self) -> bool:
         """Every engine thread is alive (for /healthz)."""

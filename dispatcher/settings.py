@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class EngineSettings:
     """Sizes and intervals of the delivery engine (``dispatch run --workers/--per-endpoint`` set two)."""
 
-    workers: int = 64
+    workers: int = 512  # attempts in flight at most; threads start as they are needed
     per_endpoint: int = 8
     lease_seconds: float = 120.0  # longer than the 60 s timeout ceiling plus queueing
     max_queued: int = 20_000  # leases held in memory at most (bounds memory and lease age)

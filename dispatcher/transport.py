@@ -25,7 +25,7 @@ import contextlib
 import itertools
 import os
 import pickle
-import queue
+import resource
 import signal
 import socket
 import subprocess
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dispatcher.errors import DeliveryError
+from dispatcher.growing_pool import GrowingPool
 from dispatcher.logs import fields, get_logger
 from dispatcher.messages import AttemptReply, AttemptRequest, Reply, Request, TokenReply, TokenRequest
 from dispatcher.outbound import OutboundRequest, json_request
@@ -53,6 +54,9 @@ _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _STOP = b""  # asks a child to finish its attempts in flight and exit
 # The package root, so a child finds ``dispatcher`` whatever the parent's working directory and sys.path.
 _ROOT = str(Path(__file__).resolve().parent.parent)
+# Endpoints whose connections a child keeps open at once (HttpClient's default is 256: 1,000 endpoints
+# answering after 200 ms then reconnected on most attempts).
+_MAX_ENDPOINTS = 2048
 
 
 def _record_from(reply: AttemptReply) -> AttemptRecord:
@@ -86,8 +90,19 @@ def _answer(client: Any, item: Request) -> Reply:
 # -- the child -------------------------------------------------------------------------------------------
 
 
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one: a child keeps a connection per thread and
+    endpoint, and 1,024 (systemd's default soft limit) is fewer than 1,000 endpoints' kept-alive
+    connections plus those in flight."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _child_main(argv: Sequence[str] | None = None) -> int:
-    """Runs in the child: attempts requests from the socket on ``--threads`` threads, answers on it."""
+    """Runs in the child: attempts requests from the socket on up to ``--threads`` threads (started as
+    attempts in flight need them), answers on it."""
     p = argparse.ArgumentParser(prog="python -m dispatcher.transport")
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--threads", type=int, required=True)
@@ -98,27 +113,28 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
+    _raise_open_files_limit()
     conn = Connection(args.fd)
     allowed = tuple(ip_network(cidr) for cidr in args.allow)
     send_lock = threading.Lock()
-    work: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
 
-    def attempts(client: HttpClient) -> None:
-        while (item := work.get()) is not None:
-            data = pickle.dumps(_answer(client, item), _PROTOCOL)
-            try:
-                with send_lock:
-                    conn.send_bytes(data)
-            except OSError:
-                return  # the parent is gone
+    def attempt(client: HttpClient, item: Request) -> bool:
+        data = pickle.dumps(_answer(client, item), _PROTOCOL)
+        try:
+            with send_lock:
+                conn.send_bytes(data)
+        except OSError:
+            return False  # the parent is gone
+        return True
 
-    with HttpClient(EgressPolicy(allowed), pool_per_endpoint=args.threads) as client:
-        threads = [
-            threading.Thread(target=attempts, args=(client,), name=f"attempt-{i}", daemon=True)
-            for i in range(args.threads)
-        ]
-        for thread in threads:
-            thread.start()
+    # Enough pooled connections per endpoint for every thread, and a pool for every endpoint up to
+    # _MAX_ENDPOINTS (beyond it the least recently used endpoint's connections are closed and reopened).
+    with HttpClient(
+        EgressPolicy(allowed), pool_per_endpoint=args.threads, max_endpoints=_MAX_ENDPOINTS
+    ) as client:
+        pool: GrowingPool[Request] = GrowingPool(
+            lambda item: attempt(client, item), args.threads, name="attempt"
+        )
         while True:
             try:
                 data = conn.recv_bytes()
@@ -126,11 +142,8 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
                 return 0  # the parent died: attempts in flight are abandoned (their leases expire)
             if data == _STOP:
                 break
-            work.put(pickle.loads(data))
-        for _ in threads:  # finish the attempts already received, then stop
-            work.put(None)
-        for thread in threads:
-            thread.join()
+            pool.submit(pickle.loads(data))
+        pool.close()  # finish the attempts already received, then stop
     return 0
 
 

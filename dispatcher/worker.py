@@ -56,12 +56,14 @@ class Worker:
         self._rng = rng
         self._clock = clock
 
-    def run(self, queues: EndpointQueues) -> None:
-        """Take, handle and give back leases until the queues are closed."""
+    def run(self, queues: EndpointQueues, on_take: Callable[[], None] = lambda: None) -> None:
+        """Take, handle and give back leases until the queues are closed; ``on_take`` after every take (the
+        engine starts another worker there when every one is busy)."""
         while True:
             item = queues.take()
             if item is None:
                 return
+            on_take()
             key, lease = item
             healthy = True
             try:
