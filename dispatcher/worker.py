@@ -101,8 +101,7 @@ class Worker:
         self._put(Done(decision.outcome, hook, lease, decision))
         if not sent:
             return True  # nothing was sent: the endpoint is not to blame
-        code = record.status_code
-        return code is not None and code < 500 and code != 429
+        return record.healthy
 
     def _attempt(self, lease: Lease, hook: Webhook, snapshot: Snapshot, now: float) -> AttemptRecord:
         """Make the HTTP attempt; SecretError (before anything is sent) when a secret it needs is missing.

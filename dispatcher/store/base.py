@@ -92,6 +92,12 @@ class AttemptRecord:
     response_headers: dict[str, str] = field(default_factory=dict)
     response_excerpt: str = ""  # first 4 KiB of the body, decoded leniently
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the attempt found its endpoint healthy: it answered, and not with 5xx or 429."""
+        code = self.status_code
+        return code is not None and code < 500 and code != 429
+
 
 @dataclass(frozen=True)
 class Outcome:

@@ -32,7 +32,6 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -47,7 +46,6 @@ import psycopg
 from dispatcher.errors import StoreError
 from dispatcher.store.base import (
     AttemptLog,
-    AttemptRecord,
     Callback,
     CallbackDetail,
     CallbackLease,
@@ -64,6 +62,7 @@ from dispatcher.store.base import (
 )
 from dispatcher.store.pgconn import CHANNEL, Listener, Pool, clock_offset
 from dispatcher.store.pgschema import CALLBACK_DUE, DUE, MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
+from dispatcher.store.rows import attempt_logs, attempt_logs_query, attempt_row, query_where, settlement
 
 Conn = psycopg.Connection[Any]
 
@@ -171,51 +170,8 @@ def _callback(row: Sequence[Any]) -> Callback:
     return Callback(row[0], row[1], row[2], row[3], DeliveryStatus(row[4]), *row[5:12])
 
 
-def _attempt_row(a: AttemptRecord) -> tuple[object, ...]:
-    headers = json.dumps(a.response_headers) if a.response_headers else "{}"
-    return (a.started_at, a.duration_seconds, a.status_code, a.error, headers, a.response_excerpt)
-
-
-def _settlement(
-    kind: OutcomeKind, next_attempt_at: float | None, reason: str | None, now: float
-) -> tuple[str, float | None, str | None]:
-    if kind is OutcomeKind.RETRY:
-        return "failed", now if next_attempt_at is None else next_attempt_at, None
-    if kind is OutcomeKind.DELIVERED:
-        return "delivered", None, None
-    return "dead", None, reason
-
-
-def _healthy(a: AttemptRecord) -> bool:
-    """Whether an attempt found its endpoint healthy: it answered, and not with 5xx or 429."""
-    return a.status_code is not None and a.status_code < 500 and a.status_code != 429
-
-
-def _query_where(query: DeliveryQuery, alias: str, delivery_id_column: str) -> tuple[str, list[object]]:
-    where: list[str] = []
-    params: list[object] = []
-    if query.status is not None:
-        where.append(f"{alias}status = %s")
-        params.append(DeliveryStatus(query.status).value)
-    if query.webhook is not None:
-        where.append(f"{alias}webhook = %s")
-        params.append(query.webhook)
-    if query.since is not None:
-        where.append(f"{alias}created_at >= %s")
-        params.append(query.since)
-    if query.delivery_id is not None:
-        where.append(f"{delivery_id_column} = %s")
-        params.append(query.delivery_id)
-    return (" WHERE " + " AND ".join(where) if where else ""), params
-
-
 def _attempt_logs(conn: Conn, table: str, key_column: str, key: int) -> tuple[AttemptLog, ...]:
-    rows = conn.execute(
-        "SELECT number, started_at, duration_seconds, status_code, error, response_headers,"
-        f" response_excerpt FROM {table} WHERE {key_column} = %s ORDER BY number",
-        (key,),
-    ).fetchall()
-    return tuple(AttemptLog(n, s, d, code, err, json.loads(h), x) for n, s, d, code, err, h, x in rows)
+    return attempt_logs(conn.execute(attempt_logs_query(table, key_column, "%s"), (key,)).fetchall())
 
 
 def migrate(conn: Conn, name: str) -> int:
@@ -497,9 +453,9 @@ class PostgresStore:
                 continue
             a = o.attempt
             if a is not None:
-                attempt_rows.append((*_attempt_row(a), o.delivery_id, o.lease_id))
-                health[o.delivery_id] = _healthy(a)
-            status, retry_at, reason = _settlement(o.kind, o.next_attempt_at, o.reason, now)
+                attempt_rows.append((*attempt_row(a), o.delivery_id, o.lease_id))
+                health[o.delivery_id] = a.healthy
+            status, retry_at, reason = settlement(o.kind, o.next_attempt_at, o.reason, now)
             code, error = (None, None) if a is None else (a.status_code, a.error)
             settle_rows.append(
                 {
@@ -605,8 +561,8 @@ class PostgresStore:
                 continue
             a = o.attempt
             if a is not None:
-                attempt_rows.append((*_attempt_row(a), o.callback_id, o.lease_id))
-            status, retry_at, reason = _settlement(o.kind, o.next_attempt_at, o.reason, now)
+                attempt_rows.append((*attempt_row(a), o.callback_id, o.lease_id))
+            status, retry_at, reason = settlement(o.kind, o.next_attempt_at, o.reason, now)
             code, error = (None, None) if a is None else (a.status_code, a.error)
             settle_rows.append(
                 {
@@ -637,7 +593,7 @@ class PostgresStore:
         return self._first_due("callbacks", CALLBACK_DUE)
 
     def list_callbacks(self, query: DeliveryQuery) -> list[Callback]:
-        where, params = _query_where(query, "", "delivery_id")
+        where, params = query_where(query, "", "delivery_id", "%s")
         sql = f"SELECT {_CALLBACK_COLUMNS} FROM callbacks{where} ORDER BY created_at DESC, id DESC LIMIT %s"
         with self._pool.transaction("list_callbacks") as conn:
             rows = conn.execute(sql, (*params, max(query.limit, 0))).fetchall()
@@ -743,7 +699,7 @@ class PostgresStore:
         return {row[0] for row in rows}
 
     def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
-        where, params = _query_where(query, "d.", "d.id")
+        where, params = query_where(query, "d.", "d.id", "%s")
         sql = (
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries AS d JOIN events AS e ON e.id = d.event_id{where}"
             " ORDER BY d.created_at DESC, d.id DESC LIMIT %s"

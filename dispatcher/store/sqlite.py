@@ -37,7 +37,6 @@ from typing import Any
 from dispatcher.errors import StoreError
 from dispatcher.store.base import (
     AttemptLog,
-    AttemptRecord,
     Callback,
     CallbackDetail,
     CallbackLease,
@@ -52,6 +51,7 @@ from dispatcher.store.base import (
     Outcome,
     OutcomeKind,
 )
+from dispatcher.store.rows import attempt_logs, attempt_logs_query, attempt_row, query_where, settlement
 from dispatcher.store.schema import (
     BASE_SCHEMA,
     CALLBACK_DUE_CONDITION,
@@ -234,48 +234,8 @@ def _callback(row: Sequence[Any]) -> Callback:
     )
 
 
-def _attempt_row(a: AttemptRecord) -> tuple[object, ...]:
-    headers = json.dumps(a.response_headers) if a.response_headers else "{}"
-    return (a.started_at, a.duration_seconds, a.status_code, a.error, headers, a.response_excerpt)
-
-
-def _settlement(
-    kind: OutcomeKind, next_attempt_at: float | None, reason: str | None, now: float
-) -> tuple[str, float | None, str | None]:
-    """The status, retry time and dead reason a DELIVERED, RETRY or DEAD outcome settles a row with."""
-    if kind is OutcomeKind.RETRY:
-        return "failed", now if next_attempt_at is None else next_attempt_at, None
-    if kind is OutcomeKind.DELIVERED:
-        return "delivered", None, None
-    return "dead", None, reason
-
-
-def _query_where(query: DeliveryQuery, alias: str, delivery_id_column: str) -> tuple[str, list[object]]:
-    """``list_deliveries``/``list_callbacks``: the WHERE clause (empty without filters) and its parameters."""
-    where: list[str] = []
-    params: list[object] = []
-    if query.status is not None:
-        where.append(f"{alias}status = ?")
-        params.append(DeliveryStatus(query.status).value)
-    if query.webhook is not None:
-        where.append(f"{alias}webhook = ?")
-        params.append(query.webhook)
-    if query.since is not None:
-        where.append(f"{alias}created_at >= ?")
-        params.append(query.since)
-    if query.delivery_id is not None:
-        where.append(f"{delivery_id_column} = ?")
-        params.append(query.delivery_id)
-    return (" WHERE " + " AND ".join(where) if where else ""), params
-
-
 def _attempt_logs(conn: sqlite3.Connection, table: str, key_column: str, key: int) -> tuple[AttemptLog, ...]:
-    rows = conn.execute(
-        "SELECT number, started_at, duration_seconds, status_code, error, response_headers,"
-        f" response_excerpt FROM {table} WHERE {key_column} = ? ORDER BY number",
-        (key,),
-    ).fetchall()
-    return tuple(AttemptLog(n, s, d, code, err, json.loads(h), x) for n, s, d, code, err, h, x in rows)
+    return attempt_logs(conn.execute(attempt_logs_query(table, key_column, "?"), (key,)).fetchall())
 
 
 def _uuid_key(uuid: str) -> bytes | str:
@@ -549,8 +509,8 @@ class SQLiteStore:
             a = o.attempt
             key = (o.delivery_id, o.lease_id)
             if a is not None:
-                attempt_rows.append((*_attempt_row(a), *key))
-            status, retry_at, reason = _settlement(o.kind, o.next_attempt_at, o.reason, now)
+                attempt_rows.append((*attempt_row(a), *key))
+            status, retry_at, reason = settlement(o.kind, o.next_attempt_at, o.reason, now)
             code, error = (None, None) if a is None else (a.status_code, a.error)
             settle_rows.append((status, int(a is not None), retry_at, reason, code, error, now, *key))
         if not first:
@@ -616,8 +576,8 @@ class SQLiteStore:
                 continue
             a = o.attempt
             if a is not None:
-                attempt_rows.append((*_attempt_row(a), *key))
-            status, retry_at, reason = _settlement(o.kind, o.next_attempt_at, o.reason, now)
+                attempt_rows.append((*attempt_row(a), *key))
+            status, retry_at, reason = settlement(o.kind, o.next_attempt_at, o.reason, now)
             code, error = (None, None) if a is None else (a.status_code, a.error)
             settle_rows.append((status, int(a is not None), retry_at, reason, code, error, now, *key))
         with self._write("record_callbacks", durable=False) as conn:
@@ -637,7 +597,7 @@ class SQLiteStore:
         return None if row is None else float(row[0])
 
     def list_callbacks(self, query: DeliveryQuery) -> list[Callback]:
-        where, params = _query_where(query, "", "delivery_id")
+        where, params = query_where(query, "", "delivery_id", "?")
         sql = f"SELECT {_CALLBACK_COLUMNS} FROM callbacks{where} ORDER BY created_at DESC, id DESC LIMIT ?"
         with self._read("list_callbacks") as conn:
             rows = conn.execute(sql, (*params, max(query.limit, 0))).fetchall()
@@ -731,7 +691,7 @@ class SQLiteStore:
         return {row[0] for row in rows}
 
     def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
-        where, params = _query_where(query, "d.", "d.id")
+        where, params = query_where(query, "d.", "d.id", "?")
         sql = (
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries AS d JOIN events AS e ON e.id = d.event_id{where}"
             " ORDER BY d.created_at DESC, d.id DESC LIMIT ?"
