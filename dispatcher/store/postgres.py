@@ -37,7 +37,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +46,7 @@ import psycopg
 from dispatcher.errors import StoreError
 from dispatcher.store.base import (
     AttemptLog,
+    AttemptRecord,
     Callback,
     CallbackDetail,
     CallbackLease,
@@ -62,7 +63,14 @@ from dispatcher.store.base import (
 )
 from dispatcher.store.pgconn import CHANNEL, Listener, Pool, clock_offset
 from dispatcher.store.pgschema import CALLBACK_DUE, DUE, MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
-from dispatcher.store.rows import attempt_logs, attempt_logs_query, attempt_row, query_where, settlement
+from dispatcher.store.rows import (
+    OPEN_WEBHOOKS,
+    attempt_logs,
+    attempt_logs_query,
+    attempt_row,
+    query_where,
+    settlement,
+)
 
 Conn = psycopg.Connection[Any]
 
@@ -168,6 +176,27 @@ def _delivery(row: Sequence[Any]) -> Delivery:
 
 def _callback(row: Sequence[Any]) -> Callback:
     return Callback(row[0], row[1], row[2], row[3], DeliveryStatus(row[4]), *row[5:12])
+
+
+def _settle_row(
+    key: Mapping[str, object],
+    kind: OutcomeKind,
+    a: AttemptRecord | None,
+    next_attempt_at: float | None,
+    reason: str | None,
+    now: float,
+) -> dict[str, object]:
+    """The parameters of ``_SETTLE`` (or its callback twin) for a DELIVERED, RETRY or DEAD outcome."""
+    status, retry_at, dead_reason = settlement(kind, next_attempt_at, reason, now)
+    return {
+        **key,
+        "status": status,
+        "tried": int(a is not None),
+        "retry_at": retry_at,
+        "reason": dead_reason,
+        "code": None if a is None else a.status_code,
+        "error": None if a is None else a.error,
+    }
 
 
 def _attempt_logs(conn: Conn, table: str, key_column: str, key: int) -> tuple[AttemptLog, ...]:
@@ -455,19 +484,7 @@ class PostgresStore:
             if a is not None:
                 attempt_rows.append((*attempt_row(a), o.delivery_id, o.lease_id))
                 health[o.delivery_id] = a.healthy
-            status, retry_at, reason = settlement(o.kind, o.next_attempt_at, o.reason, now)
-            code, error = (None, None) if a is None else (a.status_code, a.error)
-            settle_rows.append(
-                {
-                    **key,
-                    "status": status,
-                    "tried": int(a is not None),
-                    "retry_at": retry_at,
-                    "reason": reason,
-                    "code": code,
-                    "error": error,
-                }
-            )
+            settle_rows.append(_settle_row(key, o.kind, a, o.next_attempt_at, o.reason, now))
         with self._pool.transaction("record") as conn:
             self._light(conn)
             if health and self._endpoint_of is not None:
@@ -562,19 +579,7 @@ class PostgresStore:
             a = o.attempt
             if a is not None:
                 attempt_rows.append((*attempt_row(a), o.callback_id, o.lease_id))
-            status, retry_at, reason = settlement(o.kind, o.next_attempt_at, o.reason, now)
-            code, error = (None, None) if a is None else (a.status_code, a.error)
-            settle_rows.append(
-                {
-                    **key,
-                    "status": status,
-                    "tried": int(a is not None),
-                    "retry_at": retry_at,
-                    "reason": reason,
-                    "code": code,
-                    "error": error,
-                }
-            )
+            settle_rows.append(_settle_row(key, o.kind, a, o.next_attempt_at, o.reason, now))
         with self._pool.transaction("record_callbacks") as conn:
             self._light(conn)
             cur = conn.cursor()
@@ -687,15 +692,7 @@ class PostgresStore:
     def open_webhooks(self) -> set[str]:
         # A skip scan over the webhook index: one probe per distinct name instead of reading every row.
         with self._pool.transaction("open_webhooks") as conn:
-            rows = conn.execute(
-                "WITH RECURSIVE names (webhook) AS ("
-                " SELECT (SELECT webhook FROM deliveries ORDER BY webhook LIMIT 1)"
-                " UNION ALL SELECT (SELECT d.webhook FROM deliveries AS d WHERE d.webhook > names.webhook"
-                " ORDER BY d.webhook LIMIT 1) FROM names WHERE names.webhook IS NOT NULL)"
-                " SELECT webhook FROM names WHERE webhook IS NOT NULL AND EXISTS ("
-                " SELECT 1 FROM deliveries AS d WHERE d.webhook = names.webhook"
-                " AND d.status IN ('pending', 'failed'))"
-            ).fetchall()
+            rows = conn.execute(OPEN_WEBHOOKS).fetchall()
         return {row[0] for row in rows}
 
     def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:

@@ -51,7 +51,14 @@ from dispatcher.store.base import (
     Outcome,
     OutcomeKind,
 )
-from dispatcher.store.rows import attempt_logs, attempt_logs_query, attempt_row, query_where, settlement
+from dispatcher.store.rows import (
+    OPEN_WEBHOOKS,
+    attempt_logs,
+    attempt_logs_query,
+    attempt_row,
+    query_where,
+    settlement,
+)
 from dispatcher.store.schema import (
     BASE_SCHEMA,
     CALLBACK_DUE_CONDITION,
@@ -679,15 +686,7 @@ class SQLiteStore:
     def open_webhooks(self) -> set[str]:
         # A skip scan over the webhook index: one seek per distinct name instead of reading every delivery.
         with self._read("open_webhooks") as conn:
-            rows = conn.execute(
-                "WITH RECURSIVE names (webhook) AS ("
-                " SELECT (SELECT webhook FROM deliveries ORDER BY webhook LIMIT 1)"
-                " UNION ALL SELECT (SELECT d.webhook FROM deliveries AS d WHERE d.webhook > names.webhook"
-                " ORDER BY d.webhook LIMIT 1) FROM names WHERE names.webhook IS NOT NULL)"
-                " SELECT webhook FROM names WHERE webhook IS NOT NULL AND EXISTS ("
-                " SELECT 1 FROM deliveries AS d WHERE d.webhook = names.webhook"
-                " AND d.status IN ('pending', 'failed'))"
-            ).fetchall()
+            rows = conn.execute(OPEN_WEBHOOKS).fetchall()
         return {row[0] for row in rows}
 
     def list_deliveries(self, query: DeliveryQuery) -> list[Delivery]:
