@@ -71,6 +71,7 @@ class RunOptions:
     engine: EngineSettings = field(default_factory=EngineSettings)
     watch: bool = True
     delivery_processes: int = 1  # 0: attempts in this process's threads
+    delivery_nice: int = 0  # how much lower the delivery processes' CPU priority is (--delivery-nice)
     activated: bool = False  # listen on the socket systemd passed (LISTEN_FDS) instead of socket_path
     #: Where secrets may come from (--secrets-dir, --secret-env); None: the defaults for the environment.
     secret_sources: SecretSources | None = None
@@ -368,6 +369,7 @@ def _client(options: RunOptions) -> HttpClient | ProcessClient:
         processes=options.delivery_processes,
         # In flight at once: at most --workers in all, spread round robin over the children.
         threads_per_process=-(-options.engine.workers // options.delivery_processes),
+        nice=options.delivery_nice,
     )
 
 

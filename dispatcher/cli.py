@@ -26,7 +26,7 @@ from dispatcher.logs import configure
 from dispatcher.protocol import DEFAULT_MAX_LINE_BYTES
 from dispatcher.store import open as store_choice
 from dispatcher.store.base import DeliveryQuery, DeliveryStatus, Store
-from dispatcher.transport import default_processes
+from dispatcher.transport import DEFAULT_DELIVERY_NICE, default_processes
 from reconciler.limits import DEFAULT_LIMITS
 from reconciler.secretsources import SecretSources
 
@@ -120,6 +120,13 @@ _RUN_STORE_HELP = (
     help="Child processes making the HTTP attempts (0: threads of this process).",
 )
 @click.option(
+    "--delivery-nice",
+    type=click.IntRange(0, 19),
+    default=DEFAULT_DELIVERY_NICE,
+    show_default=True,
+    help="Run the delivery processes this much nicer than the main one (acks first on busy cores).",
+)
+@click.option(
     "--retention",
     metavar="DURATION",
     callback=duration_seconds,
@@ -174,6 +181,7 @@ def run(
     workers: int,
     per_endpoint: int,
     delivery_processes: int,
+    delivery_nice: int,
     retention: float,
     watch: bool,
     secrets_dirs: tuple[Path, ...],
@@ -211,6 +219,7 @@ def run(
         ),
         watch=watch,
         delivery_processes=delivery_processes,
+        delivery_nice=delivery_nice,
         activated=activated,
         secret_sources=SecretSources.build(map(str, secrets_dirs), secret_env),
         limits=replace(DEFAULT_LIMITS, max_file_bytes=max_file_bytes),

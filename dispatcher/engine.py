@@ -72,7 +72,7 @@ class Engine:
         self._stopping = threading.Event()
         # Wake-ups for the callback sender: a time new callbacks were stored at, or None to stop.
         self._callbacks: queue.Queue[float | None] = queue.Queue()
-        self.queues = EndpointQueues(s.per_endpoint)
+        self.queues = EndpointQueues(s.per_endpoint, max_in_flight=s.workers)
         self.writer = OutcomeWriter(
             store,
             config,
@@ -136,13 +136,16 @@ class Engine:
 
     def _grow(self) -> None:
         """After a take: when every worker started is busy, start one more (up to ``settings.workers``), so
-        one waits for the next lease. Threads cost memory waiting (``dispatcher.growing_pool``): the
-        dispatcher holds as many as attempts were ever in flight at once, plus one."""
-        if self.queues.busy < self._workers_started or self._workers_started >= self.settings.workers:
+        one waits for the next lease. A worker is busy for a moment when it hands an attempt off to a client
+        that completes it later (``ProcessClient.submit``), and for the whole attempt otherwise (a client
+        that cannot, or a token to fetch first): threads cost memory waiting (``dispatcher.growing_pool``),
+        so the dispatcher holds as many as were ever busy at once, plus one."""
+        busy = self.worker.busy_threads
+        if busy < self._workers_started or self._workers_started >= self.settings.workers:
             return  # read without the lock: a stale answer only delays growth to the next take
         with self._grow_lock:
             if (
-                self.queues.busy >= self._workers_started
+                self.worker.busy_threads >= self._workers_started
                 and self._workers_started < self.settings.workers
                 and not self._stopping.is_set()
             ):

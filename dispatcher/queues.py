@@ -24,8 +24,11 @@ class EndpointQueues:
     a whole timeout before they are known to fail.
     """
 
-    def __init__(self, per_endpoint: int) -> None:
+    def __init__(self, per_endpoint: int, max_in_flight: int | None = None) -> None:
+        """``max_in_flight``: attempts in flight at most, over all endpoints (None: no bound but the
+        workers')."""
         self._limit = per_endpoint
+        self._max_busy = max_in_flight
         self._failing: set[str] = set()
         self._proven: set[str] = set()  # endpoints that have answered healthy at least once
         self._cond = threading.Condition()
@@ -63,7 +66,7 @@ class EndpointQueues:
     def take(self, timeout: float | None = None) -> tuple[str, Lease] | None:
         """The next lease whose endpoint has a free slot; None when closed (or on timeout)."""
         with self._cond:
-            while not self._ready or self._closed:
+            while not self._ready or self._closed or self._at_capacity():
                 if self._closed or not self._cond.wait(timeout):
                     return None
             key = self._ready.popleft()
@@ -94,6 +97,11 @@ class EndpointQueues:
             self._mark_ready(key)
             if not self._busy:
                 self._cond.notify_all()  # wait_idle(); otherwise waking every worker is a thundering herd
+            elif self._busy + 1 == self._max_busy and self._ready:
+                self._cond.notify()  # a worker waiting for room in flight may take the next lease
+
+    def _at_capacity(self) -> bool:
+        return self._max_busy is not None and self._busy >= self._max_busy
 
     def _mark_ready(self, key: str) -> None:
         limit = self._limit if key in self._proven and key not in self._failing else 1

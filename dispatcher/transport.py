@@ -107,6 +107,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--allow", action="append", default=[])
+    p.add_argument("--nice", type=int, default=0)
     args = p.parse_args(argv)
     from dispatcher.egress import EgressPolicy
     from dispatcher.http import HttpClient
@@ -114,6 +115,8 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     _raise_open_files_limit()
+    if args.nice > 0:
+        os.nice(args.nice)  # below the main process: acknowledgements before attempts (ProcessClient)
     conn = Connection(args.fd)
     allowed = tuple(ip_network(cidr) for cidr in args.allow)
     send_lock = threading.Lock()
@@ -170,14 +173,53 @@ class _Waiter:
         return self.reply if self.lock.acquire(timeout=timeout_seconds) else None
 
 
+class _Completion:
+    """One attempt in flight whose caller did not wait: the reply reader (or the sweeper, or the child's
+    death) finishes it by calling ``done`` with its record, exactly once."""
+
+    __slots__ = ("_done", "_lock", "deadline", "started_at")
+
+    def __init__(self, done: Callable[[AttemptRecord], None], started_at: float, deadline: float) -> None:
+        self.started_at = started_at
+        self.deadline = deadline  # time.monotonic() after which the child is taken not to answer
+        self._done: Callable[[AttemptRecord], None] | None = done
+        self._lock = threading.Lock()
+
+    def set(self, reply: Reply | None) -> None:
+        if reply is None:
+            self.fail("delivery process exited during the attempt")
+        else:
+            assert isinstance(reply, AttemptReply)
+            self._call(_record_from(reply))
+
+    def fail(self, error: str) -> None:
+        self._call(AttemptRecord(self.started_at, time.time() - self.started_at, error=error))
+
+    def _call(self, record: AttemptRecord) -> None:
+        with self._lock:
+            done, self._done = self._done, None
+        if done is not None:  # the first of the reply, the sweeper and a failed send wins
+            done(record)
+
+
+def _finish(entry: _Waiter | _Completion, reply: Reply | None) -> None:
+    """Hand a reply (None: the child died) to whoever waits for it. A submitted attempt's ``done`` runs
+    here, on the reply reader: a bug in it is logged, never the end of the reader (which would strand every
+    later reply of that child)."""
+    try:
+        entry.set(reply)
+    except Exception:
+        log.exception("transport.completion_failed")
+
+
 class _Child:
-    def __init__(self, allowed: tuple[IPv4Network | IPv6Network, ...], threads: int) -> None:
+    def __init__(self, allowed: tuple[IPv4Network | IPv6Network, ...], threads: int, nice: int) -> None:
         parent_end, child_end = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (_ROOT, env.get("PYTHONPATH"))))
         # -P: the working directory is not put on sys.path (a stray argparse.py there must not be imported).
         command = [sys.executable, "-P", "-m", "dispatcher.transport", "--fd", str(child_end.fileno())]
-        command += ["--threads", str(threads), *(f"--allow={net}" for net in allowed)]
+        command += ["--threads", str(threads), "--nice", str(nice), *(f"--allow={net}" for net in allowed)]
         try:
             # stdout too: with --stdin it carries the acknowledgements; tracebacks go to stderr.
             self.process = subprocess.Popen(
@@ -194,7 +236,7 @@ class _Child:
             child_end.close()
         self.conn = Connection(parent_end.detach())
         self.started = time.monotonic()
-        self.pending: dict[int, _Waiter] = {}
+        self.pending: dict[int, _Waiter | _Completion] = {}
         self.lock = threading.Lock()
         self.send_lock = threading.Lock()  # one message at a time on the socket
         self.alive = True
@@ -209,7 +251,9 @@ class _Child:
 class ProcessClient:
     """The engine's ``Client`` with attempts made in ``processes`` child processes. ``close()`` stops them.
 
-    Token requests and callbacks (``fetch_token``, ``post_json``) are made by the children too.
+    Token requests and callbacks (``fetch_token``, ``post_json``) are made by the children too. ``nice``
+    lowers the children's CPU priority by that much: on shared cores, the main process (ingest and its
+    acknowledgements) then runs first and attempts take the CPU left (``dispatch run --delivery-nice``).
     """
 
     def __init__(
@@ -218,9 +262,11 @@ class ProcessClient:
         *,
         processes: int = 1,
         threads_per_process: int = 32,
+        nice: int = 0,
     ) -> None:
         self._allowed = allowed
         self._threads = threads_per_process
+        self._nice = nice
         self._ids = itertools.count(1)
         self._next = itertools.count()
         self._closed = False
@@ -233,9 +279,10 @@ class ProcessClient:
         except BaseException:
             self.close()
             raise
+        threading.Thread(target=self._sweep, name="dispatch-replies-sweeper", daemon=True).start()
 
     def _spawn(self, index: int) -> _Child:
-        child = _Child(self._allowed, self._threads)
+        child = _Child(self._allowed, self._threads, self._nice)
         threading.Thread(
             target=self._read_replies, args=(index, child), name=f"dispatch-replies-{index}", daemon=True
         ).start()
@@ -251,13 +298,13 @@ class ProcessClient:
             with child.lock:
                 waiter = child.pending.pop(reply.request_id, None)
             if waiter is not None:
-                waiter.set(reply)
+                _finish(waiter, reply)
         with child.lock:
             child.alive = False
             orphans = list(child.pending.values())
             child.pending.clear()
         for waiter in orphans:
-            waiter.set(None)
+            _finish(waiter, None)
         exitcode = child.process.wait()
         child.close_conn()
         if self._closed:
@@ -274,36 +321,53 @@ class ProcessClient:
             return
         self._children[index] = self._spawn(index)
 
-    def _call(self, message: Callable[[int], Request], timeout_seconds: float) -> Reply | str:
-        """Send one request to a child (round robin) and wait for its reply; a string says why there is none.
-        ``message`` builds the request from its id. The child answers every request within its timeout;
-        waiting is bounded all the same (a hung child must not hold a worker for good)."""
+    def _dispatch(self, message: Callable[[int], Request], entry: _Waiter | _Completion) -> str | None:
+        """Send one request to a child (round robin), its reply to go to ``entry``; a string says why it
+        could not be sent (``entry`` is then not registered). ``message`` builds the request from its id."""
         children = self._children
         child = children[next(self._next) % len(children)]
         request_id = next(self._ids)
-        waiter = _Waiter()
         data = pickle.dumps(message(request_id), _PROTOCOL)
         with child.lock:
             if not child.alive:
                 return "delivery process unavailable"
-            child.pending[request_id] = waiter
+            child.pending[request_id] = entry
         try:
             with child.send_lock:
                 child.conn.send_bytes(data)
         except (OSError, ValueError) as exc:
             with child.lock:
-                child.pending.pop(request_id, None)
-            return f"delivery process unavailable: {exc}"
-        reply = waiter.wait(timeout_seconds * 3 + 30)
+                gone = child.pending.pop(request_id, None) is None  # the reader has finished it already
+            return None if gone else f"delivery process unavailable: {exc}"
+        return None
+
+    def _call(self, message: Callable[[int], Request], timeout_seconds: float) -> Reply | str:
+        """Send one request to a child and wait for its reply; a string says why there is none. The child
+        answers every request within its timeout; waiting is bounded all the same (a hung child must not
+        hold a worker for good)."""
+        waiter = _Waiter()
+        if (problem := self._dispatch(message, waiter)) is not None:
+            return problem
+        reply = waiter.wait(_reply_grace(timeout_seconds))
         if reply is not None:
             return reply
-        with child.lock:
-            if child.pending.pop(request_id, None) is not None:
-                return "no answer from the delivery process in time"
+        if self._forget(waiter):
+            return "no answer from the delivery process in time"
         return "delivery process exited during the attempt"
 
+    def _forget(self, entry: _Waiter | _Completion) -> bool:
+        """Take ``entry`` out of its child's requests in flight; False when a reply (or the child's death)
+        got to it first."""
+        for child in self._children:
+            with child.lock:
+                for request_id, pending in child.pending.items():
+                    if pending is entry:
+                        del child.pending[request_id]
+                        return True
+        return False
+
     def send(self, request: OutboundRequest) -> AttemptRecord:
-        """Make one attempt in a child process; never raises for delivery problems."""
+        """Make one attempt in a child process and wait for it; never raises for delivery problems."""
         started_at = time.time()
         r = request
         reply = self._call(
@@ -314,6 +378,40 @@ class ProcessClient:
             return AttemptRecord(started_at, time.time() - started_at, error=reply)
         assert isinstance(reply, AttemptReply)
         return _record_from(reply)
+
+    def submit(self, request: OutboundRequest, done: Callable[[AttemptRecord], None]) -> None:
+        """Make one attempt in a child process without waiting: ``done(record)`` is called exactly once, on
+        the reply reader's thread (or on this one, when the attempt could not be sent). No thread waits
+        for the reply: the parent holds no thread per attempt in flight. Never raises for delivery
+        problems; a child that does not answer in time is found by the sweeper."""
+        r = request
+        entry = _Completion(done, time.time(), time.monotonic() + _reply_grace(r.timeout_seconds))
+        try:
+            problem = self._dispatch(
+                lambda i: AttemptRequest(i, r.url, r.body, r.headers, r.timeout_seconds, r.basic_auth),
+                entry,
+            )
+        except Exception as exc:  # a bug: named by type only (a message could quote a secret)
+            problem = f"internal error in the dispatcher ({type(exc).__name__})"
+        if problem is not None:
+            entry.fail(problem)
+
+    def _sweep(self) -> None:
+        """Every second: fail the submitted attempts whose child has not answered in time (a hung child)."""
+        while not self._stopped.wait(1.0):
+            now = time.monotonic()
+            late: list[_Completion] = []
+            for child in list(self._children):
+                with child.lock:
+                    for request_id, entry in list(child.pending.items()):
+                        if isinstance(entry, _Completion) and entry.deadline <= now:
+                            del child.pending[request_id]
+                            late.append(entry)
+            for entry in late:
+                try:
+                    entry.fail("no answer from the delivery process in time")
+                except Exception:
+                    log.exception("transport.completion_failed")
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
         """The token flow, in a child; DeliveryError when it fails (the message holds no secret)."""
@@ -353,6 +451,18 @@ class ProcessClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: ``dispatch run --delivery-nice``'s default. Acknowledgements are what a producer waits for; attempts are
+#: asynchronous by contract. At 10 the main process gets about nine tenths of a contended core against a
+#: delivery process (the kernel's weights for nice 0 and 10 are 1024 and 110).
+DEFAULT_DELIVERY_NICE = 10
+
+
+def _reply_grace(timeout_seconds: float) -> float:
+    """How long the parent waits for a child's reply at most: the child bounds every attempt by its
+    timeout, so this only catches a hung child."""
+    return timeout_seconds * 3 + 30
 
 
 def default_processes() -> int:

@@ -8,6 +8,7 @@ endpoint's slot is given back with whether it looked healthy (answered, and not 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -28,13 +29,20 @@ log = get_logger("engine")
 
 
 class Client(Protocol):
-    """What the engine needs from HTTP (``dispatcher.http.HttpClient``; tests pass a fake)."""
+    """What the engine needs from HTTP (``dispatcher.http.HttpClient``; tests pass a fake).
+
+    A client may also offer ``submit(request, done)``: the attempt without waiting, ``done(record)`` called
+    once when it ends (``ProcessClient``: on its reply reader). Workers then hand attempts off instead of
+    waiting on each, so attempts in flight cost no thread in this process."""
 
     def send(self, request: OutboundRequest) -> AttemptRecord: ...
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str: ...
 
     def post_json(self, url: str, payload: dict[str, Any], timeout_seconds: float) -> AttemptRecord: ...
+
+
+Submit = Callable[[OutboundRequest, Callable[[AttemptRecord], None]], None]
 
 
 class Worker:
@@ -55,6 +63,10 @@ class Worker:
         self._metrics = metrics
         self._rng = rng
         self._clock = clock
+        self._submit: Submit | None = getattr(client, "submit", None)
+        self._busy_lock = threading.Lock()
+        #: Worker threads busy with a lease right now (handing it off, or waiting on its attempt).
+        self.busy_threads = 0
 
     def run(self, queues: EndpointQueues, on_take: Callable[[], None] = lambda: None) -> None:
         """Take, handle and give back leases until the queues are closed; ``on_take`` after every take (the
@@ -63,16 +75,57 @@ class Worker:
             item = queues.take()
             if item is None:
                 return
+            with self._busy_lock:
+                self.busy_threads += 1
             on_take()
             key, lease = item
             healthy = True
+            handed_off = False
             try:
-                healthy = self.handle(lease, self._clock())
+                handed_off = self._hand_off(key, lease, queues)
+                if not handed_off:
+                    healthy = self.handle(lease, self._clock())
             except Exception:
                 # A bug must not kill the worker; the lease expires and the delivery is retried.
                 log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
             finally:
+                with self._busy_lock:
+                    self.busy_threads -= 1
+                if not handed_off:  # else the attempt's completion gives the slot back
+                    queues.done(key, healthy)
+
+    def _hand_off(self, key: str, lease: Lease, queues: EndpointQueues) -> bool:
+        """Submit a plain attempt to a client that completes it later, without this thread waiting; False
+        when this lease is handled here instead (no such client, no attempt to make, a token to fetch first,
+        or a secret that fails: ``handle`` records that)."""
+        if self._submit is None:
+            return False
+        now = self._clock()
+        if lease.expires_at <= now:
+            return False
+        snapshot = self._config()
+        hook = snapshot.webhook(lease.webhook)
+        if hook is None or not hook.active or isinstance(hook.auth, TokenAuth):
+            return False
+        try:
+            request = prepare(lease, hook, snapshot, int(now))
+        except SecretError:
+            return False
+
+        def done(record: AttemptRecord) -> None:
+            healthy = True
+            try:
+                self._metrics.attempt_duration.observe(record.duration_seconds)
+                decision = decide(lease, hook, record, self._rng, self._clock())
+                self._put(Done(decision.outcome, hook, lease, decision))
+                healthy = record.healthy
+            except Exception:  # the lease expires and the delivery is retried
+                log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
+            finally:
                 queues.done(key, healthy)
+
+        self._submit(request, done)
+        return True
 
     def handle(self, lease: Lease, now: float) -> bool:
         """Handle one lease; returns whether the endpoint looked healthy (answered, and not 5xx/429)."""

@@ -1,0 +1,297 @@
+"""Attempts handed off instead of waited on: ``ProcessClient.submit`` completes each attempt on its reply
+reader, and the engine's workers use it so that attempts in flight hold no thread of the main process."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import pytest
+
+from dispatcher.config import Snapshot
+from dispatcher.engine import INITIAL_WORKERS, Engine, EngineSettings
+from dispatcher.outbound import OutboundRequest
+from dispatcher.queues import EndpointQueues
+from dispatcher.store.base import AttemptRecord, DeliveryQuery, DeliveryStatus, Lease, NewEvent
+from dispatcher.store.memory import MemoryStore
+from dispatcher.transport import ProcessClient
+from reconciler.model import SecretRef, TokenAuth, Webhook
+from reconciler.routing import build_routing_table
+from tests.conftest import wait_until
+from tests.dispatcher.test_http import LocalServer, start_server, stop_server
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+
+
+@pytest.fixture
+def server() -> Iterator[LocalServer]:
+    s = start_server()
+    yield s
+    stop_server(s)
+
+
+class Recorder:
+    """A ``done`` callback that keeps every record it is given, and on which thread."""
+
+    def __init__(self) -> None:
+        self.records: list[AttemptRecord] = []
+        self.threads: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, record: AttemptRecord) -> None:
+        with self.lock:
+            self.records.append(record)
+            self.threads.append(threading.current_thread().name)
+
+
+def test_submit_completes_each_attempt_once_on_the_reply_reader(server: LocalServer) -> None:
+    """Every submitted attempt reaches the receiver and its ``done`` is called exactly once, with the
+    answer, on a reply-reader thread: the caller never waits."""
+    with ProcessClient(LOOPBACK, processes=2, threads_per_process=4) as client:
+        done = Recorder()
+        for i in range(10):
+            client.submit(OutboundRequest(server.url(), b'{"n":%d}' % i, {}, 5.0), done)
+        wait_until(lambda: len(done.records) >= 10, timeout=20)
+        time.sleep(0.2)  # a second call for any attempt would land now
+    assert len(done.records) == 10
+    assert all(r.status_code == 200 and r.error is None for r in done.records)
+    assert all(name.startswith("dispatch-replies-") for name in done.threads)
+    assert sorted(seen.body for seen in server.requests) == sorted(b'{"n":%d}' % i for i in range(10))
+
+
+def test_submit_to_a_killed_child_completes_with_an_error(server: LocalServer) -> None:
+    """kill -9 of the child while a submitted attempt is in flight: ``done`` gets the error record."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hang(handler: BaseHTTPRequestHandler) -> None:
+        entered.set()
+        release.wait(10)
+
+    server.respond = hang
+    with ProcessClient(LOOPBACK, processes=1) as client:
+        [pid] = client.pids
+        done = Recorder()
+        client.submit(OutboundRequest(server.url(), b"{}", {}, 30.0), done)
+        assert entered.wait(10)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: bool(done.records), timeout=10)
+        release.set()
+    [record] = done.records
+    assert record.status_code is None and record.error == "delivery process exited during the attempt"
+
+
+def test_a_child_that_never_answers_is_found_by_the_sweeper(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that stops answering (here: stopped with SIGSTOP) does not strand a submitted attempt: past
+    the reply grace the sweeper completes it with an error."""
+    from dispatcher import transport
+
+    monkeypatch.setattr(transport, "_reply_grace", lambda timeout: 0.5)
+    with ProcessClient(LOOPBACK, processes=1) as client:
+        [pid] = client.pids
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            done = Recorder()
+            client.submit(OutboundRequest(server.url(), b"{}", {}, 5.0), done)
+            wait_until(lambda: bool(done.records), timeout=10)
+            assert server.requests == []  # the child never got to it
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    [record] = done.records
+    assert record.error == "no answer from the delivery process in time"
+
+
+def test_delivery_processes_run_nicer_than_the_main_process() -> None:
+    """``nice`` lowers the children's CPU priority by that much (read back from /proc)."""
+
+    def nice_of(pid: int) -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
+
+    mine = nice_of(os.getpid())
+    with ProcessClient(LOOPBACK, processes=2, nice=7) as client:
+        # The child lowers its own priority as it starts; a reply to a request means it has.
+        assert client.post_json("http://127.0.0.1:9/", {}, 1.0) is not None
+        assert client.post_json("http://127.0.0.1:9/", {}, 1.0) is not None
+        assert [nice_of(pid) - mine for pid in client.pids] == [7, 7]
+    with ProcessClient(LOOPBACK, processes=1) as client:
+        assert client.post_json("http://127.0.0.1:9/", {}, 1.0) is not None
+        assert [nice_of(pid) - mine for pid in client.pids] == [0]
+
+
+# -- the engine with a client that completes attempts later ------------------------------------------------
+
+
+class LaterClient:
+    """Completes submitted attempts when told to (``finish_all``), on the caller's thread; ``send`` is for
+    what cannot be handed off (tokens, here counted)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: list[tuple[OutboundRequest, Callable[[AttemptRecord], None]]] = []
+        self.sent = 0
+
+    def submit(self, request: OutboundRequest, done: Callable[[AttemptRecord], None]) -> None:
+        with self.lock:
+            self.waiting.append((request, done))
+
+    def finish_all(self, status: int = 204) -> int:
+        with self.lock:
+            waiting, self.waiting = self.waiting, []
+        for _, done in waiting:
+            done(AttemptRecord(started_at=time.time(), duration_seconds=0.001, status_code=status))
+        return len(waiting)
+
+    def send(self, request: OutboundRequest) -> AttemptRecord:
+        with self.lock:
+            self.sent += 1
+        return AttemptRecord(started_at=time.time(), duration_seconds=0.001, status_code=204)
+
+    def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
+        return "token"
+
+    def post_json(self, url: str, payload: dict[str, Any], timeout_seconds: float) -> AttemptRecord:
+        return AttemptRecord(started_at=time.time(), duration_seconds=0.001, status_code=204)
+
+
+def _hooks(n: int, **extra: Any) -> list[Webhook]:
+    return [
+        Webhook(
+            name=f"h{i}",
+            target_url=f"https://e{i}.example.com/h",
+            event_types=("package.created",),
+            **extra,
+        )
+        for i in range(n)
+    ]
+
+
+def _engine(store: MemoryStore, client: Any, hooks: list[Webhook], **settings: Any) -> Engine:
+    secrets = {SecretRef("env", "WEBHOOK_PW"): "pw"}
+    snapshot = Snapshot(build_routing_table(hooks, "rev-1"), secrets, "rev-1")
+    return Engine(store, client, lambda: snapshot, settings=EngineSettings(**settings), rng=random.Random(1))
+
+
+def _enqueue(store: MemoryStore, engine: Engine, hooks: list[Webhook], n: int) -> None:
+    names = tuple(h.name for h in hooks)
+    events = [NewEvent(f"{i:032x}", "package.created", b"{}", names) for i in range(n)]
+    for result in store.enqueue(events, time.time(), 60):
+        engine.intake.admit(result.leases)
+
+
+def _delivered(store: MemoryStore) -> int:
+    return len(store.list_deliveries(DeliveryQuery(status=DeliveryStatus.DELIVERED, limit=10_000)))
+
+
+def test_handed_off_attempts_hold_no_worker_thread() -> None:
+    """With a client that completes attempts later, 200 attempts in flight at once (200 endpoints) take no
+    more than the engine's first workers, and each completion records its outcome and frees its slot."""
+    store = MemoryStore()
+    client = LaterClient()
+    hooks = _hooks(200)
+    engine = _engine(store, client, hooks, workers=512, per_endpoint=1)
+    engine.start()
+    try:
+        _enqueue(store, engine, hooks, 1)
+        wait_until(lambda: len(client.waiting) == 200, timeout=10)
+        assert engine.queues.busy == 200
+        assert engine.workers_started == INITIAL_WORKERS
+        assert client.finish_all() == 200
+        wait_until(lambda: _delivered(store) == 200, timeout=10)
+        wait_until(lambda: engine.queues.busy == 0, timeout=10)
+        assert client.sent == 0
+    finally:
+        engine.stop(grace_seconds=1)
+        store.close()
+
+
+def test_attempts_in_flight_never_exceed_workers_when_handed_off() -> None:
+    """``--workers`` still bounds attempts in flight when no thread waits on them."""
+    store = MemoryStore()
+    client = LaterClient()
+    hooks = _hooks(50)
+    engine = _engine(store, client, hooks, workers=20, per_endpoint=1)
+    engine.start()
+    try:
+        _enqueue(store, engine, hooks, 1)
+        wait_until(lambda: len(client.waiting) == 20, timeout=10)
+        time.sleep(0.3)  # room for a 21st, were the bound not held
+        assert len(client.waiting) == 20 and engine.queues.busy == 20
+        finished = 0
+        while finished < 50:
+            finished += client.finish_all()
+            assert engine.queues.busy <= 20
+            time.sleep(0.05)
+        wait_until(lambda: _delivered(store) == 50, timeout=10)
+    finally:
+        engine.stop(grace_seconds=1)
+        store.close()
+
+
+def test_token_auth_attempts_are_made_by_a_waiting_worker() -> None:
+    """An attempt that needs a token first is not handed off: a worker fetches the token and sends."""
+    store = MemoryStore()
+    client = LaterClient()
+    hooks = _hooks(1, auth=TokenAuth("https://e0.example.com/token", "u", SecretRef("env", "WEBHOOK_PW")))
+    engine = _engine(store, client, hooks, workers=8)
+    engine.start()
+    try:
+        _enqueue(store, engine, hooks, 3)
+        wait_until(lambda: _delivered(store) == 3, timeout=10)
+        assert client.sent == 3 and client.waiting == []
+    finally:
+        engine.stop(grace_seconds=1)
+        store.close()
+
+
+def test_a_failing_completion_still_frees_its_endpoint_slot() -> None:
+    """A bug while completing an attempt (here: the outcome writer refuses it) is logged, and the endpoint's
+    slot is given back, so the next lease of that endpoint is attempted."""
+    store = MemoryStore()
+    client = LaterClient()
+    hooks = _hooks(1)
+    engine = _engine(store, client, hooks, workers=8, per_endpoint=1)
+    put = engine.writer.put
+    calls = {"n": 0}
+
+    def flaky_put(done: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        put(done)
+
+    engine.worker._put = flaky_put
+    engine.start()
+    try:
+        _enqueue(store, engine, hooks, 2)
+        wait_until(lambda: len(client.waiting) == 1, timeout=10)
+        client.finish_all()  # the first completion fails inside
+        wait_until(lambda: len(client.waiting) == 1, timeout=10)  # the slot came back: the second goes
+        client.finish_all()
+        wait_until(lambda: _delivered(store) == 1, timeout=10)
+        assert engine.queues.busy == 0
+    finally:
+        engine.stop(grace_seconds=1)
+        store.close()
+
+
+def test_queues_hold_attempts_in_flight_to_their_bound() -> None:
+    """``EndpointQueues(max_in_flight=N)``: the N+1st take waits until one is done."""
+    queues = EndpointQueues(per_endpoint=8, max_in_flight=2)
+    lease = Lease(1, 1, time.time() + 60, "u", "t", "h", b"{}", 0, time.time())
+    for key in ("a", "b", "c"):
+        queues.put(key, lease)
+    first, second = queues.take(0), queues.take(0)
+    assert first is not None and second is not None
+    assert queues.take(0) is None
+    queues.done(first[0])
+    third = queues.take(0)
+    assert third is not None and third[0] == "c"
