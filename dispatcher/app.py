@@ -40,7 +40,7 @@ from dispatcher.status import StatusServer, status_provider
 from dispatcher.store import open as store_choice
 from dispatcher.store.base import Store
 from dispatcher.store.url import StoreUrl
-from dispatcher.supervise import EXIT_INTERNAL_FAILURE, Supervisor
+from dispatcher.supervise import EXIT_INTERNAL_FAILURE, Spawn, Supervisor
 from dispatcher.transport import ProcessClient
 from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.secretsources import SecretSources
@@ -158,7 +158,9 @@ class Dispatcher:
                 store_choice.backend(store), lambda: store_choice.holders(store, self.clock())
             )
             live = LiveConfig(source, snapshot, store, metrics, clock=self.clock)
-            client = _client(o)
+            # The delivery processes' reply readers and sweeper return deliberately (a child restarted, the
+            # client closed): only an exception is a fault.
+            client = _client(o, lambda name, target: self.supervisor.spawn(name, target, until_stop=False))
             stack.callback(client.close)
             engine = Engine(store, client, live.current, settings=o.engine, metrics=metrics, clock=self.clock)
             self._install_signals()
@@ -359,7 +361,9 @@ class _Services:
             self.status_server.close()
 
 
-def _client(options: RunOptions) -> HttpClient | ProcessClient:
+def _client(options: RunOptions, spawn: Spawn) -> HttpClient | ProcessClient:
+    """The engine's HTTP client: in this process, or in delivery processes whose reply readers and sweeper
+    ``spawn`` starts."""
     if options.delivery_processes <= 0:
         from dispatcher.http import HttpClient  # only then: the children import requests, not this process
 
@@ -370,6 +374,7 @@ def _client(options: RunOptions) -> HttpClient | ProcessClient:
         # In flight at once: at most --workers in all, spread round robin over the children.
         threads_per_process=-(-options.engine.workers // options.delivery_processes),
         nice=options.delivery_nice,
+        spawn=spawn,
     )
 
 
