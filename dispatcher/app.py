@@ -25,6 +25,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING
 
 from dispatcher import systemd
+from dispatcher.caps import DEFAULT_MAX_CONNECTIONS
 from dispatcher.config import ConfigSource, initial_snapshot
 from dispatcher.egress import EgressPolicy
 from dispatcher.engine import Engine, EngineSettings
@@ -67,6 +68,7 @@ class RunOptions:
     allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     metrics_address: tuple[str, int] | None = None
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # event-socket clients served at once
     retention_seconds: float = 7 * DAY
     engine: EngineSettings = field(default_factory=EngineSettings)
     watch: bool = True
@@ -212,7 +214,14 @@ class Dispatcher:
         if listener is not None:
             path = Path(systemd.socket_name(listener))
         assert path is not None
-        server = SocketServer(path, ingestor, listener, spawn=self.supervisor.spawn)
+        server = SocketServer(
+            path,
+            ingestor,
+            listener,
+            spawn=self.supervisor.spawn,
+            max_connections=self.options.max_connections,
+            on_refused=services.metrics.connections_refused.labels(listener="socket").inc,
+        )
         server.start()
         log.info("socket.listening", extra=fields(path=str(path), activated=listener is not None))
         services.announce_ready()

@@ -4,6 +4,10 @@ Both run the same loop: read what is available, split into lines, let the ``Inge
 write the acknowledgements. Socket creation is safe: mode 0660 from the first instant (umask around bind), a
 stale socket left by a dead process is replaced, and anything else at the path is refused.
 
+At most ``max_connections`` clients are served at once (``dispatcher.caps``): one more gets one line,
+``{"ok": false, "error": "too many connections ..."}``, and is closed before any of its input is read, so
+none of its events was accepted and all can be sent again.
+
 Shutdown is bounded whatever the clients do: ``SocketServer.close`` stops reading, gives every client one
 shared deadline to take the acknowledgements of the lines already read, then shuts the remaining sockets down.
 """
@@ -22,9 +26,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from dispatcher.errors import SocketPathError
 from dispatcher.ingest import Ingestor, LineReader
 from dispatcher.logs import fields, get_logger
+from dispatcher.protocol import connection_refused
 from dispatcher.supervise import Spawn, describe, start_thread
 from dispatcher.throttle import RejectBudget, RejectLimits
 
@@ -148,7 +154,8 @@ def bind_unix_socket(path: str | Path, mode: int = 0o660) -> socket.socket:
 
 
 class SocketServer:
-    """Accepts clients on a Unix socket; one thread per client. ``close()`` stops accepting and reading.
+    """Accepts clients on a Unix socket; one thread per client, at most ``max_connections`` at once (past it
+    a client is refused and ``on_refused`` called). ``close()`` stops accepting and reading.
 
     ``listener``: an already bound, listening socket (systemd socket activation); its path is then the
     service manager's, and ``close()`` leaves it in place.
@@ -161,10 +168,13 @@ class SocketServer:
         listener: socket.socket | None = None,
         *,
         spawn: Spawn = start_thread,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self.path = Path(path)
         self._ingestor = ingestor
         self._spawn = spawn
+        self._cap = ConnectionCap("socket", max_connections, on_refused)
         self._owns_path = listener is None
         self._sock = bind_unix_socket(self.path) if listener is None else listener
         if listener is not None:
@@ -194,8 +204,12 @@ class SocketServer:
                 log.warning("socket.accept_failed", extra=fields(error=exc.strerror or str(exc)))
                 time.sleep(_ACCEPT_BACKOFF_SECONDS)  # out of descriptors or memory: let clients finish
                 continue
+            if not self._cap.try_acquire():
+                _refuse(conn, self._cap.limit)
+                continue
             with self._lock:
                 if self._closed:
+                    self._cap.release()
                     conn.close()
                     return
                 self._clients.add(conn)
@@ -221,6 +235,7 @@ class SocketServer:
             with self._lock:
                 self._clients.discard(conn)
             conn.close()
+            self._cap.release()
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop accepting, stop reading from clients; acks for lines already read are still written until one
@@ -254,6 +269,14 @@ class SocketServer:
         if self._owns_path:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+
+def _refuse(conn: socket.socket, limit: int) -> None:
+    """Tell a client past the cap why, without ever blocking the accepting thread, and close it."""
+    line = connection_refused(f"too many connections (at most {limit}); retry later")
+    with contextlib.suppress(OSError):
+        conn.send(line, socket.MSG_DONTWAIT)  # a fresh socket's buffer holds it: never a partial line
+    conn.close()
 
 
 def serve_stdin(ingestor: Ingestor, fd_in: int = 0, fd_out: int = 1) -> int:
