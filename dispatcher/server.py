@@ -21,6 +21,7 @@ import queue
 import select
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from dispatcher.ingest import Ingestor, LineReader
 from dispatcher.logs import fields, get_logger
 from dispatcher.protocol import connection_refused
 from dispatcher.supervise import Spawn, describe, start_thread
-from dispatcher.throttle import RejectBudget, RejectLimits
+from dispatcher.throttle import Budget, PeerBudgets, RejectBudget, RejectLimits
 
 log = get_logger("server")
 
@@ -56,6 +57,7 @@ def serve_stream(
     reject_limits: RejectLimits | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], object] = time.sleep,
+    budget: Budget | None = None,
 ) -> int:
     """Serve one NDJSON stream until EOF; returns the number of lines handled.
 
@@ -67,9 +69,12 @@ def serve_stream(
 
     A stream that sends more rejected input than ``reject_limits`` allow waits before its next read
     (``dispatcher.throttle``): it is slowed, never cut off, and every line still gets its acknowledgement.
+    ``budget``: the one it spends (its peer's, shared with the peer's other connections); by default a
+    budget of its own at ``reject_limits``.
     """
     reader = LineReader(ingestor.max_line_bytes)
-    budget = RejectBudget(reject_limits or RejectLimits(), clock())
+    if budget is None:
+        budget = RejectBudget(reject_limits or RejectLimits(), clock())
     throttled = False
 
     def charge(lines: int, size: int) -> None:
@@ -170,11 +175,13 @@ class SocketServer:
         spawn: Spawn = start_thread,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         on_refused: Callable[[], None] = lambda: None,
+        budgets: PeerBudgets | None = None,
     ) -> None:
         self.path = Path(path)
         self._ingestor = ingestor
         self._spawn = spawn
         self._cap = ConnectionCap("socket", max_connections, on_refused)
+        self._budgets = budgets or PeerBudgets()
         self._owns_path = listener is None
         self._sock = bind_unix_socket(self.path) if listener is None else listener
         if listener is not None:
@@ -226,7 +233,11 @@ class SocketServer:
                 conn.shutdown(socket.SHUT_RD)
 
         try:
-            serve_stream(lambda: conn.recv(_READ_SIZE), conn.sendall, self._ingestor, stop_reading)
+            pid, uid = peer_credentials(conn)
+            budget = self._budgets.for_peer(pid, uid, time.monotonic())
+            serve_stream(
+                lambda: conn.recv(_READ_SIZE), conn.sendall, self._ingestor, stop_reading, budget=budget
+            )
         except OSError as exc:
             log.info("client.disconnected", extra=fields(error=exc.strerror or str(exc)))
         except Exception as exc:  # a bug: it ends this connection only
@@ -269,6 +280,22 @@ class SocketServer:
         if self._owns_path:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int | None, int | None]:
+    """(pid, uid) of the process that connected, as the kernel recorded them at connect(); (None, None)
+    where the platform does not say (``SO_PEERCRED`` is Linux's)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None, None
+    try:
+        pid, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, option, _UCRED.size))
+    except (OSError, struct.error):
+        return None, None
+    return pid, uid
 
 
 def _refuse(conn: socket.socket, limit: int) -> None:
