@@ -32,6 +32,7 @@ bounded, as a control for the header-phase kinds).
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import socket
 import sqlite3
 import sys
@@ -40,6 +41,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from common import (
     Dispatcher,
@@ -174,54 +176,83 @@ def hostile_lines() -> list[bytes]:
 class Flood:
     """One client sending hostile lines as fast as the dispatcher takes them and reading its acks, until
     closed. When the dispatcher drops its connection it reconnects at once and carries on (an attacker
-    would); ``disconnects`` counts how often that happened."""
+    would); ``disconnects`` counts how often that happened.
+
+    It runs in a process of its own: the dispatcher budgets rejected input per peer process (and user), so
+    a flooding thread in this process would share its budget with the well-behaved client measured here,
+    which is not the situation measured (two producers, one hostile)."""
 
     def __init__(self, socket_path: Path) -> None:
-        self._path = socket_path
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
-        self.sent = 0
-        self.acks = 0
-        self.rejected = 0
-        self.disconnects = 0
-        self._cycle = hostile_lines()
-        self._thread = threading.Thread(target=self._run, name="flood", daemon=True)
-        self._thread.start()
+        context = multiprocessing.get_context("spawn")  # no fork: this process has threads
+        self._stop = context.Event()
+        self._counts = [context.Value("q", 0, lock=False) for _ in range(4)]
+        self._process = context.Process(
+            target=_flood, args=(str(socket_path), self._stop, *self._counts), name="flood", daemon=True
+        )
+        self._process.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._sock = sock
-            reader = threading.Thread(target=self._read, args=(sock,), name="flood-reader", daemon=True)
-            try:
-                sock.connect(str(self._path))
-                reader.start()
-                while not self._stop.is_set():
-                    for line in self._cycle:
-                        sock.sendall(line)
-                        self.sent += 1
-            except OSError:
-                if not self._stop.is_set():
-                    self.disconnects += 1
-            finally:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                if reader.is_alive():
-                    reader.join(10)
-                sock.close()
+    @property
+    def sent(self) -> int:
+        return int(self._counts[0].value)
 
-    def _read(self, sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(1 << 16):
-                self.acks += chunk.count(b"\n")
-                self.rejected += chunk.count(b'"ok":false') + chunk.count(b'"ok": false')
+    @property
+    def acks(self) -> int:
+        return int(self._counts[1].value)
+
+    @property
+    def rejected(self) -> int:
+        return int(self._counts[2].value)
+
+    @property
+    def disconnects(self) -> int:
+        return int(self._counts[3].value)
 
     def close(self) -> None:
         self._stop.set()
-        if self._sock is not None:
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+
+
+def _flood(path: str, stop: Any, sent: Any, acks: Any, rejected: Any, disconnects: Any) -> None:
+    """The flooding process: send, reconnect when dropped, count (``Flood``'s shared counters)."""
+    cycle = hostile_lines()
+    current: list[socket.socket] = []
+
+    def read(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(1 << 16):
+                acks.value += chunk.count(b"\n")
+                rejected.value += chunk.count(b'"ok":false') + chunk.count(b'"ok": false')
+
+    def watch_stop() -> None:
+        stop.wait()
+        for sock in current:
             with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(10)
+                sock.shutdown(socket.SHUT_RDWR)
+
+    threading.Thread(target=watch_stop, daemon=True).start()
+    while not stop.is_set():
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        current[:] = [sock]
+        reader = threading.Thread(target=read, args=(sock,), name="flood-reader", daemon=True)
+        try:
+            sock.connect(path)
+            reader.start()
+            while not stop.is_set():
+                for line in cycle:
+                    sock.sendall(line)
+                    sent.value += 1
+        except OSError:
+            if not stop.is_set():
+                disconnects.value += 1
+        finally:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            if reader.is_alive():
+                reader.join(10)
+            sock.close()
 
 
 # -- one run ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING
 
 from dispatcher import systemd
+from dispatcher.caps import DEFAULT_MAX_CONNECTIONS
 from dispatcher.config import ConfigSource, initial_snapshot
 from dispatcher.egress import EgressPolicy
 from dispatcher.engine import Engine, EngineSettings
@@ -40,7 +41,7 @@ from dispatcher.status import StatusServer, status_provider
 from dispatcher.store import open as store_choice
 from dispatcher.store.base import Store
 from dispatcher.store.url import StoreUrl
-from dispatcher.supervise import EXIT_INTERNAL_FAILURE, Supervisor
+from dispatcher.supervise import EXIT_INTERNAL_FAILURE, Spawn, Supervisor
 from dispatcher.transport import ProcessClient
 from reconciler.limits import DEFAULT_LIMITS, Limits
 from reconciler.secretsources import SecretSources
@@ -67,6 +68,7 @@ class RunOptions:
     allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     metrics_address: tuple[str, int] | None = None
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # event-socket clients served at once
     retention_seconds: float = 7 * DAY
     engine: EngineSettings = field(default_factory=EngineSettings)
     watch: bool = True
@@ -158,7 +160,9 @@ class Dispatcher:
                 store_choice.backend(store), lambda: store_choice.holders(store, self.clock())
             )
             live = LiveConfig(source, snapshot, store, metrics, clock=self.clock)
-            client = _client(o)
+            # The delivery processes' reply readers and sweeper return deliberately (a child restarted, the
+            # client closed): only an exception is a fault.
+            client = _client(o, lambda name, target: self.supervisor.spawn(name, target, until_stop=False))
             stack.callback(client.close)
             engine = Engine(store, client, live.current, settings=o.engine, metrics=metrics, clock=self.clock)
             self._install_signals()
@@ -210,7 +214,14 @@ class Dispatcher:
         if listener is not None:
             path = Path(systemd.socket_name(listener))
         assert path is not None
-        server = SocketServer(path, ingestor, listener, spawn=self.supervisor.spawn)
+        server = SocketServer(
+            path,
+            ingestor,
+            listener,
+            spawn=self.supervisor.spawn,
+            max_connections=self.options.max_connections,
+            on_refused=services.metrics.connections_refused.labels(listener="socket").inc,
+        )
         server.start()
         log.info("socket.listening", extra=fields(path=str(path), activated=listener is not None))
         services.announce_ready()
@@ -359,7 +370,9 @@ class _Services:
             self.status_server.close()
 
 
-def _client(options: RunOptions) -> HttpClient | ProcessClient:
+def _client(options: RunOptions, spawn: Spawn) -> HttpClient | ProcessClient:
+    """The engine's HTTP client: in this process, or in delivery processes whose reply readers and sweeper
+    ``spawn`` starts."""
     if options.delivery_processes <= 0:
         from dispatcher.http import HttpClient  # only then: the children import requests, not this process
 
@@ -370,6 +383,7 @@ def _client(options: RunOptions) -> HttpClient | ProcessClient:
         # In flight at once: at most --workers in all, spread round robin over the children.
         threads_per_process=-(-options.engine.workers // options.delivery_processes),
         nice=options.delivery_nice,
+        spawn=spawn,
     )
 
 

@@ -16,6 +16,7 @@ import click
 from dispatcher import publish as publishing
 from dispatcher import systemd
 from dispatcher.app import DEFAULT_STATE_DIR, Dispatcher, RunOptions, store_path
+from dispatcher.caps import DEFAULT_MAX_CONNECTIONS
 from dispatcher.deliveries_report import REPORTERS
 from dispatcher.durations import duration_seconds, parse_since
 from dispatcher.egress import parse_cidr
@@ -90,6 +91,13 @@ _RUN_STORE_HELP = (
     default=DEFAULT_MAX_LINE_BYTES,
     show_default=True,
     help="Longest accepted event line; longer lines are rejected.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1, 65536),
+    default=DEFAULT_MAX_CONNECTIONS,
+    show_default=True,
+    help="Event-socket clients served at once; one more gets one refusal line and is closed.",
 )
 @click.option(
     "--max-file-bytes",
@@ -177,6 +185,7 @@ def run(
     allow_cidrs: tuple[str, ...],
     metrics_address: str | None,
     max_line_bytes: int,
+    max_connections: int,
     max_file_bytes: int,
     workers: int,
     per_endpoint: int,
@@ -210,6 +219,7 @@ def run(
         allow_cidrs=networks,
         metrics_address=_address(metrics_address) if metrics_address else None,
         max_line_bytes=max_line_bytes,
+        max_connections=max_connections,
         retention_seconds=retention,
         engine=EngineSettings(
             workers=workers,

@@ -270,7 +270,7 @@ class Ingestor:
         returned waits until they are durable and gives their acknowledgement lines, in order.
 
         ``charge(lines, bytes)`` is told how many lines were rejected and how many bytes they held (an
-        over-long line counts ``max_line_bytes``): the connection's ``RejectBudget``."""
+        over-long line counts ``max_line_bytes``): the budget the connection spends (its peer's)."""
         snapshot = self._config()
         answers: list[bytes | None] = []
         events: list[NewEvent] = []

@@ -98,6 +98,12 @@ class Metrics:
             "Attempts failed because a secret reference was refused or could not be resolved.",
             registry=r,
         )
+        self.connections_refused = Counter(
+            "dispatch_connections_refused",
+            "Connections refused because the listener (socket or status) had as many as it serves at once.",
+            ["listener"],
+            registry=r,
+        )
         self.reloads = Counter(
             "dispatch_config_reloads", "Configuration reload attempts by result.", ["result"], registry=r
         )

@@ -142,6 +142,11 @@ def ack_rejected(line_no: int, error: str) -> bytes:
     return (json.dumps({"ok": False, "line": line_no, "error": error}) + "\n").encode()
 
 
+def connection_refused(error: str) -> bytes:
+    """The one line a connection refused before any of its lines was read gets (no ``line``: none was)."""
+    return (json.dumps({"ok": False, "error": error}) + "\n").encode()
+
+
 class _NotFinite(ValueError):
     """A number the parser would turn into NaN or an infinity."""
 

@@ -67,7 +67,10 @@ def publish(path: Path | str, source: BinaryIO, out: BinaryIO) -> PublishResult:
     buffer = b""
     try:
         while True:
-            data = sock.recv(_CHUNK)
+            try:
+                data = sock.recv(_CHUNK)
+            except ConnectionResetError:  # closed with our lines unread (e.g. refused: too many clients)
+                break
             if not data:
                 break
             buffer += data

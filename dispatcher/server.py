@@ -4,6 +4,10 @@ Both run the same loop: read what is available, split into lines, let the ``Inge
 write the acknowledgements. Socket creation is safe: mode 0660 from the first instant (umask around bind), a
 stale socket left by a dead process is replaced, and anything else at the path is refused.
 
+At most ``max_connections`` clients are served at once (``dispatcher.caps``): one more gets one line,
+``{"ok": false, "error": "too many connections ..."}``, and is closed before any of its input is read, so
+none of its events was accepted and all can be sent again.
+
 Shutdown is bounded whatever the clients do: ``SocketServer.close`` stops reading, gives every client one
 shared deadline to take the acknowledgements of the lines already read, then shuts the remaining sockets down.
 """
@@ -17,16 +21,19 @@ import queue
 import select
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, ConnectionCap
 from dispatcher.errors import SocketPathError
 from dispatcher.ingest import Ingestor, LineReader
 from dispatcher.logs import fields, get_logger
+from dispatcher.protocol import connection_refused
 from dispatcher.supervise import Spawn, describe, start_thread
-from dispatcher.throttle import RejectBudget, RejectLimits
+from dispatcher.throttle import Budget, PeerBudgets, RejectBudget, RejectLimits
 
 log = get_logger("server")
 
@@ -50,6 +57,7 @@ def serve_stream(
     reject_limits: RejectLimits | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], object] = time.sleep,
+    budget: Budget | None = None,
 ) -> int:
     """Serve one NDJSON stream until EOF; returns the number of lines handled.
 
@@ -61,9 +69,12 @@ def serve_stream(
 
     A stream that sends more rejected input than ``reject_limits`` allow waits before its next read
     (``dispatcher.throttle``): it is slowed, never cut off, and every line still gets its acknowledgement.
+    ``budget``: the one it spends (its peer's, shared with the peer's other connections); by default a
+    budget of its own at ``reject_limits``.
     """
     reader = LineReader(ingestor.max_line_bytes)
-    budget = RejectBudget(reject_limits or RejectLimits(), clock())
+    if budget is None:
+        budget = RejectBudget(reject_limits or RejectLimits(), clock())
     throttled = False
 
     def charge(lines: int, size: int) -> None:
@@ -148,7 +159,8 @@ def bind_unix_socket(path: str | Path, mode: int = 0o660) -> socket.socket:
 
 
 class SocketServer:
-    """Accepts clients on a Unix socket; one thread per client. ``close()`` stops accepting and reading.
+    """Accepts clients on a Unix socket; one thread per client, at most ``max_connections`` at once (past it
+    a client is refused and ``on_refused`` called). ``close()`` stops accepting and reading.
 
     ``listener``: an already bound, listening socket (systemd socket activation); its path is then the
     service manager's, and ``close()`` leaves it in place.
@@ -161,10 +173,15 @@ class SocketServer:
         listener: socket.socket | None = None,
         *,
         spawn: Spawn = start_thread,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        on_refused: Callable[[], None] = lambda: None,
+        budgets: PeerBudgets | None = None,
     ) -> None:
         self.path = Path(path)
         self._ingestor = ingestor
         self._spawn = spawn
+        self._cap = ConnectionCap("socket", max_connections, on_refused)
+        self._budgets = budgets or PeerBudgets()
         self._owns_path = listener is None
         self._sock = bind_unix_socket(self.path) if listener is None else listener
         if listener is not None:
@@ -194,8 +211,12 @@ class SocketServer:
                 log.warning("socket.accept_failed", extra=fields(error=exc.strerror or str(exc)))
                 time.sleep(_ACCEPT_BACKOFF_SECONDS)  # out of descriptors or memory: let clients finish
                 continue
+            if not self._cap.try_acquire():
+                _refuse(conn, self._cap.limit)
+                continue
             with self._lock:
                 if self._closed:
+                    self._cap.release()
                     conn.close()
                     return
                 self._clients.add(conn)
@@ -212,7 +233,11 @@ class SocketServer:
                 conn.shutdown(socket.SHUT_RD)
 
         try:
-            serve_stream(lambda: conn.recv(_READ_SIZE), conn.sendall, self._ingestor, stop_reading)
+            pid, uid = peer_credentials(conn)
+            budget = self._budgets.for_peer(pid, uid, time.monotonic())
+            serve_stream(
+                lambda: conn.recv(_READ_SIZE), conn.sendall, self._ingestor, stop_reading, budget=budget
+            )
         except OSError as exc:
             log.info("client.disconnected", extra=fields(error=exc.strerror or str(exc)))
         except Exception as exc:  # a bug: it ends this connection only
@@ -221,6 +246,7 @@ class SocketServer:
             with self._lock:
                 self._clients.discard(conn)
             conn.close()
+            self._cap.release()
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop accepting, stop reading from clients; acks for lines already read are still written until one
@@ -254,6 +280,30 @@ class SocketServer:
         if self._owns_path:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_credentials(conn: socket.socket) -> tuple[int | None, int | None]:
+    """(pid, uid) of the process that connected, as the kernel recorded them at connect(); (None, None)
+    where the platform does not say (``SO_PEERCRED`` is Linux's)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None, None
+    try:
+        pid, uid, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, option, _UCRED.size))
+    except (OSError, struct.error):
+        return None, None
+    return pid, uid
+
+
+def _refuse(conn: socket.socket, limit: int) -> None:
+    """Tell a client past the cap why, without ever blocking the accepting thread, and close it."""
+    line = connection_refused(f"too many connections (at most {limit}); retry later")
+    with contextlib.suppress(OSError):
+        conn.send(line, socket.MSG_DONTWAIT)  # a fresh socket's buffer holds it: never a partial line
+    conn.close()
 
 
 def serve_stdin(ingestor: Ingestor, fd_in: int = 0, fd_out: int = 1) -> int:

@@ -2,11 +2,16 @@
 
 ``/healthz`` answers 200 ``ok`` while healthy, else 503 with the reason (which internal thread died, and
 how: see ``dispatcher.supervise``), so a probe or an operator sees why before the process exits.
+
+At most ``STATUS_MAX_CONNECTIONS`` connections are served at once (``dispatcher.caps``): one more is
+answered ``503 Service Unavailable`` at once, on the accepting thread, and closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +20,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from dispatcher.caps import STATUS_MAX_CONNECTIONS, ConnectionCap
 from dispatcher.live import LiveConfig
 from dispatcher.metrics import Metrics
 from dispatcher.store.base import Store
@@ -64,9 +70,53 @@ def build_status(live: LiveConfig, store: Store, now: float) -> dict[str, Any]:
 #: How long the status server waits for each read of a request before it closes the connection.
 IDLE_TIMEOUT_SECONDS = 5.0
 
+_REFUSED_BODY = b"too many connections\n"
+_REFUSED = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSED_BODY), _REFUSED_BODY)
+)
+
+
+class _CappedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``cap.limit`` at once; past that, 503 without a thread."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], cap: ConnectionCap):
+        self.cap = cap
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.cap.try_acquire():
+            _refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.cap.release()  # no thread started: nothing else will release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.cap.release()
+
+
+def _refuse(request: socket.socket) -> None:
+    """Answer 503 without ever blocking the accepting thread, then close. What the client already sent is
+    read first: closing with unread input would reset the connection, and could discard the answer."""
+    with contextlib.suppress(OSError):
+        request.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            request.recv(1 << 16)
+        request.send(_REFUSED)
+        request.shutdown(socket.SHUT_WR)
+    request.close()
+
 
 class StatusServer:
-    """A small HTTP server in a thread. ``close()`` stops it."""
+    """A small HTTP server in a thread, at most ``max_connections`` at once. ``close()`` stops it."""
 
     def __init__(
         self,
@@ -76,13 +126,15 @@ class StatusServer:
         problem: Callable[[], str | None],
         *,
         spawn: Spawn = start_thread,
+        max_connections: int = STATUS_MAX_CONNECTIONS,
+        idle_timeout_seconds: float = IDLE_TIMEOUT_SECONDS,
     ) -> None:
         """``problem``: None while healthy, else why not (shown by /healthz)."""
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             # Each read of a request: a client that stops sending must not keep a thread and a descriptor.
-            timeout = IDLE_TIMEOUT_SECONDS
+            timeout = idle_timeout_seconds
 
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
@@ -114,8 +166,8 @@ class StatusServer:
         self.status = status
         self.problem = problem
         self._spawn = spawn
-        self._server = ThreadingHTTPServer(address, Handler)
-        self._server.daemon_threads = True
+        refused = metrics.connections_refused.labels(listener="status").inc
+        self._server = _CappedServer(address, Handler, ConnectionCap("status", max_connections, refused))
         self.address = self._server.server_address
 
     def start(self) -> None:

@@ -8,7 +8,9 @@ message (which could quote an event or a secret). The fault turns ``/healthz`` t
 Kubernetes restarts the process: nothing acknowledged is lost (the store holds it), and no live process
 quietly stops working.
 
-Per-client connection threads are not supervised: a failure there closes that connection only.
+Per-client connection threads are not supervised: a failure there closes that connection only. The
+delivery processes' reply readers and sweeper are, started with ``until_stop=False``: they end by design when
+a child is restarted or the client closes.
 """
 
 from __future__ import annotations

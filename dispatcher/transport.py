@@ -16,6 +16,12 @@ callbacks go to the children too, so the main process never imports ``requests``
 A child that dies fails its attempts in flight (they are retried like any connection error) and is started
 again. Children ignore SIGINT/SIGTERM/SIGHUP (the parent decides when to stop) and exit when their socket
 closes, including when the parent is killed.
+
+Each child's replies are read by a thread, and late submitted attempts are failed by a sweeper thread, both
+started through ``spawn`` (the supervisor's, in ``dispatch run``): a reader or sweeper that dies of a bug
+would strand replies or attempts, so that is a fault of the process, not a silent loss. Their returns are
+all deliberate (a reader's child was restarted by a new reader, or the client closed), so ``spawn`` must not
+count a return as a fault.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from dispatcher.logs import fields, get_logger
 from dispatcher.messages import AttemptReply, AttemptRequest, Reply, Request, TokenReply, TokenRequest
 from dispatcher.outbound import OutboundRequest, json_request
 from dispatcher.store.base import AttemptRecord
+from dispatcher.supervise import Spawn, start_thread
 
 if TYPE_CHECKING:
     from reconciler.model import TokenAuth
@@ -254,6 +261,7 @@ class ProcessClient:
     Token requests and callbacks (``fetch_token``, ``post_json``) are made by the children too. ``nice``
     lowers the children's CPU priority by that much: on shared cores, the main process (ingest and its
     acknowledgements) then runs first and attempts take the CPU left (``dispatch run --delivery-nice``).
+    ``spawn`` starts the reply readers and the sweeper (see the module docstring).
     """
 
     def __init__(
@@ -263,8 +271,10 @@ class ProcessClient:
         processes: int = 1,
         threads_per_process: int = 32,
         nice: int = 0,
+        spawn: Spawn = start_thread,
     ) -> None:
         self._allowed = allowed
+        self._start_thread = spawn
         self._threads = threads_per_process
         self._nice = nice
         self._ids = itertools.count(1)
@@ -279,13 +289,11 @@ class ProcessClient:
         except BaseException:
             self.close()
             raise
-        threading.Thread(target=self._sweep, name="dispatch-replies-sweeper", daemon=True).start()
+        self._start_thread("dispatch-replies-sweeper", self._sweep)
 
     def _spawn(self, index: int) -> _Child:
         child = _Child(self._allowed, self._threads, self._nice)
-        threading.Thread(
-            target=self._read_replies, args=(index, child), name=f"dispatch-replies-{index}", daemon=True
-        ).start()
+        self._start_thread(f"dispatch-replies-{index}", lambda: self._read_replies(index, child))
         log.info("transport.child_started", extra=fields(index=index, pid=child.process.pid))
         return child
 

@@ -31,6 +31,8 @@ from reconciler.model import Webhook
 from reconciler.plan import build_plan
 from reconciler.report import RENDERERS, PlanSection, Report
 from reconciler.routing import build_routing_table
+from reconciler.secretcheck import add_secret_findings
+from reconciler.secretsources import SecretSources
 
 
 class ExitCode(IntEnum):
@@ -111,11 +113,21 @@ class Checker:
         return PlanSection(baseline.ref, baseline.kind, baseline.commit, baseline.tree.error_count, plan)
 
 
-def watch(options: CheckOptions, out: TextIO, stop: threading.Event, debounce_seconds: float = 0.2) -> int:
+def watch(
+    options: CheckOptions,
+    out: TextIO,
+    stop: threading.Event,
+    debounce_seconds: float = 0.2,
+    sources: SecretSources | None = None,
+) -> int:
     """``reconcile --watch``: check now and after every change settles; print the diagnostics and, for a valid
-    tree, the plan against the last good tree. Runs until ``stop`` is set (Ctrl-C in the CLI)."""
+    tree, the plan against the last good tree. Runs until ``stop`` is set (Ctrl-C in the CLI).
+
+    The secret-source rules apply as in ``--check``, judged by ``sources`` (``--secrets-dir``,
+    ``--secret-env``; None: the defaults for the environment)."""
     from reconciler.watch import ConfigWatcher  # watchdog only when watching
 
+    policy = sources if sources is not None else SecretSources.build()
     loader = TreeLoader(options.directory, options.limits)  # incremental: only changed files are parsed again
     render = RENDERERS[options.output_format]
     last_good: TreeResult | None = None
@@ -123,7 +135,7 @@ def watch(options: CheckOptions, out: TextIO, stop: threading.Event, debounce_se
 
     def check_once() -> None:
         nonlocal last_good
-        tree = loader.load()
+        tree = add_secret_findings(loader.load(), policy)
         section = None
         if last_good is not None:
             plan = build_plan(_by_name(last_good.webhooks), _by_name(tree.webhooks)) if tree.valid else None

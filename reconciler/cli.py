@@ -191,16 +191,16 @@ def reconcile(
         route_filter=route_filter,
         limits=Limits(max_file_bytes=max_file_bytes),
     )
+    sources = SecretSources.build(secrets_dirs, secret_env)
     if watch_mode:
         if against or route_event or detailed_exitcode:
             raise click.UsageError("--watch plans against the last good tree: no --against or --route")
         stop = threading.Event()
         try:
-            ctx.exit(watch(options, sys.stdout, stop))
+            ctx.exit(watch(options, sys.stdout, stop, sources=sources))
         except KeyboardInterrupt:
             stop.set()
             ctx.exit(ExitCode.OK)
-    sources = SecretSources.build(secrets_dirs, secret_env)
     limits = options.limits
     ctx.exit(
         Checker(

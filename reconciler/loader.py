@@ -305,7 +305,9 @@ def _discover(
     root (itself resolved first, so the root may be a link): a file reached through one is opened by its
     resolved path, so what is read is what was checked. One that resolves outside is a ``symlink-outside``
     diagnostic and its target is never opened (a committed link must not make the loader quote
-    ``/etc/shadow`` in a diagnostic).
+    ``/etc/shadow`` in a diagnostic). A YAML name that is neither a file nor a directory (a FIFO, a socket, a
+    device; directly or through a link inside the tree) is a ``not-a-regular-file`` diagnostic and is never
+    opened either: opening a FIFO blocks until someone writes to it.
     """
     found: list[tuple[str, str]] = []
     directories: list[str] = []
@@ -345,11 +347,24 @@ def _discover(
                         continue
                 if entry.is_dir():
                     pending.append((path, relative + "/"))
-                elif entry.name.endswith(YAML_SUFFIXES) and entry.is_file():
-                    found.append((path, relative))
+                elif entry.name.endswith(YAML_SUFFIXES):
+                    if entry.is_file():
+                        found.append((path, relative))
+                    else:  # stat, never open; a dangling link raises and is skipped below
+                        problems.append(_not_regular(shown_root, relative, os.stat(path).st_mode))
             except OSError:
                 continue  # vanished, or a dangling symlink: not a file to load
     return sorted(found, key=lambda item: item[1]), directories, plain
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def _not_regular(shown_root: str, relative: str, mode: int) -> Diagnostic:
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    message = f"{kind}, not a regular file; refused, it is not read"
+    return Diagnostic(Severity.ERROR, "not-a-regular-file", message, _prefix(shown_root) + relative, 1, 1)
 
 
 def _outside(shown_root: str, relative: str, link: str) -> Diagnostic:

@@ -107,6 +107,14 @@ RULE_DOCS: dict[str, RuleDoc] = {
             "the link with the file itself, or point it inside the tree (as a Kubernetes ConfigMap does).",
         ),
         RuleDoc(
+            "not-a-regular-file",
+            _E,
+            "A .yaml/.yml name in the config tree is a FIFO, socket or device",
+            "It was not opened (opening a FIFO blocks until something writes to it), so the tree cannot be "
+            "checked or applied. Replace it with a regular file, or rename it so it does not end in .yaml "
+            "or .yml.",
+        ),
+        RuleDoc(
             "io",
             _E,
             "A file or directory cannot be read",

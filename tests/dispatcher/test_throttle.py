@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from dispatcher.ingest import Ingestor
-from dispatcher.server import serve_stream
-from dispatcher.throttle import MAX_WAIT_SECONDS, RejectBudget, RejectLimits
+from dispatcher.server import SocketServer, serve_stream
+from dispatcher.throttle import MAX_WAIT_SECONDS, UID_FACTOR, PeerBudgets, RejectBudget, RejectLimits
+from tests.conftest import wait_until
 from tests.dispatcher.test_ingest import GatedStore, _ingestor, _line
 
 LIMITS = RejectLimits(rate_bytes_per_second=1000, burst_bytes=5000, per_line_bytes=100)
@@ -117,3 +121,93 @@ def test_the_budget_is_per_connection(ingest: Ingestor) -> None:
     assert first.slept
     _serve(ingest, [_line("ab" * 16)], second)
     assert second.slept == []
+
+
+# -- budgets that follow the peer ------------------------------------------------------------------------
+
+
+def test_a_processs_connections_share_one_budget() -> None:
+    """A second connection from the same process starts with the debt the first one left: reconnecting
+    does not refill the budget."""
+    budgets = PeerBudgets(LIMITS)
+    first = budgets.for_peer(4242, 1000, now=0.0)
+    first.charge(1, 5900, now=0.0)  # 1000 bytes past the burst
+    again = budgets.for_peer(4242, 1000, now=0.0)
+    assert again.wait_seconds(0.0) == pytest.approx(min(1.0, MAX_WAIT_SECONDS))
+
+
+def test_another_process_of_the_same_user_is_not_slowed_by_one_overspending() -> None:
+    """One process past its budget (but within its user's) leaves the user's other processes unslowed."""
+    budgets = PeerBudgets(LIMITS)
+    budgets.for_peer(4242, 1000, now=0.0).charge(1, 9900, now=0.0)
+    assert budgets.for_peer(4242, 1000, now=0.0).wait_seconds(0.0) > 0
+    assert budgets.for_peer(4243, 1000, now=0.0).wait_seconds(0.0) == 0.0
+    assert budgets.for_peer(4242, 1001, now=0.0).wait_seconds(0.0) == 0.0  # same pid, another user
+
+
+def test_a_users_processes_together_get_at_most_uid_factor_budgets() -> None:
+    """Starting a new process per connection does not escape the budget: past ``UID_FACTOR`` bursts spent
+    by a user's processes, a fresh process of that user waits too."""
+    budgets = PeerBudgets(LIMITS)
+    for pid in range(UID_FACTOR + 1):
+        budgets.for_peer(100 + pid, 1000, now=0.0).charge(1, 4900, now=0.0)  # one burst each
+    fresh = budgets.for_peer(999, 1000, now=0.0)
+    assert fresh.wait_seconds(0.0) == pytest.approx(min(MAX_WAIT_SECONDS, 5000 / (1000 * UID_FACTOR)))
+    assert budgets.for_peer(999, 1001, now=0.0).wait_seconds(0.0) == 0.0
+
+
+def test_an_invisible_pid_gets_a_process_budget_of_its_own_within_its_users() -> None:
+    """Peers whose pid is 0 (in another PID namespace) do not share one process budget: each connection has
+    its own, and their user's budget still bounds them together."""
+    budgets = PeerBudgets(LIMITS)
+    budgets.for_peer(0, 1000, now=0.0).charge(1, 5900, now=0.0)
+    assert budgets.for_peer(0, 1000, now=0.0).wait_seconds(0.0) == 0.0
+    for _ in range(UID_FACTOR):
+        budgets.for_peer(0, 1000, now=0.0).charge(1, 4900, now=0.0)
+    assert budgets.for_peer(0, 1000, now=0.0).wait_seconds(0.0) > 0
+
+
+def test_unknown_credentials_get_a_budget_per_connection() -> None:
+    """Without credentials (not a Unix socket) each connection has its own budget, as on stdin."""
+    budgets = PeerBudgets(LIMITS)
+    budgets.for_peer(None, None, now=0.0).charge(1, 9900, now=0.0)
+    assert budgets.for_peer(None, None, now=0.0).wait_seconds(0.0) == 0.0
+
+
+def test_the_peers_remembered_are_bounded() -> None:
+    """However many processes and users connect, at most ``max_pids`` and ``max_uids`` budgets are kept,
+    the least recently connected forgotten first."""
+    budgets = PeerBudgets(LIMITS, max_pids=3, max_uids=2)
+    for pid in range(50):
+        budgets.for_peer(pid + 1, pid % 5, now=0.0)
+    assert budgets.peers == (3, 2)
+    budgets.for_peer(7, 7, now=0.0).charge(1, 5900, now=0.0)
+    budgets.for_peer(8, 8, now=0.0)  # 7 is now the least recent of the users, still remembered
+    assert budgets.for_peer(7, 7, now=0.0).wait_seconds(0.0) > 0
+
+
+def test_reconnecting_to_the_socket_keeps_the_peers_debt(
+    tmp_path: Path, ingest: Ingestor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On the real Unix socket, a client that overspends, disconnects and reconnects from the same process
+    is throttled on its new connection by its first rejected line (a fresh budget would have let it pass)."""
+    slow = RejectLimits(rate_bytes_per_second=100, burst_bytes=1000, per_line_bytes=100)
+    server = SocketServer(tmp_path / "s.sock", ingest, budgets=PeerBudgets(slow))
+    server.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="dispatch"):
+            for lines in ([b"[" + b"x" * 600 + b"\n"] * 2, [b"[bad\n"]):  # 400 bytes past, then 105 more
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                    client.settimeout(20)
+                    client.connect(str(server.path))
+                    client.sendall(b"".join(lines))
+                    reader = client.makefile("rb")
+                    acks = [json.loads(reader.readline()) for _ in lines]
+                assert [a["ok"] for a in acks] == [False] * len(lines)
+
+            def throttled() -> int:
+                return sum(r.getMessage() == "client.throttled" for r in caplog.records)
+
+            wait_until(lambda: throttled() == 2)  # the first connection, then the second
+    finally:
+        server.close()

@@ -15,6 +15,7 @@ import pytest
 from dispatcher.errors import DeliveryError
 from dispatcher.messages import AttemptReply, AttemptRequest, TokenReply, TokenRequest
 from dispatcher.outbound import OutboundRequest
+from dispatcher.supervise import Spawn, Supervisor
 from dispatcher.transport import ProcessClient
 from reconciler.model import SecretRef, TokenAuth
 from tests.conftest import wait_until
@@ -198,3 +199,71 @@ def test_close_while_a_child_is_exiting_closes_its_socket_once(monkeypatch: pyte
         client.close()
         wait_until(lambda: closes, timeout=5)
         assert len(closes) == len(set(closes)) == 1
+
+
+def _reader_spawn(supervisor: Supervisor) -> Spawn:
+    """Reply readers and the sweeper started as ``dispatch run`` starts them: a return is not a fault, an
+    exception is."""
+    return lambda name, target: supervisor.spawn(name, target, until_stop=False)
+
+
+def test_a_reply_reader_dying_of_a_bug_is_a_supervisor_fault(
+    server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception in a reply reader (here: a reply it cannot decode) reaches the supervisor as a fault of
+    ``dispatch-replies-N`` naming the exception type only, instead of the reader vanishing silently."""
+    import pickle
+
+    from dispatcher import transport
+
+    class Undecodable:
+        """``pickle`` as the transport module sees it, except that no reply decodes."""
+
+        dumps = staticmethod(pickle.dumps)
+        HIGHEST_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+        @staticmethod
+        def loads(data: bytes) -> object:
+            raise pickle.UnpicklingError("secret-in-message")
+
+    failed = threading.Event()
+    supervisor = Supervisor(on_fault=failed.set)
+    monkeypatch.setattr(transport, "pickle", Undecodable)
+    with ProcessClient(LOOPBACK, processes=1, spawn=_reader_spawn(supervisor)) as client:
+        sender = threading.Thread(
+            target=lambda: client.send(OutboundRequest(server.url(), b"{}", {}, 0.1)), daemon=True
+        )
+        sender.start()  # its reply never reaches it: it waits out its bound, in the background
+        assert failed.wait(10)
+    fault = supervisor.fault
+    assert fault is not None and fault.thread == "dispatch-replies-0"
+    assert fault.reason.startswith("UnpicklingError at ") and "secret-in-message" not in fault.reason
+
+
+def test_a_sweeper_dying_of_a_bug_is_a_supervisor_fault(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweeper (which fails submitted attempts a hung child never answers) runs under the supervisor
+    too: an exception in it is a fault of ``dispatch-replies-sweeper``."""
+
+    def broken_sweep(self: ProcessClient) -> None:
+        raise RuntimeError("secret-in-message")
+
+    failed = threading.Event()
+    supervisor = Supervisor(on_fault=failed.set)
+    monkeypatch.setattr(ProcessClient, "_sweep", broken_sweep)
+    with ProcessClient(LOOPBACK, processes=1, spawn=_reader_spawn(supervisor)):
+        assert failed.wait(10)
+    fault = supervisor.fault
+    assert fault is not None and fault.thread == "dispatch-replies-sweeper"
+    assert "secret-in-message" not in fault.reason
+
+
+def test_restarting_a_child_and_closing_are_not_reader_faults(server: LocalServer) -> None:
+    """A reader's deliberate returns (its killed child replaced by a new reader, the client closing) leave
+    the supervisor healthy."""
+    supervisor = Supervisor()
+    with ProcessClient(LOOPBACK, processes=1, spawn=_reader_spawn(supervisor)) as client:
+        [old] = client.pids
+        os.kill(old, signal.SIGKILL)
+        wait_until(lambda: client.pids != [old], timeout=10)
+        assert client.send(OutboundRequest(server.url(), b"{}", {}, 5.0)).status_code == 200
+    assert supervisor.fault is None

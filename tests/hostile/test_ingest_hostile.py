@@ -171,6 +171,8 @@ def _launch(target: str, args: list[str], log: Path, env: dict[str, str]) -> sub
     [
         ("dispatcher.scheduler:Scheduler.run_once", "dispatch-scheduler", False),
         ("dispatcher.ingest:Committer._commit", "dispatch-committer", True),
+        # A delivery process's reply reader, dying as it starts (supervised like the engine's threads).
+        ("dispatcher.transport:ProcessClient._read_replies", "dispatch-replies-", False),
     ],
 )
 def test_a_dying_internal_thread_turns_healthz_503_and_exits_70(

@@ -50,3 +50,32 @@ def test_watch_reports_each_change_with_diagnostics_and_a_plan(tmp_path: Path) -
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_watch_applies_the_secret_source_rules_with_the_same_options(tmp_path: Path) -> None:
+    """--watch reports '..' in a {file:} as an error and an env name outside --secret-env as a warning,
+    exactly as --check with the same options does; a --secret-env allowing the name silences the warning in
+    both."""
+    directory = tmp_path / "webhooks.d"
+    write_webhook(
+        directory,
+        "erp",
+        "https://erp.example.com/hook",
+        secret_key={"file": "../x"},
+        additional_headers={"X-Env": {"env": "AWS_SECRET_ACCESS_KEY"}},
+    )
+    options = ["--secrets-dir", str(tmp_path / "secrets")]
+    for extra, warned in (([], True), (["--secret-env", "AWS_*"], False)):
+        args = [*options, *extra, str(directory)]
+        check = subprocess.run(
+            [str(BIN / "reconcile"), "--check", *args], capture_output=True, text=True, timeout=60
+        )
+        assert check.returncode == 1 and "error[secret-path-traversal]" in check.stdout
+        assert ("warning[secret-env-pattern]" in check.stdout) is warned
+        proc = subprocess.Popen([str(BIN / "reconcile"), "--watch", *args], stdout=subprocess.PIPE, bufsize=0)
+        try:
+            out = _read_until(proc, " in 1 file")  # the summary: the report's last line
+            assert all(line in out.splitlines() for line in check.stdout.splitlines()), (out, check.stdout)
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -1,0 +1,92 @@
+"""Connection caps: each listener serves at most so many connections at once, so that whoever can reach it
+cannot make the dispatcher start a thread per connection until memory or descriptors run out.
+
+Past the cap a new connection is refused at once on the accepting thread (the listener says how: one line
+on the event socket, an HTTP 503 on the status port) and counted; the connections already open are not
+touched. A burst of refusals is logged once, not once per connection: the first refusal is logged, the next
+ones are only counted until ``REFUSAL_LOG_INTERVAL_SECONDS`` have passed, and the next log line then says how
+many were refused meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from dispatcher.logs import fields, get_logger
+
+log = get_logger("caps")
+
+#: ``dispatch run --max-connections``: event-socket connections at once (each costs two threads).
+DEFAULT_MAX_CONNECTIONS = 256
+#: Connections at once on the ``--metrics`` port (fixed: scrapes and probes need a handful).
+STATUS_MAX_CONNECTIONS = 32
+#: At most one log line per listener this often while connections are being refused.
+REFUSAL_LOG_INTERVAL_SECONDS = 10.0
+
+
+class RefusalLog:
+    """When to log refusals: ``refused(now)`` returns how many refusals a log line due now reports (this one
+    included), or None while the line would repeat one logged less than ``interval_seconds`` ago. Pure:
+    time is an argument; not thread-safe (``ConnectionCap`` holds its lock around it)."""
+
+    def __init__(self, interval_seconds: float = REFUSAL_LOG_INTERVAL_SECONDS) -> None:
+        self._interval = interval_seconds
+        self._logged_at: float | None = None
+        self._unlogged = 0
+
+    def refused(self, now: float) -> int | None:
+        self._unlogged += 1
+        if self._logged_at is not None and now - self._logged_at < self._interval:
+            return None
+        count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        return count
+
+
+class ConnectionCap:
+    """How many connections of one listener are open, at most ``limit``: ``try_acquire()`` on accept (False:
+    refuse this one), ``release()`` when a connection that was acquired closes. Thread-safe.
+
+    ``on_refused`` is called once per refusal (a metric); ``listener`` names the listener in the log."""
+
+    def __init__(
+        self,
+        listener: str,
+        limit: int,
+        on_refused: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1:
+            raise ValueError(f"a connection cap must be at least 1, got {limit}")
+        self.listener = listener
+        self.limit = limit
+        self._on_refused = on_refused
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open = 0
+        self._refusals = RefusalLog()
+
+    @property
+    def open(self) -> int:
+        """Connections acquired and not yet released."""
+        return self._open
+
+    def try_acquire(self) -> bool:
+        """Count one more open connection, or refuse it (counted and, once per burst, logged)."""
+        with self._lock:
+            if self._open < self.limit:
+                self._open += 1
+                return True
+            report = self._refusals.refused(self._clock())
+        self._on_refused()
+        if report is not None:
+            log.warning(
+                "connections.refused",
+                extra=fields(listener=self.listener, limit=self.limit, refused=report),
+            )
+        return False
+
+    def release(self) -> None:
+        with self._lock:
+            self._open = max(0, self._open - 1)

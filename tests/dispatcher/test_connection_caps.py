@@ -1,0 +1,217 @@
+"""Connection caps: past the cap a connection is refused at once and counted, the open ones keep working,
+and a burst of refusals is logged once. Real sockets (a Unix socket, HTTP on 127.0.0.1), no timings."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dispatcher.caps import ConnectionCap, RefusalLog
+from dispatcher.config import Snapshot
+from dispatcher.ingest import Committer, Ingestor
+from dispatcher.metrics import Metrics
+from dispatcher.server import SocketServer
+from dispatcher.status import StatusServer
+from dispatcher.store.memory import MemoryStore
+from reconciler.routing import build_routing_table
+from tests.conftest import wait_until
+from tests.dispatcher.intakes import NoIntake
+
+EVENT = b'{"event":{"type":"package.created"}}\n'
+
+
+def test_refusals_are_reported_once_per_interval_with_the_count_since() -> None:
+    """The first refusal of a burst is reported at once; the next ones within the interval are not, and the
+    first one after it reports every refusal since the last report."""
+    refusals = RefusalLog(interval_seconds=10.0)
+    assert refusals.refused(100.0) == 1
+    assert [refusals.refused(t) for t in (100.0, 101.0, 109.9)] == [None, None, None]
+    assert refusals.refused(110.0) == 4
+    assert refusals.refused(500.0) == 1
+
+
+def test_the_cap_admits_up_to_its_limit_and_counts_each_refusal() -> None:
+    """``limit`` connections are admitted, the next ones refused (each counted), and a release admits one
+    more."""
+    refused: list[int] = []
+    cap = ConnectionCap("socket", 2, on_refused=lambda: refused.append(1))
+    assert [cap.try_acquire() for _ in range(4)] == [True, True, False, False]
+    assert len(refused) == 2 and cap.open == 2
+    cap.release()
+    assert cap.try_acquire() is True
+    assert cap.try_acquire() is False and len(refused) == 3
+
+
+def test_a_burst_of_refusals_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    """Many refusals in a row log one warning naming the listener and the limit, not one per connection."""
+    cap = ConnectionCap("status", 1, clock=lambda: 50.0)
+    assert cap.try_acquire()
+    with caplog.at_level(logging.WARNING, logger="dispatch"):
+        for _ in range(20):
+            assert not cap.try_acquire()
+    [record] = [r for r in caplog.records if r.getMessage() == "connections.refused"]
+    assert record.fields == {"listener": "status", "limit": 1, "refused": 1}  # type: ignore[attr-defined]
+
+
+def test_a_cap_below_one_is_refused() -> None:
+    """A cap of 0 would refuse everyone: it is a ValueError naming the value."""
+    with pytest.raises(ValueError, match="got 0"):
+        ConnectionCap("socket", 0)
+
+
+# -- the event socket ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def socket_server(tmp_path: Path) -> Iterator[tuple[SocketServer, list[int]]]:
+    store = MemoryStore()
+    snapshot = Snapshot(build_routing_table([], "rev-1"), {}, "rev-1")
+    committer = Committer(store, time.time, NoIntake(), Metrics())
+    ingestor = Ingestor(committer, lambda: snapshot, Metrics(), 1 << 20)
+    refused: list[int] = []
+    server = SocketServer(
+        tmp_path / "s.sock", ingestor, max_connections=2, on_refused=lambda: refused.append(1)
+    )
+    server.start()
+    yield server, refused
+    server.close()
+    committer.close()
+
+
+def _client(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(str(path))
+    return sock
+
+
+def _ack(sock: socket.socket) -> dict[str, object]:
+    sock.sendall(EVENT)
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed before the acknowledgement"
+        line += chunk
+    answer: dict[str, object] = json.loads(line)
+    return answer
+
+
+def _refusal(sock: socket.socket) -> tuple[dict[str, object], bytes]:
+    """The one line a refused client reads, and what follows it (b"" once closed)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        assert chunk, "closed without a line"
+        data += chunk
+    try:
+        rest = sock.recv(4096)
+    except ConnectionResetError:
+        rest = b""
+    return json.loads(data), rest
+
+
+def test_a_socket_client_past_the_cap_gets_one_refusal_line_and_is_closed(
+    socket_server: tuple[SocketServer, list[int]],
+) -> None:
+    """With ``max_connections=2`` and two clients connected, a third reads one ``{"ok": false}`` line saying
+    why (no ``line``: none was read), then end of stream; it is counted, and the two keep being served."""
+    server, refused = socket_server
+    held = [_client(server.path) for _ in range(2)]
+    try:
+        assert all(_ack(c)["ok"] is True for c in held)
+        with _client(server.path) as extra:
+            answer, rest = _refusal(extra)
+        assert answer == {"ok": False, "error": "too many connections (at most 2); retry later"}
+        assert rest == b"" and refused == [1]
+        assert all(_ack(c)["ok"] is True for c in held)
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_a_socket_slot_freed_by_a_closed_client_serves_the_next_one(
+    socket_server: tuple[SocketServer, list[int]],
+) -> None:
+    """When a client at the cap disconnects, a new client is served again."""
+    server, _ = socket_server
+    held = [_client(server.path) for _ in range(2)]
+    try:
+        assert all(_ack(c)["ok"] is True for c in held)
+        held.pop().close()
+
+        def served() -> bool:
+            """A new client's event is acknowledged (False while it is still refused)."""
+            with _client(server.path) as again:
+                try:
+                    return _ack(again)["ok"] is True
+                except (BrokenPipeError, ConnectionResetError):
+                    return False  # refused: the line was written to a connection already closed
+
+        wait_until(served)  # its handler notices the close a moment later
+    finally:
+        for c in held:
+            c.close()
+
+
+# -- the status port -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def status_server() -> Iterator[tuple[StatusServer, Metrics]]:
+    metrics = Metrics()
+    server = StatusServer(
+        ("127.0.0.1", 0),
+        metrics,
+        lambda: {},
+        lambda: None,
+        max_connections=2,
+        idle_timeout_seconds=60.0,  # the held connections below stay open until the test closes them
+    )
+    server.start()
+    yield server, metrics
+    server.close()
+
+
+def _get(port: int, path: str = "/healthz") -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        return answer.status, answer.read()
+    finally:
+        conn.close()
+
+
+def _refused_total(metrics: Metrics, listener: str) -> float:
+    for line in metrics.render().decode().splitlines():
+        if line.startswith(f'dispatch_connections_refused_total{{listener="{listener}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_status_connection_past_the_cap_is_answered_503_and_counted(
+    status_server: tuple[StatusServer, Metrics],
+) -> None:
+    """With two connections held open (half a request each), a GET gets 503 at once; the refusal is counted
+    in ``dispatch_connections_refused_total{listener="status"}``; once one is closed, GETs answer 200."""
+    server, metrics = status_server
+    port = server.address[1]
+    held = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(2)]
+    try:
+        for c in held:
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x")
+        assert _get(port) == (503, b"too many connections\n")
+        assert _refused_total(metrics, "status") == 1
+        held.pop().close()
+        wait_until(lambda: _get(port)[0] == 200)
+        assert _get(port, "/healthz") == (200, b"ok\n")
+    finally:
+        for c in held:
+            c.close()
