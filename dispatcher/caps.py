@@ -10,8 +10,11 @@ many were refused meanwhile.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from dispatcher.logs import fields, get_logger
@@ -90,3 +93,47 @@ class ConnectionCap:
     def release(self) -> None:
         with self._lock:
             self._open = max(0, self._open - 1)
+
+
+#: How long a refused connection stays half-closed before it is closed: time for the client to read why.
+REFUSED_LINGER_SECONDS = 1.0
+#: Refused connections kept half-closed at once (past this the oldest is closed at once).
+REFUSED_KEPT = 64
+
+
+class Refuser:
+    """Answers a connection past the cap without ever blocking the accepting thread, then closes it later.
+
+    Closing at once would lose the answer: a client that writes its request after the answer was sent (an
+    HTTP probe) would make the kernel reset the connection, and a reset discards what the client has not
+    read yet. So the answer is sent, the writing half shut down (the client reads the answer, then EOF),
+    and the socket is closed ``linger_seconds`` later, on a later refusal or ``close()``. At most ``kept``
+    wait like that; the oldest goes first. Only the accepting thread calls it."""
+
+    def __init__(
+        self,
+        linger_seconds: float = REFUSED_LINGER_SECONDS,
+        kept: int = REFUSED_KEPT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._linger = linger_seconds
+        self._kept = kept
+        self._clock = clock
+        self._waiting: deque[tuple[float, socket.socket]] = deque()
+
+    def refuse(self, conn: socket.socket, answer: bytes) -> None:
+        """Send ``answer`` (it fits a fresh socket's buffer: never a partial one), half-close, keep."""
+        with contextlib.suppress(OSError):
+            with contextlib.suppress(BlockingIOError):
+                conn.recv(1 << 16, socket.MSG_DONTWAIT)  # what the client sent already: read, not reset
+            conn.send(answer, socket.MSG_DONTWAIT)
+            conn.shutdown(socket.SHUT_WR)
+        now = self._clock()
+        self._waiting.append((now + self._linger, conn))
+        while self._waiting and (self._waiting[0][0] <= now or len(self._waiting) > self._kept):
+            self._waiting.popleft()[1].close()
+
+    def close(self) -> None:
+        """Close every connection still waiting."""
+        while self._waiting:
+            self._waiting.popleft()[1].close()

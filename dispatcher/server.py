@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, ConnectionCap
+from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, ConnectionCap, Refuser
 from dispatcher.errors import SocketPathError
 from dispatcher.ingest import Ingestor, LineReader
 from dispatcher.logs import fields, get_logger
@@ -181,6 +181,8 @@ class SocketServer:
         self._ingestor = ingestor
         self._spawn = spawn
         self._cap = ConnectionCap("socket", max_connections, on_refused)
+        self._refuser = Refuser()
+        self._refusal = connection_refused(f"too many connections (at most {max_connections}); retry later")
         self._budgets = budgets or PeerBudgets()
         self._owns_path = listener is None
         self._sock = bind_unix_socket(self.path) if listener is None else listener
@@ -212,7 +214,7 @@ class SocketServer:
                 time.sleep(_ACCEPT_BACKOFF_SECONDS)  # out of descriptors or memory: let clients finish
                 continue
             if not self._cap.try_acquire():
-                _refuse(conn, self._cap.limit)
+                self._refuser.refuse(conn, self._refusal)
                 continue
             with self._lock:
                 if self._closed:
@@ -256,6 +258,7 @@ class SocketServer:
             self._closed = True
             clients = list(self._clients)
             handlers = list(self._handlers)
+        self._refuser.close()
         if self._owns_path:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -296,14 +299,6 @@ def peer_credentials(conn: socket.socket) -> tuple[int | None, int | None]:
     except (OSError, struct.error):
         return None, None
     return pid, uid
-
-
-def _refuse(conn: socket.socket, limit: int) -> None:
-    """Tell a client past the cap why, without ever blocking the accepting thread, and close it."""
-    line = connection_refused(f"too many connections (at most {limit}); retry later")
-    with contextlib.suppress(OSError):
-        conn.send(line, socket.MSG_DONTWAIT)  # a fresh socket's buffer holds it: never a partial line
-    conn.close()
 
 
 def serve_stdin(ingestor: Ingestor, fd_in: int = 0, fd_out: int = 1) -> int:

@@ -9,9 +9,7 @@ answered ``503 Service Unavailable`` at once, on the accepting thread, and close
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +18,7 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dispatcher.caps import STATUS_MAX_CONNECTIONS, ConnectionCap
+from dispatcher.caps import STATUS_MAX_CONNECTIONS, ConnectionCap, Refuser
 from dispatcher.live import LiveConfig
 from dispatcher.metrics import Metrics
 from dispatcher.store.base import Store
@@ -81,14 +79,18 @@ class _CappedServer(ThreadingHTTPServer):
     """A thread per connection, at most ``cap.limit`` at once; past that, 503 without a thread."""
 
     daemon_threads = True
+    # socketserver's default listen backlog is 5: past it the kernel drops handshakes and the clients retry
+    # after a second or more, so a burst of probes (or connections held to the cap) would queue behind it.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], cap: ConnectionCap):
         self.cap = cap
+        self.refuser = Refuser()
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.cap.try_acquire():
-            _refuse(request)
+            self.refuser.refuse(request, _REFUSED)  # on the accepting thread: never blocks
             return
         try:
             super().process_request(request, client_address)
@@ -101,18 +103,6 @@ class _CappedServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.cap.release()
-
-
-def _refuse(request: socket.socket) -> None:
-    """Answer 503 without ever blocking the accepting thread, then close. What the client already sent is
-    read first: closing with unread input would reset the connection, and could discard the answer."""
-    with contextlib.suppress(OSError):
-        request.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            request.recv(1 << 16)
-        request.send(_REFUSED)
-        request.shutdown(socket.SHUT_WR)
-    request.close()
 
 
 class StatusServer:
@@ -176,6 +166,7 @@ class StatusServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._server.refuser.close()
 
 
 def status_provider(

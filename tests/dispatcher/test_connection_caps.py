@@ -210,8 +210,9 @@ def test_a_status_connection_past_the_cap_is_answered_503_and_counted(
         assert _get(port) == (503, b"too many connections\n")
         assert _refused_total(metrics, "status") == 1
         held.pop().close()
-        wait_until(lambda: _get(port)[0] == 200)
-        assert _get(port, "/healthz") == (200, b"ok\n")
+        # The answer to a GET can reach it before its thread gives its slot back: of two GETs in a row the
+        # second may still be refused, so the claim is that one answers 200 again.
+        wait_until(lambda: _get(port) == (200, b"ok\n"))
     finally:
         for c in held:
             c.close()

@@ -3,6 +3,7 @@ reader, and the engine's workers use it so that attempts in flight hold no threa
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
@@ -10,7 +11,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from reconciler.model import SecretRef, TokenAuth, Webhook
 from reconciler.routing import build_routing_table
 from tests.conftest import wait_until
 from tests.dispatcher.test_http import LocalServer, start_server, stop_server
+from tests.dispatcher.test_transport import hang_until_released
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
@@ -68,13 +69,7 @@ def test_submit_completes_each_attempt_once_on_the_reply_reader(server: LocalSer
 
 def test_submit_to_a_killed_child_completes_with_an_error(server: LocalServer) -> None:
     """kill -9 of the child while a submitted attempt is in flight: ``done`` gets the error record."""
-    entered, release = threading.Event(), threading.Event()
-
-    def hang(handler: BaseHTTPRequestHandler) -> None:
-        entered.set()
-        release.wait(10)
-
-    server.respond = hang
+    entered, release = hang_until_released(server)
     with ProcessClient(LOOPBACK, processes=1) as client:
         [pid] = client.pids
         done = Recorder()
@@ -174,10 +169,22 @@ def _hooks(n: int, **extra: Any) -> list[Webhook]:
     ]
 
 
-def _engine(store: MemoryStore, client: Any, hooks: list[Webhook], **settings: Any) -> Engine:
+@contextlib.contextmanager
+def _running(hooks: list[Webhook], **settings: Any) -> Iterator[tuple[MemoryStore, LaterClient, Engine]]:
+    """A started engine on a memory store with a ``LaterClient``; stopped and closed on exit."""
+    store = MemoryStore()
+    client = LaterClient()
     secrets = {SecretRef("env", "WEBHOOK_PW"): "pw"}
     snapshot = Snapshot(build_routing_table(hooks, "rev-1"), secrets, "rev-1")
-    return Engine(store, client, lambda: snapshot, settings=EngineSettings(**settings), rng=random.Random(1))
+    engine = Engine(
+        store, client, lambda: snapshot, settings=EngineSettings(**settings), rng=random.Random(1)
+    )
+    engine.start()
+    try:
+        yield store, client, engine
+    finally:
+        engine.stop(grace_seconds=1)
+        store.close()
 
 
 def _enqueue(store: MemoryStore, engine: Engine, hooks: list[Webhook], n: int) -> None:
@@ -194,12 +201,8 @@ def _delivered(store: MemoryStore) -> int:
 def test_handed_off_attempts_hold_no_worker_thread() -> None:
     """With a client that completes attempts later, 200 attempts in flight at once (200 endpoints) take no
     more than the engine's first workers, and each completion records its outcome and frees its slot."""
-    store = MemoryStore()
-    client = LaterClient()
     hooks = _hooks(200)
-    engine = _engine(store, client, hooks, workers=512, per_endpoint=1)
-    engine.start()
-    try:
+    with _running(hooks, workers=512, per_endpoint=1) as (store, client, engine):
         _enqueue(store, engine, hooks, 1)
         wait_until(lambda: len(client.waiting) == 200, timeout=10)
         assert engine.queues.busy == 200
@@ -208,19 +211,12 @@ def test_handed_off_attempts_hold_no_worker_thread() -> None:
         wait_until(lambda: _delivered(store) == 200, timeout=10)
         wait_until(lambda: engine.queues.busy == 0, timeout=10)
         assert client.sent == 0
-    finally:
-        engine.stop(grace_seconds=1)
-        store.close()
 
 
 def test_attempts_in_flight_never_exceed_workers_when_handed_off() -> None:
     """``--workers`` still bounds attempts in flight when no thread waits on them."""
-    store = MemoryStore()
-    client = LaterClient()
     hooks = _hooks(50)
-    engine = _engine(store, client, hooks, workers=20, per_endpoint=1)
-    engine.start()
-    try:
+    with _running(hooks, workers=20, per_endpoint=1) as (store, client, engine):
         _enqueue(store, engine, hooks, 1)
         wait_until(lambda: len(client.waiting) == 20, timeout=10)
         time.sleep(0.3)  # room for a 21st, were the bound not held
@@ -231,46 +227,32 @@ def test_attempts_in_flight_never_exceed_workers_when_handed_off() -> None:
             assert engine.queues.busy <= 20
             time.sleep(0.05)
         wait_until(lambda: _delivered(store) == 50, timeout=10)
-    finally:
-        engine.stop(grace_seconds=1)
-        store.close()
 
 
 def test_token_auth_attempts_are_made_by_a_waiting_worker() -> None:
     """An attempt that needs a token first is not handed off: a worker fetches the token and sends."""
-    store = MemoryStore()
-    client = LaterClient()
     hooks = _hooks(1, auth=TokenAuth("https://e0.example.com/token", "u", SecretRef("env", "WEBHOOK_PW")))
-    engine = _engine(store, client, hooks, workers=8)
-    engine.start()
-    try:
+    with _running(hooks, workers=8) as (store, client, engine):
         _enqueue(store, engine, hooks, 3)
         wait_until(lambda: _delivered(store) == 3, timeout=10)
         assert client.sent == 3 and client.waiting == []
-    finally:
-        engine.stop(grace_seconds=1)
-        store.close()
 
 
 def test_a_failing_completion_still_frees_its_endpoint_slot() -> None:
     """A bug while completing an attempt (here: the outcome writer refuses it) is logged, and the endpoint's
     slot is given back, so the next lease of that endpoint is attempted."""
-    store = MemoryStore()
-    client = LaterClient()
     hooks = _hooks(1)
-    engine = _engine(store, client, hooks, workers=8, per_endpoint=1)
-    put = engine.writer.put
-    calls = {"n": 0}
+    with _running(hooks, workers=8, per_endpoint=1) as (store, client, engine):
+        put = engine.worker._put
+        calls = {"n": 0}
 
-    def flaky_put(done: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("boom")
-        put(done)
+        def flaky_put(done: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+            put(done)
 
-    engine.worker._put = flaky_put
-    engine.start()
-    try:
+        engine.worker._put = flaky_put
         _enqueue(store, engine, hooks, 2)
         wait_until(lambda: len(client.waiting) == 1, timeout=10)
         client.finish_all()  # the first completion fails inside
@@ -278,9 +260,6 @@ def test_a_failing_completion_still_frees_its_endpoint_slot() -> None:
         client.finish_all()
         wait_until(lambda: _delivered(store) == 1, timeout=10)
         assert engine.queues.busy == 0
-    finally:
-        engine.stop(grace_seconds=1)
-        store.close()
 
 
 def test_queues_hold_attempts_in_flight_to_their_bound() -> None:

@@ -78,8 +78,8 @@ def test_egress_guard_applies_in_the_child(server: LocalServer) -> None:
     assert server.requests == []
 
 
-def test_killed_child_fails_its_attempt_in_flight_and_is_replaced(server: LocalServer) -> None:
-    """kill -9 of a child mid-attempt: that attempt gets an error record, a new child serves the next."""
+def hang_until_released(server: LocalServer) -> tuple[threading.Event, threading.Event]:
+    """Make ``server`` hold every request: ``entered`` is set when one arrives, ``release`` lets it go."""
     entered, release = threading.Event(), threading.Event()
 
     def hang(handler: BaseHTTPRequestHandler) -> None:
@@ -87,6 +87,12 @@ def test_killed_child_fails_its_attempt_in_flight_and_is_replaced(server: LocalS
         release.wait(10)
 
     server.respond = hang
+    return entered, release
+
+
+def test_killed_child_fails_its_attempt_in_flight_and_is_replaced(server: LocalServer) -> None:
+    """kill -9 of a child mid-attempt: that attempt gets an error record, a new child serves the next."""
+    entered, release = hang_until_released(server)
     with ProcessClient(LOOPBACK, processes=1) as client:
         [old] = client.pids
         results = []
