@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.caps import ConnectionCap, RefusalLog
+from dispatcher.caps import ConnectionCap, RefusalLog, Refuser
 from dispatcher.config import Snapshot
 from dispatcher.ingest import Committer, Ingestor
 from dispatcher.metrics import Metrics
@@ -216,3 +216,29 @@ def test_a_status_connection_past_the_cap_is_answered_503_and_counted(
     finally:
         for c in held:
             c.close()
+
+
+def test_a_refused_connection_reads_its_answer_and_is_closed_later() -> None:
+    """``Refuser``: the client reads the whole answer and then EOF even when it writes after the answer was
+    sent (no reset); the socket is closed once ``linger_seconds`` have passed, or sooner when more than
+    ``kept`` wait."""
+    now = [100.0]
+    refuser = Refuser(linger_seconds=1.0, kept=2, clock=lambda: now[0])
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        refuser.refuse(pairs[0][0], b"no room\n")
+        pairs[0][1].sendall(b"a late request\n")
+        assert pairs[0][1].recv(100) == b"no room\n"
+        assert pairs[0][1].recv(100) == b""  # EOF, not a reset
+        assert pairs[0][0].fileno() != -1  # kept open meanwhile
+        refuser.refuse(pairs[1][0], b"no room\n")
+        refuser.refuse(pairs[2][0], b"no room\n")  # three waiting, two kept: the oldest is closed
+        assert pairs[0][0].fileno() == -1 and pairs[1][0].fileno() != -1
+        now[0] += 1.5
+        refuser.refuse(pairs[3][0], b"no room\n")  # a later refusal closes the expired ones
+        assert pairs[1][0].fileno() == -1 and pairs[2][0].fileno() == -1
+        refuser.close()
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
