@@ -167,3 +167,24 @@ def test_escapes_and_quoted_brackets_do_not_confuse_the_depth_scan(payload: byte
     assert isinstance(deep, BadLine) and "nested deeper than" in deep.error
     shallow = b'{"event":{"type":"a"},"payload":[' + payload + b',"' + b"[" * 100 + b'"]}'
     assert isinstance(parse_line(shallow, 1), ParsedEvent)
+
+
+def test_distinct_keys_that_merely_look_alike_are_accepted() -> None:
+    """Only a key named twice in one object is refused: the same key in sibling or nested objects, and keys
+    differing only in case, are ordinary JSON."""
+    line = b'{"event":{"type":"a.b","data":{"id":1,"ID":2,"inner":{"id":3}},"list":[{"id":4},{"id":5}]}}'
+    parsed = parse_line(line, 1)
+    assert isinstance(parsed, ParsedEvent)
+    assert json.loads(parsed.body)["event"]["data"] == {"id": 1, "ID": 2, "inner": {"id": 3}}
+
+
+def test_a_duplicate_key_is_named_escaped_and_shortened() -> None:
+    """The refusal names the key as a JSON string (control characters escaped, at most 40 characters)."""
+    key = "\u001b[31m" + "k" * 100
+    text = json.dumps(key)
+    line = ('{"event":{"type":"a.b","data":{' + text + ":1," + text + ":2}}}").encode()
+    parsed = parse_line(line, 3)
+    assert isinstance(parsed, BadLine) and parsed.line == 3
+    assert "\u001b" not in parsed.error and "\\u001b" in parsed.error
+    assert parsed.error.startswith("duplicate key ") and parsed.error.endswith('..." in an object')
+    assert len(parsed.error) < 80

@@ -22,6 +22,20 @@ PARSE_CORPUS: list[tuple[str, bytes, str]] = [
     ("deep-unclosed", b"[" * 200_000, "unbalanced brackets"),
     ("unbalanced-flood", b"[" + b"[]" * 300_000, "unbalanced brackets"),
     ("one-too-deep", _envelope(b"[" * MAX_DEPTH + b"]" * MAX_DEPTH), "nested deeper than"),
+    # Two readings of one line: the dispatcher would route on the last, a receiver may act on the first.
+    (
+        "duplicate-event",
+        b'{"event":{"type":"a.b"},"event":{"type":"package.created"}}',
+        'duplicate key "event"',
+    ),
+    ("duplicate-type", _envelope(b"{}", b'"type":"a.b","type":"package.created"'), 'duplicate key "type"'),
+    (
+        "duplicate-uuid",
+        _envelope(b"{}", b'"type":"a","uuid":"' + UUID.encode() + b'","uuid":"' + UUID[::-1].encode() + b'"'),
+        'duplicate key "uuid"',
+    ),
+    ("duplicate-in-payload", _envelope(b'{"amount":1,"amount":1000}'), 'duplicate key "amount"'),
+    ("duplicate-escaped", _envelope(b'{"a":1,"\\u0061":2}'), 'duplicate key "a"'),
     ("nan", _envelope(b"NaN"), "NaN is not a finite number"),
     ("infinity", _envelope(b'{"x":Infinity}'), "Infinity is not a finite number"),
     ("minus-infinity", _envelope(b"[-Infinity]"), "-Infinity is not a finite number"),
