@@ -83,6 +83,14 @@ def socket_accepts(path: Path) -> bool:
     return True
 
 
+def unix_client(path: Path, timeout_seconds: float = 20.0) -> socket.socket:
+    """A client connected to the Unix stream socket at ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_seconds)
+    sock.connect(str(path))
+    return sock
+
+
 def wait_port(port: int, timeout_seconds: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until 127.0.0.1:PORT accepts; ``NotReady`` on the deadline or when ``proc`` exits first."""
 

@@ -23,6 +23,7 @@ from dispatcher.store.memory import MemoryStore
 from reconciler.routing import build_routing_table
 from tests.conftest import wait_until
 from tests.dispatcher.intakes import NoIntake
+from tests.loopback import unix_client
 
 EVENT = b'{"event":{"type":"package.created"}}\n'
 
@@ -85,13 +86,6 @@ def socket_server(tmp_path: Path) -> Iterator[tuple[SocketServer, list[int]]]:
     committer.close()
 
 
-def _client(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(20)
-    sock.connect(str(path))
-    return sock
-
-
 def _ack(sock: socket.socket) -> dict[str, object]:
     sock.sendall(EVENT)
     line = b""
@@ -123,10 +117,10 @@ def test_a_socket_client_past_the_cap_gets_one_refusal_line_and_is_closed(
     """With ``max_connections=2`` and two clients connected, a third reads one ``{"ok": false}`` line saying
     why (no ``line``: none was read), then end of stream; it is counted, and the two keep being served."""
     server, refused = socket_server
-    held = [_client(server.path) for _ in range(2)]
+    held = [unix_client(server.path) for _ in range(2)]
     try:
         assert all(_ack(c)["ok"] is True for c in held)
-        with _client(server.path) as extra:
+        with unix_client(server.path) as extra:
             answer, rest = _refusal(extra)
         assert answer == {"ok": False, "error": "too many connections (at most 2); retry later"}
         assert rest == b"" and refused == [1]
@@ -141,14 +135,14 @@ def test_a_socket_slot_freed_by_a_closed_client_serves_the_next_one(
 ) -> None:
     """When a client at the cap disconnects, a new client is served again."""
     server, _ = socket_server
-    held = [_client(server.path) for _ in range(2)]
+    held = [unix_client(server.path) for _ in range(2)]
     try:
         assert all(_ack(c)["ok"] is True for c in held)
         held.pop().close()
 
         def served() -> bool:
             """A new client's event is acknowledged (False while it is still refused)."""
-            with _client(server.path) as again:
+            with unix_client(server.path) as again:
                 try:
                     return _ack(again)["ok"] is True
                 except (BrokenPipeError, ConnectionResetError):

@@ -4,7 +4,6 @@ reader, and the engine's workers use it so that attempts in flight hold no threa
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import random
 import signal
@@ -25,17 +24,9 @@ from dispatcher.transport import ProcessClient
 from reconciler.model import SecretRef, TokenAuth, Webhook
 from reconciler.routing import build_routing_table
 from tests.conftest import wait_until
-from tests.dispatcher.test_http import LocalServer, start_server, stop_server
-from tests.dispatcher.test_transport import hang_until_released
-
-LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
-
-
-@pytest.fixture
-def server() -> Iterator[LocalServer]:
-    s = start_server()
-    yield s
-    stop_server(s)
+from tests.dispatcher.test_http import LocalServer
+from tests.dispatcher.test_transport import LOOPBACK, hang_until_released
+from tests.dispatcher.test_transport import server as server  # the fixture
 
 
 class Recorder:

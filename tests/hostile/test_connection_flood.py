@@ -13,17 +13,10 @@ from dispatcher.caps import STATUS_MAX_CONNECTIONS
 from tests.conftest import wait_until
 from tests.e2e.harness import DispatchProcess, Receiver, event_line, run_cli, write_webhook
 from tests.hostile.test_ingest_hostile import _healthz
-from tests.loopback import free_port
+from tests.loopback import free_port, unix_client
 
 SOCKET_REFUSED = 'dispatch_connections_refused_total{listener="socket"}'
 REFUSAL = {"ok": False, "error": "too many connections (at most 2); retry later"}
-
-
-def _connect(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(20)
-    sock.connect(str(path))
-    return sock
 
 
 def _line(sock: socket.socket) -> dict[str, object]:
@@ -48,7 +41,7 @@ def _producer(path: Path, n: int) -> socket.socket:
     result: list[socket.socket] = []
 
     def served() -> bool:
-        sock = _connect(path)
+        sock = unix_client(path)
         try:
             if _ack(sock, n)["ok"] is True:
                 result.append(sock)
@@ -89,7 +82,7 @@ def test_socket_clients_past_max_connections_are_refused_and_the_open_ones_keep_
         held += [_producer(proc.socket_path, i) for i in range(2)]
         before = _metric(port, SOCKET_REFUSED) or 0.0  # (a producer may have been refused once)
         for _ in range(5):
-            with _connect(proc.socket_path) as extra:
+            with unix_client(proc.socket_path) as extra:
                 assert _line(extra) == REFUSAL
         published = run_cli("publish", "--socket", str(proc.socket_path), input=event_line(payload={"n": 9}))
         assert published.returncode == 1 and "1 rejected" in published.stderr

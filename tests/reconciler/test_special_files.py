@@ -19,14 +19,7 @@ from dispatcher.metrics import Metrics
 from dispatcher.store.memory import MemoryStore
 from reconciler.loader import TreeLoader
 from tests.reconciler.test_symlinks import RECONCILE, hook, load_in_thread, rules_at
-
-
-@pytest.fixture
-def tree(tmp_path: Path) -> Path:
-    path = tmp_path / "webhooks.d"
-    path.mkdir()
-    (path / "good.yaml").write_text(hook("good"))
-    return path
+from tests.reconciler.test_symlinks import tree as tree  # the fixture: webhooks.d/ holding good.yaml
 
 
 @pytest.fixture
