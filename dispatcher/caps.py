@@ -120,6 +120,8 @@ class Refuser:
         self._kept = kept
         self._clock = clock
         self._waiting: deque[tuple[float, socket.socket]] = deque()
+        self._lock = threading.Lock()  # close() may run while the accepting thread still refuses
+        self._closed = False
 
     def refuse(self, conn: socket.socket, answer: bytes) -> None:
         """Send ``answer`` (it fits a fresh socket's buffer: never a partial one), half-close, keep."""
@@ -129,11 +131,17 @@ class Refuser:
             conn.send(answer, socket.MSG_DONTWAIT)
             conn.shutdown(socket.SHUT_WR)
         now = self._clock()
-        self._waiting.append((now + self._linger, conn))
-        while self._waiting and (self._waiting[0][0] <= now or len(self._waiting) > self._kept):
-            self._waiting.popleft()[1].close()
+        with self._lock:
+            if self._closed:
+                conn.close()
+                return
+            self._waiting.append((now + self._linger, conn))
+            while self._waiting and (self._waiting[0][0] <= now or len(self._waiting) > self._kept):
+                self._waiting.popleft()[1].close()
 
     def close(self) -> None:
-        """Close every connection still waiting."""
-        while self._waiting:
-            self._waiting.popleft()[1].close()
+        """Close every connection still waiting, and any refused from now on at once."""
+        with self._lock:
+            self._closed = True
+            while self._waiting:
+                self._waiting.popleft()[1].close()

@@ -48,6 +48,7 @@ class EndpointQueues:
             self._queues.setdefault(key, deque()).append(lease)
             self._size += 1
             self._mark_ready(key)
+            self._wake_next()
             return True
 
     def is_failing(self, key: str) -> bool:
@@ -69,36 +70,77 @@ class EndpointQueues:
             while not self._ready or self._closed or self._at_capacity():
                 if self._closed or not self._cond.wait(timeout):
                     return None
-            key = self._ready.popleft()
-            self._is_ready.discard(key)
-            q = self._queues[key]
-            lease = q.popleft()
-            if not q:
-                del self._queues[key]
-            self._size -= 1
-            self._busy += 1
-            self._inflight[key] = self._inflight.get(key, 0) + 1
-            self._mark_ready(key)
-            return key, lease
+            item = self._take_ready()
+            self._wake_next()
+            return item
 
     def done(self, key: str, healthy: bool = True) -> None:
+        """An attempt of ``key``'s is over; ``healthy``: the endpoint answered, and not 5xx/429."""
         with self._cond:
-            if healthy:
-                self._failing.discard(key)
-                self._proven.add(key)
-            else:
-                self._failing.add(key)
+            self._release(key, healthy)
+            self._wake_next()
+
+    def done_and_take(self, key: str, healthy: bool = True) -> tuple[str, Lease] | None:
+        """``done``, then the next ready lease for the caller itself, if any (None when closed): the thread
+        that completes an attempt starts the next one without waking a worker for it."""
+        with self._cond:
+            self._release(key, healthy)
+            item = None if self._closed or not self._ready else self._take_ready()
+            self._wake_next()
+            return item
+
+    def give_back(self, key: str, lease: Lease) -> None:
+        """Undo a ``take`` whose lease this thread cannot attempt: first in its queue again, for a worker."""
+        with self._cond:
             self._busy -= 1
             left = self._inflight[key] - 1
             if left:
                 self._inflight[key] = left
             else:
                 del self._inflight[key]
+            if self._closed:  # stopping: like an attempt cut off by stop, its lease expires and is retried
+                return
+            self._queues.setdefault(key, deque()).appendleft(lease)
+            self._size += 1
             self._mark_ready(key)
-            if not self._busy:
-                self._cond.notify_all()  # wait_idle(); otherwise waking every worker is a thundering herd
-            elif self._busy + 1 == self._max_busy and self._ready:
-                self._cond.notify()  # a worker waiting for room in flight may take the next lease
+            self._wake_next()
+
+    def _take_ready(self) -> tuple[str, Lease]:
+        """Take the first ready endpoint's next lease (the caller holds the lock and checked ``_ready``)."""
+        key = self._ready.popleft()
+        self._is_ready.discard(key)
+        q = self._queues[key]
+        lease = q.popleft()
+        if not q:
+            del self._queues[key]
+        self._size -= 1
+        self._busy += 1
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        self._mark_ready(key)
+        return key, lease
+
+    def _release(self, key: str, healthy: bool) -> None:
+        if healthy:
+            self._failing.discard(key)
+            self._proven.add(key)
+        else:
+            self._failing.add(key)
+        self._busy -= 1
+        left = self._inflight[key] - 1
+        if left:
+            self._inflight[key] = left
+        else:
+            del self._inflight[key]
+        self._mark_ready(key)
+
+    def _wake_next(self) -> None:
+        """Wake one waiting worker when there is work it may take now, or every waiter when nothing is in
+        flight (``wait_idle``). Called after every change, so a wake-up is never lost: each woken taker
+        wakes the next while ready work and room remain (waking every worker at once would be a herd)."""
+        if not self._busy:
+            self._cond.notify_all()
+        elif self._ready and not self._at_capacity():
+            self._cond.notify()
 
     def _at_capacity(self) -> bool:
         return self._max_busy is not None and self._busy >= self._max_busy
@@ -108,7 +150,6 @@ class EndpointQueues:
         if key not in self._is_ready and key in self._queues and self._inflight.get(key, 0) < limit:
             self._ready.append(key)
             self._is_ready.add(key)
-            self._cond.notify()
 
     @property
     def size(self) -> int:

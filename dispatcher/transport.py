@@ -195,9 +195,15 @@ class _Completion:
     def set(self, reply: Reply | None) -> None:
         if reply is None:
             self.fail("delivery process exited during the attempt")
-        else:
-            assert isinstance(reply, AttemptReply)
-            self._call(_record_from(reply))
+            return
+        try:
+            if not isinstance(reply, AttemptReply):
+                raise TypeError(type(reply).__name__)
+            record = _record_from(reply)
+        except Exception as exc:  # a reply that is not an attempt's: still this attempt's end, never a leak
+            self.fail(f"internal error in the dispatcher ({type(exc).__name__})")
+            return
+        self._call(record)
 
     def fail(self, error: str) -> None:
         self._call(AttemptRecord(self.started_at, time.time() - self.started_at, error=error))
@@ -443,9 +449,16 @@ class ProcessClient:
         self._closed = True
         self._stopped.set()
         for child in self._children:
-            # A message, not a close: closing an fd another thread is reading does not wake the reader.
-            with child.send_lock, contextlib.suppress(OSError, ValueError):
-                child.conn.send_bytes(_STOP)
+            # A message, not a close: closing an fd another thread is reading does not wake the reader. A
+            # sender stuck on a child that stopped reading holds the lock: that child is then killed below.
+            if child.send_lock.acquire(timeout=1.0):
+                try:
+                    with contextlib.suppress(OSError, ValueError):
+                        child.conn.send_bytes(_STOP)
+                finally:
+                    child.send_lock.release()
+            else:
+                child.process.kill()
         for child in self._children:
             try:
                 child.process.wait(timeout_seconds)

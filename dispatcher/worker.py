@@ -3,6 +3,11 @@
 The attempt itself is ``dispatcher.attempt`` (prepare, decide); the HTTP is the ``Client`` (``HttpClient`` in
 this process, or ``ProcessClient`` in the delivery processes). The outcome goes to the outcome writer; the
 endpoint's slot is given back with whether it looked healthy (answered, and not 5xx/429).
+
+With a client that completes attempts later (``ProcessClient.submit``) a worker only hands attempts off; the
+thread that completes one (the delivery process's reply reader) records it, gives the slot back and starts
+the next ready lease itself (``EndpointQueues.done_and_take``), so at full speed no worker is woken per
+attempt. Only attempts that must wait on HTTP (a token first) go back to the queues for a worker.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from enum import Enum
 from typing import Any, Protocol
 
 from dispatcher.attempt import decide, prepare, without_attempt
@@ -45,6 +51,14 @@ class Client(Protocol):
 Submit = Callable[[OutboundRequest, Callable[[AttemptRecord], None]], None]
 
 
+class Start(Enum):
+    """How a lease taken from the queues is started (``Worker._hand_off``)."""
+
+    HANDED_OFF = "handed off"  # submitted: its completion gives the slot back
+    HERE = "here"  # handled by this thread without HTTP
+    WAITING = "waiting"  # handled by a thread that waits on the HTTP
+
+
 class Worker:
     """Handles leases. ``handle(lease, now)`` is one lease; ``run(queues)`` loops on a thread until closed."""
 
@@ -67,6 +81,7 @@ class Worker:
         self._busy_lock = threading.Lock()
         #: Worker threads busy with a lease right now (handing it off, or waiting on its attempt).
         self.busy_threads = 0
+        self._completing = threading.local()  # set while this thread runs a completion's ``_next``
 
     def run(self, queues: EndpointQueues, on_take: Callable[[], None] = lambda: None) -> None:
         """Take, handle and give back leases until the queues are closed; ``on_take`` after every take (the
@@ -80,10 +95,10 @@ class Worker:
             on_take()
             key, lease = item
             healthy = True
-            handed_off = False
+            start = Start.HERE
             try:
-                handed_off = self._hand_off(key, lease, queues)
-                if not handed_off:
+                start = self._hand_off(key, lease, queues)
+                if start is not Start.HANDED_OFF:
                     healthy = self.handle(lease, self._clock())
             except Exception:
                 # A bug must not kill the worker; the lease expires and the delivery is retried.
@@ -91,26 +106,29 @@ class Worker:
             finally:
                 with self._busy_lock:
                     self.busy_threads -= 1
-                if not handed_off:  # else the attempt's completion gives the slot back
+                if start is not Start.HANDED_OFF:  # else the attempt's completion gives the slot back
                     queues.done(key, healthy)
 
-    def _hand_off(self, key: str, lease: Lease, queues: EndpointQueues) -> bool:
-        """Submit a plain attempt to a client that completes it later, without this thread waiting; False
-        when this lease is handled here instead (no such client, no attempt to make, a token to fetch first,
-        or a secret that fails: ``handle`` records that)."""
+    def _hand_off(self, key: str, lease: Lease, queues: EndpointQueues) -> Start:
+        """Submit a plain attempt to a client that completes it later, without this thread waiting. Else say
+        how this lease is to be handled: ``HERE`` without HTTP (expired, its webhook removed or inactive, a
+        secret that fails: ``handle`` records it), or ``WAITING`` (a token to fetch first, or a client that
+        cannot hand off: ``handle`` waits on the HTTP)."""
         if self._submit is None:
-            return False
+            return Start.WAITING
         now = self._clock()
         if lease.expires_at <= now:
-            return False
+            return Start.HERE
         snapshot = self._config()
         hook = snapshot.webhook(lease.webhook)
-        if hook is None or not hook.active or isinstance(hook.auth, TokenAuth):
-            return False
+        if hook is None or not hook.active:
+            return Start.HERE
+        if isinstance(hook.auth, TokenAuth):
+            return Start.WAITING
         try:
             request = prepare(lease, hook, snapshot, int(now))
         except SecretError:
-            return False
+            return Start.HERE
 
         def done(record: AttemptRecord) -> None:
             healthy = True
@@ -122,10 +140,39 @@ class Worker:
             except Exception:  # the lease expires and the delivery is retried
                 log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
             finally:
-                queues.done(key, healthy)
+                self._next(key, healthy, queues)
 
         self._submit(request, done)
-        return True
+        return Start.HANDED_OFF
+
+    def _next(self, key: str, healthy: bool, queues: EndpointQueues) -> None:
+        """After a handed-off attempt (on the thread that completed it): give its slot back and start the
+        next ready lease here, so no worker is woken for it; leases handled without HTTP are handled here
+        too. A lease that must wait on HTTP goes back to the queues for a worker. Not from inside another
+        completion (an attempt that failed to send completes at once, on the thread submitting it): there the
+        slot is only given back, so a run of such failures cannot recurse."""
+        if getattr(self._completing, "active", False):
+            queues.done(key, healthy)
+            return
+        self._completing.active = True
+        try:
+            item = queues.done_and_take(key, healthy)
+            while item is not None:
+                key, lease = item
+                healthy = True
+                try:
+                    start = self._hand_off(key, lease, queues)
+                    if start is Start.HANDED_OFF:
+                        return
+                    if start is Start.WAITING:
+                        queues.give_back(key, lease)
+                        return
+                    healthy = self.handle(lease, self._clock())
+                except Exception:
+                    log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
+                item = queues.done_and_take(key, healthy)
+        finally:
+            self._completing.active = False
 
     def handle(self, lease: Lease, now: float) -> bool:
         """Handle one lease; returns whether the endpoint looked healthy (answered, and not 5xx/429)."""

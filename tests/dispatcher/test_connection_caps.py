@@ -232,6 +232,11 @@ def test_a_refused_connection_reads_its_answer_and_is_closed_later() -> None:
         refuser.refuse(pairs[3][0], b"no room\n")  # a later refusal closes the expired ones
         assert pairs[1][0].fileno() == -1 and pairs[2][0].fileno() == -1
         refuser.close()
+        assert pairs[3][0].fileno() == -1
+        late = socket.socketpair()
+        pairs.append(late)
+        refuser.refuse(late[0], b"no room\n")  # after close(): closed at once
+        assert late[0].fileno() == -1 and late[1].recv(100) == b"no room\n"
     finally:
         for a, b in pairs:
             a.close()
