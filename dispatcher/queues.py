@@ -92,12 +92,7 @@ class EndpointQueues:
     def give_back(self, key: str, lease: Lease) -> None:
         """Undo a ``take`` whose lease this thread cannot attempt: first in its queue again, for a worker."""
         with self._cond:
-            self._busy -= 1
-            left = self._inflight[key] - 1
-            if left:
-                self._inflight[key] = left
-            else:
-                del self._inflight[key]
+            self._free_slot(key)
             if self._closed:  # stopping: like an attempt cut off by stop, its lease expires and is retried
                 return
             self._queues.setdefault(key, deque()).appendleft(lease)
@@ -125,13 +120,17 @@ class EndpointQueues:
             self._proven.add(key)
         else:
             self._failing.add(key)
+        self._free_slot(key)
+        self._mark_ready(key)
+
+    def _free_slot(self, key: str) -> None:
+        """One attempt fewer in flight, in all and at ``key`` (the caller holds the lock)."""
         self._busy -= 1
         left = self._inflight[key] - 1
         if left:
             self._inflight[key] = left
         else:
             del self._inflight[key]
-        self._mark_ready(key)
 
     def _wake_next(self) -> None:
         """Wake one waiting worker when there is work it may take now, or every waiter when nothing is in
