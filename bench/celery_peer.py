@@ -8,7 +8,8 @@ Shapes (the receivers run for the whole run, on 127.0.0.1):
 
 - fast: one endpoint answering 204 at once (nginx, one worker, when installed; else bench/receiver.py);
 - slow: ``--slow-endpoints`` (20) endpoints answering 204 after ``--delay-ms`` (50 ms): the shape of real
-  receivers, served by bench/delayed_receiver.py (one asyncio process, one port per endpoint).
+  receivers, served by nginx with Debian's echo module (``echo_sleep``) when installed, else (or with
+  ``--delayed python``) by bench/delayed_receiver.py (one asyncio process); one port per endpoint.
 
 Sides, each given the same N deliveries per shape and round (the sides of a round run one after the other,
 rounds repeat the whole set, so machine noise hits every side alike):
@@ -66,7 +67,9 @@ from common import (
     Rounds,
     StoreWatch,
     Target,
+    add_delayed_option,
     add_receiver_option,
+    delayed_receiver,
     event_line,
     fast_receiver,
     free_port,
@@ -181,24 +184,6 @@ class RedisServer(_Child):
         )  # fmt: skip
         try:
             wait_port(self.port, 10.0, self.proc)
-        except BaseException:
-            self.close()
-            raise
-
-
-class DelayedReceiver(_Child):
-    """bench/delayed_receiver.py on ``count`` free loopback ports, answering after ``delay_ms``."""
-
-    def __init__(self, count: int, delay_ms: float) -> None:
-        self.ports = [free_port() for _ in range(count)]
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "delayed_receiver.py"), "--ports", ",".join(map(str, self.ports)),
-             "--delay-ms", str(delay_ms)],
-            stdin=subprocess.DEVNULL, start_new_session=True, env=child_env(),
-        )  # fmt: skip
-        try:
-            for port in self.ports:
-                wait_port(port, 10.0, self.proc)
         except BaseException:
             self.close()
             raise
@@ -349,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=float, default=50.0, help="the slow endpoints' delay (default 50)")
     p.add_argument("--side-seconds", type=float, help="at most this long per side (default 30; 20 quick)")
     add_receiver_option(p)
+    add_delayed_option(p)
     args = p.parse_args(argv)
     n = args.deliveries or (200 if args.quick else 6000)
     side_seconds = args.side_seconds or (20.0 if args.quick else 30.0)
@@ -360,7 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-peer-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         fast: Nginx | PythonReceiver = stack.enter_context(fast_receiver(args.receiver, workdir))
-        slow = stack.enter_context(DelayedReceiver(args.slow_endpoints, args.delay_ms))
+        slow = stack.enter_context(
+            delayed_receiver(args.delayed, workdir / "slow", args.slow_endpoints, args.delay_ms)
+        )
         shapes = {
             "fast": Shape("fast", (("peer-fast", fast.url("/hook/peer-fast")),)),
             "slow": Shape(

@@ -10,10 +10,11 @@ Shapes (the receivers run for the whole run, on 127.0.0.1):
   delivery, and the bound of the slow shapes when the CPU is what limits them;
 - python-20: 20 endpoints of the Python receiver below answering at once: a reference, not a bound (what the
   dispatcher delivers when the receiver's own CPU, which shares the two cores, is that of the slow shapes);
-- slow-20: 20 endpoints answering 204 after 50 ms (bench/delayed_receiver.py: one asyncio process, one port
-  per endpoint);
-- slow-1000: 1,000 endpoints answering after 200 ms (a second delayed_receiver process, 1,000 ports; the
-  endpoint key is host:port, so each port is an endpoint with its own limit).
+- slow-20: 20 endpoints answering 204 after 50 ms (nginx with Debian's echo module, ``echo_sleep``, one
+  port per endpoint; ``--delayed python``, or without the module, bench/delayed_receiver.py: one asyncio
+  process);
+- slow-1000: 1,000 endpoints answering after 200 ms (a second such receiver on 1,000 ports; the endpoint key
+  is host:port, so each port is an endpoint with its own limit).
 
 For every ``--workers`` value (default: the dispatcher's own default) and round, each shape gets a fresh
 ``dispatch run`` with one signed webhook per endpoint and every event matching every webhook; events go in
@@ -29,14 +30,14 @@ Bounds, each slow shape against the lowest of (reported with which one it is):
 - configured limits: attempts in flight at most min(workers, endpoints x per_endpoint), each taking the
   delay at least, so min(workers, endpoints x per_endpoint) / delay deliveries per second.
 
-Targets: both slow shapes >= 0.9 x their bound (medians of the rounds). The delayed receivers are Python and
-share the machine's cores with the dispatcher (nginx costs far less per request), so the CPU bound is
-strict: it is the dispatcher alone against a receiver that costs nearly nothing.
+Targets: both slow shapes >= 0.9 x their bound (medians of the rounds). The receivers share the machine's
+two cores with the dispatcher: nginx costs a few tens of microseconds per request, the Python delayed
+receiver several times that, so with the Python one the CPU bound (measured against nginx) is stricter than
+the shapes' own.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,15 +47,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celery_peer import Outcome, child_env, poll
+from celery_peer import Outcome, poll
 from common import (
-    BENCH,
-    ChildProcess,
     Dispatcher,
+    PythonDelayedReceiver,
     Rounds,
     StoreWatch,
     Target,
+    add_delayed_option,
     add_receiver_option,
+    delayed_receiver,
     event_line,
     fast_receiver,
     loopback_url,
@@ -85,24 +87,6 @@ class Shape:
     @property
     def events(self) -> int:
         return max(1, self.deliveries // len(self.urls))
-
-
-class KernelPortsReceiver(ChildProcess):
-    """bench/delayed_receiver.py on ``count`` ports the kernel picks (1,000 free ports chosen here would race
-    other processes on a shared machine), answering after ``delay_ms``."""
-
-    def __init__(self, count: int, delay_ms: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(BENCH / "delayed_receiver.py"), "--count", str(count),
-             "--delay-ms", str(delay_ms)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True, env=child_env(),
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # once every port listens (empty if it exited first)
-        self.ports = [int(port) for port in line.split(b",") if port.strip()]
-        if len(self.ports) != count:
-            self.close()
-            raise RuntimeError(f"delayed_receiver.py did not start ({self.proc.returncode})")
 
 
 @dataclass(frozen=True)
@@ -168,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup-events", type=int, default=2, help="events delivered before timing (default 2)")
     p.add_argument("--side-seconds", type=float, help="at most this long per side (default 60; quick 20)")
     add_receiver_option(p)
+    add_delayed_option(p)
     args = p.parse_args(argv)
     defaults = EngineSettings()
     workers_values: list[int | None] = list(args.workers) if args.workers else [None]
@@ -179,9 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-slow-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         fast = stack.enter_context(fast_receiver(args.receiver, workdir))
-        slow_few = stack.enter_context(KernelPortsReceiver(few, 50.0))
-        slow_many = stack.enter_context(KernelPortsReceiver(many, 200.0))
-        zero_few = stack.enter_context(KernelPortsReceiver(few, 0.0))
+        slow_few = stack.enter_context(delayed_receiver(args.delayed, workdir / "slow-few", few, 50.0))
+        slow_many = stack.enter_context(delayed_receiver(args.delayed, workdir / "slow-many", many, 200.0))
+        zero_few = stack.enter_context(PythonDelayedReceiver(few, 0.0))
         shapes = [
             Shape("fast", (fast.url("/hook/fast"),), 0.0, n),
             Shape(
@@ -205,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
         progress(
             f"fast receiver: {fast.note}; {rounds} round(s); workers {workers_values} "
-            f"(None: the default, {defaults.workers}); per endpoint {defaults.per_endpoint}"
+            f"(None: the default, {defaults.workers}); per endpoint {defaults.per_endpoint}; "
+            f"delayed receivers: {slow_few.note}"
         )
         for r in range(rounds):
             for workers in workers_values:
