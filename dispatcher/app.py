@@ -25,7 +25,7 @@ from types import FrameType
 from typing import IO, TYPE_CHECKING
 
 from dispatcher import systemd
-from dispatcher.caps import DEFAULT_MAX_CONNECTIONS
+from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, PeerShares
 from dispatcher.config import ConfigSource, initial_snapshot
 from dispatcher.egress import EgressPolicy
 from dispatcher.engine import Engine, EngineSettings
@@ -69,6 +69,8 @@ class RunOptions:
     metrics_address: tuple[str, int] | None = None
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # event-socket clients served at once
+    max_connections_per_process: int | None = None  # of those, one producer process's (None: the default)
+    max_connections_per_user: int | None = None  # one user's processes' together (None: the default)
     retention_seconds: float = 7 * DAY
     engine: EngineSettings = field(default_factory=EngineSettings)
     watch: bool = True
@@ -221,6 +223,11 @@ class Dispatcher:
             spawn=self.supervisor.spawn,
             max_connections=self.options.max_connections,
             on_refused=services.metrics.connections_refused.labels(listener="socket").inc,
+            shares=PeerShares(
+                self.options.max_connections,
+                per_process=self.options.max_connections_per_process,
+                per_user=self.options.max_connections_per_user,
+            ),
         )
         server.start()
         log.info("socket.listening", extra=fields(path=str(path), activated=listener is not None))

@@ -1,6 +1,10 @@
 """Connection caps: each listener serves at most so many connections at once, so that whoever can reach it
 cannot make the dispatcher start a thread per connection until memory or descriptors run out.
 
+On the event socket a peer also has a share of the cap (``PeerShares``): a process may hold at most a
+quarter of it, a user at most three quarters, so that one producer holding connections open (idle, or
+never reading its acknowledgements) leaves room for the others.
+
 Past the cap a new connection is refused at once on the accepting thread (the listener says how: one line
 on the event socket, an HTTP 503 on the status port) and counted; the connections already open are not
 touched. A burst of refusals is logged once, not once per connection: the first refusal is logged, the next
@@ -14,8 +18,9 @@ import contextlib
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
+from typing import Any
 
 from dispatcher.logs import fields, get_logger
 
@@ -93,6 +98,60 @@ class ConnectionCap:
     def release(self) -> None:
         with self._lock:
             self._open = max(0, self._open - 1)
+
+
+#: A process may hold at most 1/PROCESS_SHARE of the event socket's connections, a user USER_SHARE of them.
+PROCESS_SHARE = 4
+USER_SHARE = 0.75
+
+
+class PeerShares:
+    """The event socket's connections open per peer, as the kernel names it (``SO_PEERCRED``): at most
+    ``per_process`` for one process and ``per_user`` for one user. ``try_acquire(pid, uid)`` on accept
+    returns None (admitted: ``release`` it when the connection closes) or why it is refused. A peer whose
+    credentials are unknown (``uid`` None) is only under the listener's cap; a pid of 0 (not visible here)
+    only under its user's share. Memory: an entry per peer with a connection open. Thread-safe."""
+
+    def __init__(self, limit: int, *, per_process: int | None = None, per_user: int | None = None) -> None:
+        self.per_process = per_process or max(1, limit // PROCESS_SHARE)
+        self.per_user = per_user or max(1, int(limit * USER_SHARE))
+        self._processes: Counter[tuple[int, int]] = Counter()
+        self._users: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def try_acquire(self, pid: int | None, uid: int | None) -> str | None:
+        if uid is None:
+            return None
+        with self._lock:
+            if self._users[uid] >= self.per_user:
+                return f"too many connections from this user (at most {self.per_user}); retry later"
+            if pid and self._processes[(uid, pid)] >= self.per_process:
+                return f"too many connections from this process (at most {self.per_process}); retry later"
+            self._users[uid] += 1
+            if pid:
+                self._processes[(uid, pid)] += 1
+        return None
+
+    def release(self, pid: int | None, uid: int | None) -> None:
+        if uid is None:
+            return
+        with self._lock:
+            _decrement(self._users, uid)
+            if pid:
+                _decrement(self._processes, (uid, pid))
+
+    @property
+    def peers(self) -> tuple[int, int]:
+        """Processes and users with a connection open."""
+        with self._lock:
+            return len(self._processes), len(self._users)
+
+
+def _decrement(counts: Counter[Any], key: object) -> None:
+    if counts[key] > 1:
+        counts[key] -= 1
+    else:
+        counts.pop(key, None)  # an entry only while the peer has a connection open
 
 
 #: How long a refused connection stays half-closed before it is closed: time for the client to read why.

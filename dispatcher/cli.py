@@ -100,6 +100,20 @@ _RUN_STORE_HELP = (
     help="Event-socket clients served at once; one more gets one refusal line and is closed.",
 )
 @click.option(
+    "--max-connections-per-process",
+    type=click.IntRange(1, 65536),
+    default=None,
+    help="Event-socket clients one producer process may have open at once [default: a quarter of "
+    "--max-connections].",
+)
+@click.option(
+    "--max-connections-per-user",
+    type=click.IntRange(1, 65536),
+    default=None,
+    help="Event-socket clients one user's processes may have open at once [default: three quarters of "
+    "--max-connections].",
+)
+@click.option(
     "--max-file-bytes",
     type=click.IntRange(min=1),
     default=DEFAULT_LIMITS.max_file_bytes,
@@ -186,6 +200,8 @@ def run(
     metrics_address: str | None,
     max_line_bytes: int,
     max_connections: int,
+    max_connections_per_process: int | None,
+    max_connections_per_user: int | None,
     max_file_bytes: int,
     workers: int,
     per_endpoint: int,
@@ -220,6 +236,8 @@ def run(
         metrics_address=_address(metrics_address) if metrics_address else None,
         max_line_bytes=max_line_bytes,
         max_connections=max_connections,
+        max_connections_per_process=max_connections_per_process,
+        max_connections_per_user=max_connections_per_user,
         retention_seconds=retention,
         engine=EngineSettings(
             workers=workers,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, ConnectionCap, Refuser
+from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, ConnectionCap, PeerShares, RefusalLog, Refuser
 from dispatcher.errors import SocketPathError
 from dispatcher.ingest import Ingestor, LineReader
 from dispatcher.logs import fields, get_logger
@@ -69,6 +69,8 @@ def serve_stream(
 
     A stream that sends more rejected input than ``reject_limits`` allow waits before its next read
     (``dispatcher.throttle``): it is slowed, never cut off, and every line still gets its acknowledgement.
+    ``sleep(seconds)`` does the waiting; a true result ends it early (the peer hung up, nothing is left to
+    read: the next read is the end of the stream).
     ``budget``: the one it spends (its peer's, shared with the peer's other connections); by default a
     budget of its own at ``reject_limits``.
     """
@@ -111,7 +113,8 @@ def serve_stream(
                 if not throttled:
                     throttled = True
                     log.warning("client.throttled", extra=fields(reason="too much rejected input"))
-                sleep(wait)
+                if sleep(wait):
+                    break  # the peer hung up and nothing is left to read: no input to slow down
     finally:
         pending.put(None)  # acks for every line already read are still written
         acker.join()
@@ -176,11 +179,15 @@ class SocketServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         on_refused: Callable[[], None] = lambda: None,
         budgets: PeerBudgets | None = None,
+        shares: PeerShares | None = None,
     ) -> None:
         self.path = Path(path)
         self._ingestor = ingestor
         self._spawn = spawn
         self._cap = ConnectionCap("socket", max_connections, on_refused)
+        self._shares = shares or PeerShares(max_connections)
+        self._on_refused = on_refused
+        self._peer_refusals = RefusalLog()  # only the accepting thread uses it
         self._refuser = Refuser()
         self._refusal = connection_refused(f"too many connections (at most {max_connections}); retry later")
         self._budgets = budgets or PeerBudgets()
@@ -216,29 +223,45 @@ class SocketServer:
             if not self._cap.try_acquire():
                 self._refuser.refuse(conn, self._refusal)
                 continue
+            pid, uid = peer_credentials(conn)
+            if (why := self._shares.try_acquire(pid, uid)) is not None:
+                self._cap.release()
+                self._on_refused()
+                if (count := self._peer_refusals.refused(time.monotonic())) is not None:
+                    log.warning(
+                        "connections.refused",
+                        extra=fields(listener="socket", pid=pid, uid=uid, error=why, refused=count),
+                    )
+                self._refuser.refuse(conn, connection_refused(why))
+                continue
             with self._lock:
                 if self._closed:
+                    self._shares.release(pid, uid)
                     self._cap.release()
                     conn.close()
                     return
                 self._clients.add(conn)
                 handler = threading.Thread(
-                    target=self._serve, args=(conn,), name="dispatch-client", daemon=True
+                    target=self._serve, args=(conn, pid, uid), name="dispatch-client", daemon=True
                 )
                 self._handlers = [t for t in self._handlers if t.is_alive()]
                 self._handlers.append(handler)
             handler.start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, pid: int | None, uid: int | None) -> None:
         def stop_reading() -> None:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RD)
 
         try:
-            pid, uid = peer_credentials(conn)
             budget = self._budgets.for_peer(pid, uid, time.monotonic())
             serve_stream(
-                lambda: conn.recv(_READ_SIZE), conn.sendall, self._ingestor, stop_reading, budget=budget
+                lambda: conn.recv(_READ_SIZE),
+                conn.sendall,
+                self._ingestor,
+                stop_reading,
+                budget=budget,
+                sleep=lambda seconds: sleep_unless_hung_up(conn, seconds),
             )
         except OSError as exc:
             log.info("client.disconnected", extra=fields(error=exc.strerror or str(exc)))
@@ -248,6 +271,7 @@ class SocketServer:
             with self._lock:
                 self._clients.discard(conn)
             conn.close()
+            self._shares.release(pid, uid)
             self._cap.release()
 
     def close(self, timeout: float = 1.0) -> None:
@@ -285,7 +309,28 @@ class SocketServer:
                 self.path.unlink()
 
 
+# The peer closed, or shut down its writing half (POLLRDHUP is Linux's; elsewhere only a full hang-up).
+_HANGUP_EVENTS = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def sleep_unless_hung_up(conn: socket.socket, seconds: float) -> bool:
+    """Wait ``seconds``, or less when the peer hangs up with nothing left unread: then return True. A peer
+    that shut down its writing half after sending more is still waited for (what it sent is still read at
+    the throttle's pace, and it still gets every acknowledgement)."""
+    deadline = time.monotonic() + seconds
+    poller = select.poll()
+    poller.register(conn, _HANGUP_EVENTS)
+    if poller.poll(max(0.0, seconds) * 1000):
+        try:
+            if conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                return True  # end of stream, nothing before it
+        except BlockingIOError:
+            pass
+        except OSError:
+            return True  # reset by the peer: nothing more will be read either
+        time.sleep(max(0.0, deadline - time.monotonic()))  # input left to read: the wait holds
+    return False
 
 
 def peer_credentials(conn: socket.socket) -> tuple[int | None, int | None]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.caps import ConnectionCap, RefusalLog, Refuser
+from dispatcher.caps import ConnectionCap, PeerShares, RefusalLog, Refuser
 from dispatcher.config import Snapshot
 from dispatcher.ingest import Committer, Ingestor
 from dispatcher.metrics import Metrics
@@ -67,6 +67,43 @@ def test_a_cap_below_one_is_refused() -> None:
         ConnectionCap("socket", 0)
 
 
+# -- peer shares -----------------------------------------------------------------------------------------
+
+
+def test_a_process_gets_a_quarter_of_the_cap_and_a_user_three_quarters() -> None:
+    """With a cap of 8: a process is admitted twice, then refused saying so; another process of the same
+    user gets its own two; the user is refused at six, whichever process asks."""
+    shares = PeerShares(8)
+    assert (shares.per_process, shares.per_user) == (2, 6)
+    assert [shares.try_acquire(100, 1000) for _ in range(2)] == [None, None]
+    assert shares.try_acquire(100, 1000) == "too many connections from this process (at most 2); retry later"
+    for pid in (101, 101, 102, 102):
+        assert shares.try_acquire(pid, 1000) is None
+    assert shares.try_acquire(103, 1000) == "too many connections from this user (at most 6); retry later"
+    assert shares.try_acquire(200, 2000) is None  # another user has its own share
+
+
+def test_releasing_frees_the_share_and_forgets_the_peer() -> None:
+    """A released connection makes room for the next one of that process; once every connection of a peer
+    is closed nothing of it is kept (memory bounded by the connections open)."""
+    shares = PeerShares(4)  # one per process
+    assert shares.try_acquire(100, 1000) is None
+    assert shares.try_acquire(100, 1000) is not None
+    shares.release(100, 1000)
+    assert shares.try_acquire(100, 1000) is None
+    shares.release(100, 1000)
+    assert shares.peers == (0, 0)
+
+
+def test_unknown_credentials_are_only_under_the_cap_and_pid_0_only_under_its_users_share() -> None:
+    """No credentials (not a Unix socket): never refused here. A pid of 0 (another PID namespace): no
+    process share, the user's still holds."""
+    shares = PeerShares(4)  # per process 1, per user 3
+    assert all(shares.try_acquire(None, None) is None for _ in range(10))
+    assert [shares.try_acquire(0, 1000) for _ in range(3)] == [None, None, None]
+    assert shares.try_acquire(0, 1000) == "too many connections from this user (at most 3); retry later"
+
+
 # -- the event socket ------------------------------------------------------------------------------------
 
 
@@ -77,8 +114,13 @@ def socket_server(tmp_path: Path) -> Iterator[tuple[SocketServer, list[int]]]:
     committer = Committer(store, time.time, NoIntake(), Metrics())
     ingestor = Ingestor(committer, lambda: snapshot, Metrics(), 1 << 20)
     refused: list[int] = []
+    # Every connection here comes from this one process: its share is the whole cap (shares: below).
     server = SocketServer(
-        tmp_path / "s.sock", ingestor, max_connections=2, on_refused=lambda: refused.append(1)
+        tmp_path / "s.sock",
+        ingestor,
+        max_connections=2,
+        on_refused=lambda: refused.append(1),
+        shares=PeerShares(2, per_process=2, per_user=2),
     )
     server.start()
     yield server, refused

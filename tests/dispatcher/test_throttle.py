@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from dispatcher.ingest import Ingestor
-from dispatcher.server import SocketServer, serve_stream
+from dispatcher.server import SocketServer, serve_stream, sleep_unless_hung_up
 from dispatcher.throttle import MAX_WAIT_SECONDS, UID_FACTOR, PeerBudgets, RejectBudget, RejectLimits
 from tests.conftest import wait_until
 from tests.dispatcher.test_ingest import GatedStore, _ingestor, _line
@@ -211,3 +212,46 @@ def test_reconnecting_to_the_socket_keeps_the_peers_debt(
             wait_until(lambda: throttled() == 2)  # the first connection, then the second
     finally:
         server.close()
+
+
+def test_a_throttled_connection_whose_client_left_frees_its_slot(tmp_path: Path, ingest: Ingestor) -> None:
+    """A client that overspends by far (a debt of hours at this rate), reads its acks and closes: its
+    handler stops waiting out the debt as soon as the client is gone and frees its connection slot (before,
+    it held it until the debt was paid)."""
+    glacial = RejectLimits(rate_bytes_per_second=1, burst_bytes=1, per_line_bytes=10_000)
+    server = SocketServer(tmp_path / "s.sock", ingest, budgets=PeerBudgets(glacial), max_connections=4)
+    server.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.settimeout(20)
+            client.connect(str(server.path))
+            client.sendall(b"[bad\n" * 3)
+            reader = client.makefile("rb")
+            assert [json.loads(reader.readline())["ok"] for _ in range(3)] == [False] * 3
+            reader.close()
+        wait_until(lambda: server._cap.open == 0)
+    finally:
+        server.close()
+
+
+def test_the_wait_ends_early_only_when_the_peer_is_gone_with_nothing_left_to_read() -> None:
+    """``sleep_unless_hung_up``: True at once when the peer closed and nothing is unread; when the peer
+    shut down its writing half after sending more, the wait holds (what it sent is still to be read at the
+    throttle's pace) and the answer is False."""
+    gone, peer = socket.socketpair()
+    left, sender = socket.socketpair()
+    try:
+        peer.close()
+        done: list[bool] = []
+        waiter = threading.Thread(target=lambda: done.append(sleep_unless_hung_up(gone, 600.0)), daemon=True)
+        waiter.start()
+        waiter.join(30)
+        assert done == [True]
+
+        sender.sendall(b"more input\n")
+        sender.shutdown(socket.SHUT_WR)
+        assert sleep_unless_hung_up(left, 0.05) is False
+        assert left.recv(64) == b"more input\n"  # still there to be read
+    finally:
+        for s in (gone, left, sender):
+            s.close()

@@ -74,7 +74,9 @@ def test_socket_clients_past_max_connections_are_refused_and_the_open_ones_keep_
     delivered."""
     write_webhook(config_dir, "erp", receiver.url("/hook"))
     port = free_port()
-    args = ["--max-connections", "2", "--metrics", f"127.0.0.1:{port}"]
+    # Every producer here is this test's process: its shares are the whole cap (the next test: the shares).
+    args = ["--max-connections", "2", "--max-connections-per-process", "2", "--max-connections-per-user", "2"]
+    args += ["--metrics", f"127.0.0.1:{port}"]
     proc = DispatchProcess(config_dir, tmp_path / "state", extra_args=args)
     processes.append(proc)
     held: list[socket.socket] = []
@@ -97,6 +99,34 @@ def test_socket_clients_past_max_connections_are_refused_and_the_open_ones_keep_
     assert _metric(port, SOCKET_REFUSED) == before + 6
     assert proc.logs().count("connections.refused") == 1
     assert _healthz(port) == (200, "ok\n")
+
+
+def test_one_process_holding_connections_leaves_room_for_other_producers(
+    tmp_path: Path, config_dir: Path, receiver: Receiver, processes: list[DispatchProcess]
+) -> None:
+    """With ``--max-connections 8`` a process may hold 2 (a quarter): this test's process holds two idle
+    producers, its third connection reads a refusal that says why, and ``dispatch publish`` (another
+    process of the same user) is still served: its event is acknowledged and delivered."""
+    write_webhook(config_dir, "erp", receiver.url("/hook"))
+    proc = DispatchProcess(config_dir, tmp_path / "state", extra_args=["--max-connections", "8"])
+    processes.append(proc)
+    held: list[socket.socket] = []
+    try:
+        held += [_producer(proc.socket_path, i) for i in range(2)]
+        with unix_client(proc.socket_path) as third:
+            assert _line(third) == {
+                "ok": False,
+                "error": "too many connections from this process (at most 2); retry later",
+            }
+        published = run_cli("publish", "--socket", str(proc.socket_path), input=event_line(payload={"n": 2}))
+        assert published.returncode == 0, published.stderr
+        assert json.loads(published.stdout.splitlines()[0])["ok"] is True
+    finally:
+        for c in held:
+            c.close()
+    received = receiver.wait_count("/hook", 3, timeout=60)
+    assert sorted(r.json()["payload"]["n"] for r in received) == [0, 1, 2]
+    assert "too many connections from this process" in proc.logs()
 
 
 def test_metrics_port_connections_past_its_cap_get_503_and_healthz_recovers(
