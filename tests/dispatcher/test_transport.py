@@ -113,6 +113,29 @@ def test_killed_child_fails_its_attempt_in_flight_and_is_replaced(server: LocalS
         assert client.send(OutboundRequest(server.url(), b"{}", {}, 5.0)).status_code == 200
 
 
+def _parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rpartition(")")[2].split()[1])
+
+
+def test_the_second_child_is_forked_from_the_first_and_outlives_it(server: LocalServer) -> None:
+    """With two processes the second is the first's fork (so it shares the first's imported memory:
+    bench/memory.py measures it), serves attempts, and keeps serving when the first is killed; the first is
+    started again, fresh, and close() stops the forked one too."""
+    with ProcessClient(LOOPBACK, processes=2, threads_per_process=2) as client:
+        first, second = client.pids
+        assert _parent_of(first) == os.getpid() and _parent_of(second) == first
+        for i in range(4):
+            assert client.send(OutboundRequest(server.url(), b'{"n":%d}' % i, {}, 5.0)).status_code == 200
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: client.pids[0] != first, timeout=10)
+        restarted = client.pids[0]
+        assert _parent_of(restarted) == os.getpid() and client.pids[1] == second
+        for _ in range(4):  # round robin: the survivor and the fresh one both serve
+            assert client.send(OutboundRequest(server.url(), b"{}", {}, 5.0)).status_code == 200
+    wait_until(lambda: not _alive(second), timeout=10)  # close() stops a forked child too
+
+
 def test_close_stops_every_child() -> None:
     """close() ends the children (they finish what is in flight, then exit)."""
     client = ProcessClient(LOOPBACK, processes=2)
