@@ -70,7 +70,7 @@ class RunOptions:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS  # event-socket clients served at once
     max_connections_per_process: int | None = None  # of those, one producer process's (None: the default)
-    max_connections_per_user: int | None = None  # one user's processes' together (None: the default)
+    max_connections_per_user: int | None = None  # one user's processes' together (None: the whole cap)
     retention_seconds: float = 7 * DAY
     engine: EngineSettings = field(default_factory=EngineSettings)
     watch: bool = True

@@ -2,8 +2,10 @@
 cannot make the dispatcher start a thread per connection until memory or descriptors run out.
 
 On the event socket a peer also has a share of the cap (``PeerShares``): a process may hold at most a
-quarter of it, a user at most three quarters, so that one producer holding connections open (idle, or
-never reading its acknowledgements) leaves room for the others.
+quarter of it, so that one producer process holding connections open (idle, or never reading its
+acknowledgements) leaves room for the others; a user's processes together may be given a share too
+(``--max-connections-per-user``: by default the whole cap, since the usual deployment has every producer
+under one user).
 
 Past the cap a new connection is refused at once on the accepting thread (the listener says how: one line
 on the event socket, an HTTP 503 on the status port) and counted; the connections already open are not
@@ -100,9 +102,8 @@ class ConnectionCap:
             self._open = max(0, self._open - 1)
 
 
-#: A process may hold at most 1/PROCESS_SHARE of the event socket's connections, a user USER_SHARE of them.
+#: A process may hold at most 1/PROCESS_SHARE of the event socket's connections (a user: all, unless set).
 PROCESS_SHARE = 4
-USER_SHARE = 0.75
 
 
 class PeerShares:
@@ -113,8 +114,9 @@ class PeerShares:
     only under its user's share. Memory: an entry per peer with a connection open. Thread-safe."""
 
     def __init__(self, limit: int, *, per_process: int | None = None, per_user: int | None = None) -> None:
-        self.per_process = per_process or max(1, limit // PROCESS_SHARE)
-        self.per_user = per_user or max(1, int(limit * USER_SHARE))
+        # Never above the cap (the cap would refuse first), nor a user's below one of its processes'.
+        self.per_user = min(limit, per_user or limit)
+        self.per_process = min(self.per_user, per_process or max(1, limit // PROCESS_SHARE))
         self._processes: Counter[tuple[int, int]] = Counter()
         self._users: Counter[int] = Counter()
         self._lock = threading.Lock()

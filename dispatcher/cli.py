@@ -110,8 +110,8 @@ _RUN_STORE_HELP = (
     "--max-connections-per-user",
     type=click.IntRange(1, 65536),
     default=None,
-    help="Event-socket clients one user's processes may have open at once [default: three quarters of "
-    "--max-connections].",
+    help="Event-socket clients one user's processes may have open at once, when producers of several users "
+    "share the socket [default: --max-connections].",
 )
 @click.option(
     "--max-file-bytes",

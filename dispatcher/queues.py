@@ -94,6 +94,7 @@ class EndpointQueues:
         with self._cond:
             self._free_slot(key)
             if self._closed:  # stopping: like an attempt cut off by stop, its lease expires and is retried
+                self._wake_next()  # the freed slot may be the last: whoever waits for idle must hear it
                 return
             self._queues.setdefault(key, deque()).appendleft(lease)
             self._size += 1

@@ -60,7 +60,7 @@ from dispatcher.logs import fields, get_logger
 from dispatcher.messages import AttemptReply, AttemptRequest, Reply, Request, TokenReply, TokenRequest
 from dispatcher.outbound import OutboundRequest, json_request
 from dispatcher.store.base import AttemptRecord
-from dispatcher.supervise import Spawn, start_thread
+from dispatcher.supervise import Spawn, describe, start_thread
 
 if TYPE_CHECKING:
     from reconciler.model import TokenAuth
@@ -275,8 +275,8 @@ def _finish(entry: _Waiter | _Completion, reply: Reply | None) -> None:
     later reply of that child)."""
     try:
         entry.set(reply)
-    except Exception:
-        log.exception("transport.completion_failed")
+    except Exception as exc:  # where, not what: a message could quote a secret
+        log.error("transport.completion_failed", extra=fields(error=describe(exc)))
 
 
 class _Sibling:
@@ -516,7 +516,10 @@ class ProcessClient:
         except Exception as exc:  # a bug: named by type only (a message could quote a secret)
             problem = f"internal error in the dispatcher ({type(exc).__name__})"
         if problem is not None:
-            entry.fail(problem)
+            try:
+                entry.fail(problem)
+            except Exception as exc:  # a bug in ``done``: logged, never raised into the submitting worker
+                log.error("transport.completion_failed", extra=fields(error=describe(exc)))
 
     def _sweep(self) -> None:
         """Every second: fail the submitted attempts whose child has not answered in time (a hung child)."""
@@ -532,8 +535,8 @@ class ProcessClient:
             for entry in late:
                 try:
                     entry.fail("no answer from the delivery process in time")
-                except Exception:
-                    log.exception("transport.completion_failed")
+                except Exception as exc:
+                    log.error("transport.completion_failed", extra=fields(error=describe(exc)))
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
         """The token flow, in a child; DeliveryError when it fails (the message holds no secret)."""

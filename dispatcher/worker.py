@@ -29,9 +29,15 @@ from dispatcher.outbound import OutboundRequest
 from dispatcher.outcomes import Done
 from dispatcher.queues import EndpointQueues
 from dispatcher.store.base import AttemptRecord, Lease, OutcomeKind
+from dispatcher.supervise import describe
 from reconciler.model import TokenAuth, Webhook
 
 log = get_logger("engine")
+
+
+def _log_bug(lease: Lease, exc: Exception) -> None:
+    """A bug while handling a lease: where it happened, never its message (which could quote a secret)."""
+    log.error("worker.unexpected_error", extra=fields(delivery=lease.delivery_id, error=describe(exc)))
 
 
 class Client(Protocol):
@@ -55,7 +61,7 @@ class Start(Enum):
     """How a lease taken from the queues is started (``Worker._hand_off``)."""
 
     HANDED_OFF = "handed off"  # submitted: its completion gives the slot back
-    HERE = "here"  # handled by this thread without HTTP
+    DONE = "done"  # settled without HTTP (expired, removed, inactive, a secret that fails)
     WAITING = "waiting"  # handled by a thread that waits on the HTTP
 
 
@@ -90,45 +96,49 @@ class Worker:
             item = queues.take()
             if item is None:
                 return
-            with self._busy_lock:
-                self.busy_threads += 1
-            on_take()
             key, lease = item
             healthy = True
-            start = Start.HERE
+            start = Start.DONE
+            busy = False
             try:
-                start = self._hand_off(key, lease, queues)
-                if start is not Start.HANDED_OFF:
-                    healthy = self.handle(lease, self._clock())
-            except Exception:
-                # A bug must not kill the worker; the lease expires and the delivery is retried.
-                log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
-            finally:
                 with self._busy_lock:
-                    self.busy_threads -= 1
+                    self.busy_threads += 1
+                busy = True
+                on_take()
+                start = self._hand_off(key, lease, queues)
+                if start is Start.WAITING:
+                    healthy = self.handle(lease, self._clock())
+            except Exception as exc:
+                # A bug must not kill the worker; the lease expires and the delivery is retried.
+                _log_bug(lease, exc)
+            finally:
+                if busy:
+                    with self._busy_lock:
+                        self.busy_threads -= 1
                 if start is not Start.HANDED_OFF:  # else the attempt's completion gives the slot back
                     queues.done(key, healthy)
 
     def _hand_off(self, key: str, lease: Lease, queues: EndpointQueues) -> Start:
-        """Submit a plain attempt to a client that completes it later, without this thread waiting. Else say
-        how this lease is to be handled: ``HERE`` without HTTP (expired, its webhook removed or inactive, a
-        secret that fails: ``handle`` records it), or ``WAITING`` (a token to fetch first, or a client that
-        cannot hand off: ``handle`` waits on the HTTP)."""
+        """Submit a plain attempt to a client that completes it later, without this thread waiting. Else
+        settle what needs no HTTP here (``DONE``: expired, its webhook removed or inactive, a secret that
+        fails), or say it must wait on HTTP (``WAITING``: a token to fetch first, or a client that cannot hand
+        off: ``handle`` does it). One config snapshot decides and settles: a reload in between must not turn
+        a lease settled here into HTTP on a thread that must not wait (a completion's)."""
         if self._submit is None:
             return Start.WAITING
         now = self._clock()
-        if lease.expires_at <= now:
-            return Start.HERE
         snapshot = self._config()
         hook = snapshot.webhook(lease.webhook)
-        if hook is None or not hook.active:
-            return Start.HERE
+        if self._settle_without_http(lease, hook, now) is not None:
+            return Start.DONE
+        assert hook is not None
         if isinstance(hook.auth, TokenAuth):
             return Start.WAITING
         try:
             request = prepare(lease, hook, snapshot, int(now))
-        except SecretError:
-            return Start.HERE
+        except SecretError as exc:
+            self._secret_failed(lease, hook, exc, now)
+            return Start.DONE
 
         def done(record: AttemptRecord) -> None:
             healthy = True
@@ -137,13 +147,36 @@ class Worker:
                 decision = decide(lease, hook, record, self._rng, self._clock())
                 self._put(Done(decision.outcome, hook, lease, decision))
                 healthy = record.healthy
-            except Exception:  # the lease expires and the delivery is retried
-                log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
+            except Exception as exc:  # the lease expires and the delivery is retried
+                _log_bug(lease, exc)
             finally:
                 self._next(key, healthy, queues)
 
         self._submit(request, done)
         return Start.HANDED_OFF
+
+    def _settle_without_http(self, lease: Lease, hook: Webhook | None, now: float) -> bool | None:
+        """Settle a lease that is not to be attempted (expired: the store reclaims it; webhook removed:
+        dead; inactive: held) and say the endpoint looked healthy; None when it is to be attempted."""
+        if lease.expires_at <= now:
+            return True  # attempting now could race another holder
+        if hook is None:
+            self._put(Done(without_attempt(lease, OutcomeKind.DEAD, reason="webhook removed"), lease=lease))
+            return True
+        if not hook.active:
+            self._put(Done(without_attempt(lease, OutcomeKind.HOLD), hook, lease))
+            return True
+        return None
+
+    def _secret_failed(self, lease: Lease, hook: Webhook, exc: SecretError, now: float) -> bool:
+        """A refused or unresolvable secret is this webhook's failed attempt (retried, dead at the end, with
+        the reason: the reference, never a value), not a bug; nothing was sent, the endpoint is not to
+        blame."""
+        self._metrics.secret_errors.inc()
+        record = AttemptRecord(started_at=now, duration_seconds=0.0, error=str(exc))
+        decision = decide(lease, hook, record, self._rng, self._clock())
+        self._put(Done(decision.outcome, hook, lease, decision))
+        return True
 
     def _next(self, key: str, healthy: bool, queues: EndpointQueues) -> None:
         """After a handed-off attempt (on the thread that completed it): give its slot back and start the
@@ -167,40 +200,26 @@ class Worker:
                     if start is Start.WAITING:
                         queues.give_back(key, lease)
                         return
-                    healthy = self.handle(lease, self._clock())
-                except Exception:
-                    log.exception("worker.unexpected_error", extra=fields(delivery=lease.delivery_id))
+                except Exception as exc:
+                    _log_bug(lease, exc)
                 item = queues.done_and_take(key, healthy)
         finally:
             self._completing.active = False
 
     def handle(self, lease: Lease, now: float) -> bool:
         """Handle one lease; returns whether the endpoint looked healthy (answered, and not 5xx/429)."""
-        if lease.expires_at <= now:
-            return True  # the store will reclaim it; attempting now could race another holder
         snapshot = self._config()
         hook = snapshot.webhook(lease.webhook)
-        if hook is None:
-            self._put(Done(without_attempt(lease, OutcomeKind.DEAD, reason="webhook removed"), lease=lease))
-            return True
-        if not hook.active:
-            self._put(Done(without_attempt(lease, OutcomeKind.HOLD), hook, lease))
-            return True
+        if (settled := self._settle_without_http(lease, hook, now)) is not None:
+            return settled
+        assert hook is not None
         try:
             record = self._attempt(lease, hook, snapshot, now)
-            sent = True
         except SecretError as exc:
-            # A refused or unresolvable secret is this webhook's failed attempt (retried, dead at the end,
-            # with the reason: the reference, never a value), not a bug.
-            self._metrics.secret_errors.inc()
-            record = AttemptRecord(started_at=now, duration_seconds=0.0, error=str(exc))
-            sent = False
-        else:
-            self._metrics.attempt_duration.observe(record.duration_seconds)
+            return self._secret_failed(lease, hook, exc, now)
+        self._metrics.attempt_duration.observe(record.duration_seconds)
         decision = decide(lease, hook, record, self._rng, self._clock())
         self._put(Done(decision.outcome, hook, lease, decision))
-        if not sent:
-            return True  # nothing was sent: the endpoint is not to blame
         return record.healthy
 
     def _attempt(self, lease: Lease, hook: Webhook, snapshot: Snapshot, now: float) -> AttemptRecord:

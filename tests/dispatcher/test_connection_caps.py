@@ -70,10 +70,11 @@ def test_a_cap_below_one_is_refused() -> None:
 # -- peer shares -----------------------------------------------------------------------------------------
 
 
-def test_a_process_gets_a_quarter_of_the_cap_and_a_user_three_quarters() -> None:
-    """With a cap of 8: a process is admitted twice, then refused saying so; another process of the same
-    user gets its own two; the user is refused at six, whichever process asks."""
-    shares = PeerShares(8)
+def test_a_process_gets_a_quarter_of_the_cap_and_a_user_what_it_is_given() -> None:
+    """With a cap of 8 and a user share of 6: a process is admitted twice, then refused saying so; another
+    process of the same user gets its own two; the user is refused at six, whichever process asks."""
+    assert (PeerShares(8).per_process, PeerShares(8).per_user) == (2, 8)  # a user: the whole cap by default
+    shares = PeerShares(8, per_user=6)
     assert (shares.per_process, shares.per_user) == (2, 6)
     assert [shares.try_acquire(100, 1000) for _ in range(2)] == [None, None]
     assert shares.try_acquire(100, 1000) == "too many connections from this process (at most 2); retry later"
@@ -98,10 +99,42 @@ def test_releasing_frees_the_share_and_forgets_the_peer() -> None:
 def test_unknown_credentials_are_only_under_the_cap_and_pid_0_only_under_its_users_share() -> None:
     """No credentials (not a Unix socket): never refused here. A pid of 0 (another PID namespace): no
     process share, the user's still holds."""
-    shares = PeerShares(4)  # per process 1, per user 3
+    shares = PeerShares(4, per_user=3)  # per process 1
     assert all(shares.try_acquire(None, None) is None for _ in range(10))
     assert [shares.try_acquire(0, 1000) for _ in range(3)] == [None, None, None]
     assert shares.try_acquire(0, 1000) == "too many connections from this user (at most 3); retry later"
+
+
+def test_shares_are_never_above_the_cap_nor_a_process_above_its_user() -> None:
+    """Flags set past the cap are the cap; a process share above the user's is the user's."""
+    shares = PeerShares(8, per_process=50, per_user=20)
+    assert (shares.per_process, shares.per_user) == (8, 8)
+    assert PeerShares(8, per_process=6, per_user=3).per_process == 3
+
+
+def test_refusals_for_a_process_share_give_the_listener_slot_back(tmp_path: Path) -> None:
+    """On a real socket with a cap of 8 (2 per process): this process holds 2, is refused 12 times (more
+    than the cap), and the listener still counts 2 open: a refusal never keeps a slot."""
+    store = MemoryStore()
+    snapshot = Snapshot(build_routing_table([], "rev-1"), {}, "rev-1")
+    committer = Committer(store, time.time, NoIntake(), Metrics())
+    ingestor = Ingestor(committer, lambda: snapshot, Metrics(), 1 << 20)
+    server = SocketServer(tmp_path / "s.sock", ingestor, max_connections=8)
+    server.start()
+    held = [unix_client(server.path) for _ in range(2)]
+    try:
+        assert all(_ack(c)["ok"] is True for c in held)
+        for _ in range(12):
+            with unix_client(server.path) as extra:
+                answer, _ = _refusal(extra)
+            assert answer["error"] == "too many connections from this process (at most 2); retry later"
+        assert server._cap.open == 2
+        assert all(_ack(c)["ok"] is True for c in held)
+    finally:
+        for c in held:
+            c.close()
+        server.close()
+        committer.close()
 
 
 # -- the event socket ------------------------------------------------------------------------------------

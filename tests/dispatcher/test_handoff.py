@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -401,3 +402,74 @@ def test_submit_after_close_completes_at_once_with_an_error() -> None:
     [record] = done.records
     assert record.status_code is None
     assert record.error is not None and record.error.startswith("delivery process unavailable")
+
+
+def test_a_reload_between_deciding_and_settling_never_puts_http_on_the_completing_thread() -> None:
+    """A completion meets a lease whose webhook is inactive, and a reload activates it right after the
+    completing thread has looked: the lease is settled (held) with the snapshot that decided it, and no
+    HTTP is made on the completing thread (a reply reader must never wait on HTTP)."""
+    plain = Webhook(name="p", target_url="https://e0.example.com/p", event_types=("package.created",))
+    paused = Webhook(
+        name="h0", target_url="https://e0.example.com/h", event_types=("package.created",), active=False
+    )  # the same endpoint as p: p's completion takes h0's lease next
+    before = Snapshot(build_routing_table([plain, paused], "rev-1"), {}, "rev-1")
+    after = Snapshot(build_routing_table([plain, replace(paused, active=True)], "rev-2"), {}, "rev-2")
+    completing: list[int] = []  # this thread's config reads while it completes p's attempt
+
+    def config() -> Snapshot:
+        if threading.current_thread() is threading.main_thread() and completing:
+            completing.append(1)
+            return before if len(completing) == 2 else after  # the reload lands after the first look
+        return before
+
+    store = MemoryStore()
+    client = LaterClient()
+    engine = Engine(
+        store, client, config, settings=EngineSettings(workers=8, per_endpoint=1), rng=random.Random(1)
+    )
+    engine.start()
+    try:
+        [result] = store.enqueue([NewEvent("0" * 32, "package.created", b"{}", ("p", "h0"))], time.time(), 60)
+        engine.intake.admit(result.leases)
+        wait_until(lambda: len(client.waiting) == 1, timeout=10)
+        completing.append(1)
+        client.finish_all()  # on this thread: p's completion meets h0's lease
+        wait_until(lambda: _delivered(store) == 1, timeout=10)
+        wait_until(lambda: store.release_held("h0", time.time()) == 1, timeout=10)  # it was parked
+        assert client.sent == 0
+    finally:
+        engine.stop(grace_seconds=1)
+        store.close()
+
+
+def test_a_completion_that_fails_on_a_failed_send_never_reaches_the_submitter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in ``done`` when the attempt could not be sent is logged (where, not its message) and not
+    raised into the submitting worker, whose slot accounting would otherwise run a second time."""
+    client = ProcessClient(LOOPBACK, processes=1)
+    client.close()
+
+    def done(record: AttemptRecord) -> None:
+        raise RuntimeError("secret-looking message")
+
+    client.submit(OutboundRequest("http://127.0.0.1:9/", b"{}", {}, 1.0), done)  # must not raise
+    [logged] = [r for r in caplog.records if r.getMessage() == "transport.completion_failed"]
+    assert "secret-looking" not in str(logged.__dict__) and logged.exc_info is None
+
+
+def test_giving_back_to_closed_queues_wakes_whoever_waits_for_idle() -> None:
+    """The last lease in flight given back after the queues closed (shutdown) frees its slot and wakes
+    ``wait_idle`` at once, instead of letting it wait out its whole grace."""
+    queues = EndpointQueues(per_endpoint=1, max_in_flight=10)
+    lease = Lease(1, 1, time.time() + 60, "u1", "t", "h", b"{}", 0, time.time())
+    queues.put("a", lease)
+    assert queues.take(0) == ("a", lease)
+    queues.close()
+    idle: list[bool] = []
+    waiter = threading.Thread(target=lambda: idle.append(queues.wait_idle(600)), daemon=True)
+    waiter.start()
+    time.sleep(0.2)  # so that it is waiting when the slot is freed (the case that was missed)
+    queues.give_back("a", lease)
+    waiter.join(30)
+    assert idle == [True] and queues.busy == 0

@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,7 +251,9 @@ def test_the_wait_ends_early_only_when_the_peer_is_gone_with_nothing_left_to_rea
 
         sender.sendall(b"more input\n")
         sender.shutdown(socket.SHUT_WR)
-        assert sleep_unless_hung_up(left, 0.05) is False
+        started = time.monotonic()
+        assert sleep_unless_hung_up(left, 0.2) is False
+        assert time.monotonic() - started >= 0.2  # the whole wait, though the peer has shut down writing
         assert left.recv(64) == b"more input\n"  # still there to be read
     finally:
         for s in (gone, left, sender):
