@@ -138,7 +138,7 @@ _RUN_STORE_HELP = (
     "--delivery-processes",
     type=click.IntRange(0, 64),
     default=default_processes(),
-    show_default="one per spare core, at least 2",
+    show_default="one per spare core, at least 4, at most 8",
     help="Child processes making the HTTP attempts (0: threads of this process).",
 )
 @click.option(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -16,7 +18,7 @@ from dispatcher.errors import DeliveryError
 from dispatcher.messages import AttemptReply, AttemptRequest, TokenReply, TokenRequest
 from dispatcher.outbound import OutboundRequest
 from dispatcher.supervise import Spawn, Supervisor
-from dispatcher.transport import ProcessClient
+from dispatcher.transport import ProcessClient, _Sibling
 from reconciler.model import SecretRef, TokenAuth
 from tests.conftest import wait_until
 from tests.dispatcher.test_http import LocalServer, respond_ok, start_server, stop_server
@@ -296,3 +298,20 @@ def test_restarting_a_child_and_closing_are_not_reader_faults(server: LocalServe
         wait_until(lambda: client.pids != [old], timeout=10)
         assert client.send(OutboundRequest(server.url(), b"{}", {}, 5.0)).status_code == 200
     assert supervisor.fault is None
+
+
+def test_a_forked_childs_handle_can_be_waited_on_by_several_threads_at_once() -> None:
+    """The reply reader and ``close`` both wait for a forked child's exit: both return once it has exited,
+    again as often as asked, and killing it afterwards is harmless."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    handle = _Sibling(proc.pid)
+    results: list[object] = []
+    waiters = [threading.Thread(target=lambda: results.append(handle.wait())) for _ in range(3)]
+    for w in waiters:
+        w.start()
+    for w in waiters:
+        w.join(30)
+    assert results == [None, None, None]
+    assert handle.wait(0) is None
+    handle.kill()
+    proc.wait(10)
