@@ -28,14 +28,14 @@ from processes import ChildProcess
 from report import BENCH
 
 
+def _choice_of_receiver(p: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    """``FLAG auto|nginx|python`` (default auto: nginx when installed)."""
+    p.add_argument(flag, choices=("auto", "nginx", "python"), default="auto", help=help_text)
+
+
 def add_receiver_option(p: argparse.ArgumentParser) -> None:
     """``--receiver auto|nginx|python``: which fast receiver ``fast_receiver`` starts."""
-    p.add_argument(
-        "--receiver",
-        choices=("auto", "nginx", "python"),
-        default="auto",
-        help="fast receiver: nginx answering 204 when installed (auto), or the Python one",
-    )
+    _choice_of_receiver(p, "--receiver", "fast receiver: nginx answering 204 if installed (auto), or Python")
 
 
 def nginx_binary() -> str | None:
@@ -176,12 +176,7 @@ class PythonDelayedReceiver(ChildProcess):
 
 def add_delayed_option(p: argparse.ArgumentParser) -> None:
     """``--delayed auto|nginx|python``: which receiver ``delayed_receiver`` starts."""
-    p.add_argument(
-        "--delayed",
-        choices=("auto", "nginx", "python"),
-        default="auto",
-        help="delayed receivers: nginx with its echo module when installed (auto), or delayed_receiver.py",
-    )
+    _choice_of_receiver(p, "--delayed", "delayed receivers: nginx with its echo module (auto), or Python")
 
 
 def delayed_receiver(
