@@ -17,9 +17,10 @@ The children share their imports: the first is started with the others' socket e
 imported the HTTP client and frozen the collector's view of those objects (``gc.freeze``: the collector then
 never writes to their pages), forks the others from itself before any thread starts. Copy-on-write keeps
 ``requests``, urllib3 and the interpreter's own start-up memory shared between them: each further delivery
-process costs about half what a fresh interpreter does (measured: 11 MB against 19.6 MB PSS). A forked
+process costs about 4 MB at rest (bench/memory.py) where a fresh interpreter costs about 17. A forked
 child says its pid first; the parent watches it through a pidfd (it is the first child's child, reaped by
-the kernel). A child started again after dying is a fresh interpreter.
+the kernel while the first child lives, by the init process after). A child started again after dying is
+a fresh interpreter; where pidfds do not work every one is.
 
 A child that dies fails its attempts in flight (they are retried like any connection error) and is started
 again. Children ignore SIGINT/SIGTERM/SIGHUP (the parent decides when to stop) and exit when their socket
@@ -48,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from multiprocessing.connection import Connection
@@ -252,17 +254,31 @@ class _Completion:
             done(record)
 
 
-#: Siblings are forked from a process that can report their pids and be watched by pidfd (Linux 5.3+).
-_CAN_FORK = sys.platform == "linux" and hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
-#: How long the parent waits for a forked sibling's pid (the first child imports the HTTP client first).
+def _pidfds_work() -> bool:
+    """Whether this kernel lets a process be watched by pidfd (Linux 5.3+, and not refused by a seccomp
+    profile): siblings are forked only then; else every delivery process is started fresh."""
+    if sys.platform != "linux" or not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return False
+    return True
+
+
+_CAN_FORK = _pidfds_work()
+#: How long the parent waits for all the forked siblings' pids (the first child imports the HTTP client
+#: first), in all: past it, or once the first child has exited, the ones missing are started fresh.
 _HELLO_SECONDS = 30.0
 
 
-def _read_hello(conn: Connection) -> int | None:
-    """A forked sibling's pid, its first message; None when it does not come in time or is not one."""
+def _read_hello(conn: Connection, deadline: float, first: subprocess.Popen[bytes]) -> int | None:
+    """A forked sibling's pid, its first message; None when it is not one, or does not come before
+    ``deadline`` (monotonic) or before ``first`` (the process forking it) exits."""
     try:
-        if not conn.poll(_HELLO_SECONDS):
-            return None
+        while not conn.poll(0.05):
+            if time.monotonic() >= deadline or first.poll() is not None:
+                return None
         head, _, pid = conn.recv_bytes().partition(b" ")
         return int(pid) if head == b"hello" else None
     except (EOFError, OSError, ValueError):
@@ -281,22 +297,29 @@ def _finish(entry: _Waiter | _Completion, reply: Reply | None) -> None:
 
 class _Sibling:
     """A forked child as the parent sees it: not its own child, so watched through a pidfd (which tells
-    when it exits, and signals it without the risk of a reused pid). Its exit status is its parent's."""
+    when it exits, and signals it without the risk of a reused pid). Its exit status is its parent's.
+    ``alive`` is False when it is gone already (or cannot be watched): it is then started fresh."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, conn: Connection) -> None:
         self.pid = pid
         self._pidfd: int | None = None
-        with contextlib.suppress(ProcessLookupError):  # gone already: wait() returns at once
+        with contextlib.suppress(OSError):  # gone already (ProcessLookupError), or no descriptor left
             self._pidfd = os.pidfd_open(pid)
+        # The pid came in its hello; had it died since, its pid could name another process by now. Its
+        # socket is open until it exits and it sends nothing unasked: a quiet socket proves the pidfd is its.
+        self.alive = self._pidfd is not None and not conn.poll(0)
+        if self._pidfd is not None:
+            # Closed when this handle is dropped: never while a thread waits on it (that thread holds it).
+            weakref.finalize(self, os.close, self._pidfd)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Until it has exited (``subprocess.TimeoutExpired`` after ``timeout``); its exit code is not
-        known here (None). Safe from several threads at once (the reply reader and ``close``): the pidfd is
-        never closed, it stays readable once the process has exited (one descriptor per forked child, for
-        the life of the client: a child started again is started fresh)."""
+        known here (None). Safe from several threads at once (the reply reader and ``close``): the pidfd
+        stays readable once the process has exited."""
         if self._pidfd is not None:
-            ready, _, _ = select.select([self._pidfd], [], [], timeout)
-            if not ready:
+            poller = select.poll()  # not select(): descriptors past 1023
+            poller.register(self._pidfd, select.POLLIN)
+            if not poller.poll(None if timeout is None else max(0.0, timeout) * 1000):
                 raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0)
         return None
 
@@ -348,16 +371,25 @@ class _Child:
             for _, child_end in pairs:
                 child_end.close()
         children = [cls(Connection(pairs[0][0].detach()), process)]
-        for parent_end, _ in pairs[1:]:
-            conn = Connection(parent_end.detach())
-            pid = _read_hello(conn)
-            if pid is None:
-                conn.close()
+        conns = [Connection(parent_end.detach()) for parent_end, _ in pairs[1:]]
+        deadline = time.monotonic() + _HELLO_SECONDS
+        try:
+            for conn in conns:
+                pid = _read_hello(conn, deadline, process)
+                sibling = None if pid is None else _Sibling(pid, conn)
+                if sibling is not None and sibling.alive:
+                    children.append(cls(conn, sibling))
+                else:
+                    conn.close()  # a sibling forked late finds its socket closed and exits
+            while len(children) < count:  # no forking here: every one fresh
                 children.extend(cls.start(allowed, threads, nice))
-            else:
-                children.append(cls(conn, _Sibling(pid)))
-        while len(children) < count:  # no forking here: every one fresh
-            children.extend(cls.start(allowed, threads, nice))
+        except BaseException:
+            for conn in conns:
+                conn.close()
+            for child in children:
+                child.close_conn()
+                child.process.kill()
+            raise
         return children
 
     def close_conn(self) -> None:
@@ -394,6 +426,7 @@ class ProcessClient:
         self._closed = False
         self._stopped = threading.Event()
         self._restart_delay = 0.0
+        self._restart_lock = threading.Lock()  # a restart and close() agree on whether it is kept
         self._children: list[_Child] = []
         try:
             self._children = _Child.start(allowed, threads_per_process, nice, processes)
@@ -441,7 +474,12 @@ class ProcessClient:
         if self._stopped.wait(self._restart_delay):
             return
         [fresh] = _Child.start(self._allowed, self._threads, self._nice)
-        self._children[index] = self._watch(index, fresh)
+        with self._restart_lock:
+            if not self._closed:
+                self._children[index] = self._watch(index, fresh)
+                return
+        fresh.close_conn()  # close() went past this slot meanwhile: the new child sees EOF and exits
+        fresh.process.wait(30)
 
     def _dispatch(self, message: Callable[[int], Request], entry: _Waiter | _Completion) -> str | None:
         """Send one request to a child (round robin), its reply to go to ``entry``; a string says why it
@@ -557,7 +595,8 @@ class ProcessClient:
 
     def close(self, timeout_seconds: float = 30.0) -> None:
         """Stop the children once their attempts in flight are done (killed after ``timeout_seconds``)."""
-        self._closed = True
+        with self._restart_lock:
+            self._closed = True
         self._stopped.set()
         for child in self._children:
             # A message, not a close: closing an fd another thread is reading does not wake the reader. A

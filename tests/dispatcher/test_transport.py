@@ -5,11 +5,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
+from multiprocessing.connection import Connection
 from urllib.parse import parse_qs
 
 import pytest
@@ -18,7 +20,7 @@ from dispatcher.errors import DeliveryError
 from dispatcher.messages import AttemptReply, AttemptRequest, TokenReply, TokenRequest
 from dispatcher.outbound import OutboundRequest
 from dispatcher.supervise import Spawn, Supervisor
-from dispatcher.transport import ProcessClient, _Sibling
+from dispatcher.transport import _CAN_FORK, ProcessClient, _Sibling
 from reconciler.model import SecretRef, TokenAuth
 from tests.conftest import wait_until
 from tests.dispatcher.test_http import LocalServer, respond_ok, start_server, stop_server
@@ -120,6 +122,7 @@ def _parent_of(pid: int) -> int:
         return int(stat.read().rpartition(")")[2].split()[1])
 
 
+@pytest.mark.skipif(not _CAN_FORK, reason="no working pidfds here: every delivery process starts fresh")
 def test_the_second_child_is_forked_from_the_first_and_outlives_it(server: LocalServer) -> None:
     """With two processes the second is the first's fork (so it shares the first's imported memory:
     bench/memory.py measures it), serves attempts, and keeps serving when the first is killed; the first is
@@ -303,8 +306,13 @@ def test_restarting_a_child_and_closing_are_not_reader_faults(server: LocalServe
 def test_a_forked_childs_handle_can_be_waited_on_by_several_threads_at_once() -> None:
     """The reply reader and ``close`` both wait for a forked child's exit: both return once it has exited,
     again as often as asked, and killing it afterwards is harmless."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
-    handle = _Sibling(proc.pid)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    ours, theirs = socket.socketpair()  # the sibling's socket: open and quiet while it lives
+    conn = Connection(ours.detach())
+    handle = _Sibling(proc.pid, conn)
+    assert handle.alive
+    with pytest.raises(subprocess.TimeoutExpired):
+        handle.wait(0)  # it has not exited yet
     results: list[object] = []
     waiters = [threading.Thread(target=lambda: results.append(handle.wait())) for _ in range(3)]
     for w in waiters:
@@ -315,3 +323,30 @@ def test_a_forked_childs_handle_can_be_waited_on_by_several_threads_at_once() ->
     assert handle.wait(0) is None
     handle.kill()
     proc.wait(10)
+    theirs.close()
+    conn.close()
+
+
+def test_a_sibling_whose_socket_already_ended_is_not_taken_for_alive() -> None:
+    """A pid whose socket has ended (the sibling died after its hello, and the pid may name another process
+    by now) is not watched: the caller starts that delivery process fresh."""
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    conn = Connection(ours.detach())
+    assert _Sibling(os.getpid(), conn).alive is False
+    conn.close()
+
+
+@pytest.mark.skipif(not _CAN_FORK, reason="no working pidfds here: every delivery process starts fresh")
+def test_a_killed_sibling_is_started_again_fresh_while_the_others_serve_on(server: LocalServer) -> None:
+    """With three processes (two forked from the first), kill -9 of a forked one: it is started again as a
+    fresh process (the main process's child), the first and the other sibling are untouched, and every
+    process serves."""
+    with ProcessClient(LOOPBACK, processes=3, threads_per_process=2) as client:
+        first, second, third = client.pids
+        assert {_parent_of(second), _parent_of(third)} == {first}
+        os.kill(third, signal.SIGKILL)
+        wait_until(lambda: client.pids[2] != third, timeout=10)
+        assert client.pids[:2] == [first, second] and _parent_of(client.pids[2]) == os.getpid()
+        for _ in range(6):  # round robin over the three
+            assert client.send(OutboundRequest(server.url(), b"{}", {}, 5.0)).status_code == 200
