@@ -55,8 +55,10 @@ class RefusalLog:
 
 
 class ConnectionCap:
-    """How many connections of one listener are open, at most ``limit``: ``try_acquire()`` on accept (False:
-    refuse this one), ``release()`` when a connection that was acquired closes. Thread-safe.
+    """How many connections of one listener are open, at most ``limit``, and (with ``shares``) how many of
+    them each peer holds: ``admit(pid, uid)`` on accept (None, or why this one is refused), or
+    ``try_acquire()`` where peers are not told apart (False: refuse it); ``release(pid, uid)`` when a
+    connection that was admitted closes. Thread-safe.
 
     ``on_refused`` is called once per refusal (a metric); ``listener`` names the listener in the log."""
 
@@ -66,6 +68,7 @@ class ConnectionCap:
         limit: int,
         on_refused: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        shares: PeerShares | None = None,
     ) -> None:
         if limit < 1:
             raise ValueError(f"a connection cap must be at least 1, got {limit}")
@@ -73,33 +76,47 @@ class ConnectionCap:
         self.limit = limit
         self._on_refused = on_refused
         self._clock = clock
+        self._shares = shares
+        self._full = f"too many connections (at most {limit}); retry later"
         self._lock = threading.Lock()
         self._open = 0
         self._refusals = RefusalLog()
 
     @property
     def open(self) -> int:
-        """Connections acquired and not yet released."""
+        """Connections admitted and not yet released."""
         return self._open
 
-    def try_acquire(self) -> bool:
-        """Count one more open connection, or refuse it (counted and, once per burst, logged)."""
+    def admit(self, pid: int | None = None, uid: int | None = None) -> str | None:
+        """Count one more open connection of this peer, or say why it is refused (counted and, once per
+        burst, logged: a share's refusal with its reason and the peer)."""
         with self._lock:
-            if self._open < self.limit:
+            why = self._full if self._open >= self.limit else None
+            if why is None and self._shares is not None:
+                why = self._shares.try_acquire(pid, uid)
+            if why is None:
                 self._open += 1
-                return True
+                return None
             report = self._refusals.refused(self._clock())
         self._on_refused()
         if report is not None:
+            # A share's refusal says whose and why; the cap's needs no more than the limit.
+            peer = {} if why == self._full else {"pid": pid, "uid": uid, "error": why}
             log.warning(
                 "connections.refused",
-                extra=fields(listener=self.listener, limit=self.limit, refused=report),
+                extra=fields(listener=self.listener, limit=self.limit, refused=report, **peer),
             )
-        return False
+        return why
 
-    def release(self) -> None:
+    def try_acquire(self) -> bool:
+        """``admit`` for a connection whose peer is not told apart: True when admitted."""
+        return self.admit() is None
+
+    def release(self, pid: int | None = None, uid: int | None = None) -> None:
         with self._lock:
             self._open = max(0, self._open - 1)
+            if self._shares is not None:
+                self._shares.release(pid, uid)
 
 
 #: A process may hold at most 1/PROCESS_SHARE of the event socket's connections (a user: all, unless set).
@@ -111,7 +128,8 @@ class PeerShares:
     ``per_process`` for one process and ``per_user`` for one user. ``try_acquire(pid, uid)`` on accept
     returns None (admitted: ``release`` it when the connection closes) or why it is refused. A peer whose
     credentials are unknown (``uid`` None) is only under the listener's cap; a pid of 0 (not visible here)
-    only under its user's share. Memory: an entry per peer with a connection open. Thread-safe."""
+    only under its user's share. Memory: an entry per peer with a connection open. Thread-safe (and used
+    under ``ConnectionCap``'s lock)."""
 
     def __init__(self, limit: int, *, per_process: int | None = None, per_user: int | None = None) -> None:
         # Never above the cap (the cap would refuse first), nor a user's below one of its processes'.

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, ConnectionCap, PeerShares, RefusalLog, Refuser
+from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, ConnectionCap, PeerShares, Refuser
 from dispatcher.errors import SocketPathError
 from dispatcher.ingest import Ingestor, LineReader
 from dispatcher.logs import fields, get_logger
@@ -184,12 +184,9 @@ class SocketServer:
         self.path = Path(path)
         self._ingestor = ingestor
         self._spawn = spawn
-        self._cap = ConnectionCap("socket", max_connections, on_refused)
-        self._shares = shares or PeerShares(max_connections)
-        self._on_refused = on_refused
-        self._peer_refusals = RefusalLog()  # only the accepting thread uses it
+        shares = shares or PeerShares(max_connections)
+        self._cap = ConnectionCap("socket", max_connections, on_refused, shares=shares)
         self._refuser = Refuser()
-        self._refusal = connection_refused(f"too many connections (at most {max_connections}); retry later")
         self._budgets = budgets or PeerBudgets()
         self._owns_path = listener is None
         self._sock = bind_unix_socket(self.path) if listener is None else listener
@@ -220,24 +217,13 @@ class SocketServer:
                 log.warning("socket.accept_failed", extra=fields(error=exc.strerror or str(exc)))
                 time.sleep(_ACCEPT_BACKOFF_SECONDS)  # out of descriptors or memory: let clients finish
                 continue
-            if not self._cap.try_acquire():
-                self._refuser.refuse(conn, self._refusal)
-                continue
             pid, uid = peer_credentials(conn)
-            if (why := self._shares.try_acquire(pid, uid)) is not None:
-                self._cap.release()
-                self._on_refused()
-                if (count := self._peer_refusals.refused(time.monotonic())) is not None:
-                    log.warning(
-                        "connections.refused",
-                        extra=fields(listener="socket", pid=pid, uid=uid, error=why, refused=count),
-                    )
+            if (why := self._cap.admit(pid, uid)) is not None:
                 self._refuser.refuse(conn, connection_refused(why))
                 continue
             with self._lock:
                 if self._closed:
-                    self._shares.release(pid, uid)
-                    self._cap.release()
+                    self._cap.release(pid, uid)
                     conn.close()
                     return
                 self._clients.add(conn)
@@ -271,8 +257,7 @@ class SocketServer:
             with self._lock:
                 self._clients.discard(conn)
             conn.close()
-            self._shares.release(pid, uid)
-            self._cap.release()
+            self._cap.release(pid, uid)
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop accepting, stop reading from clients; acks for lines already read are still written until one

@@ -250,8 +250,15 @@ class _Completion:
     def _call(self, record: AttemptRecord) -> None:
         with self._lock:
             done, self._done = self._done, None
-        if done is not None:  # the first of the reply, the sweeper and a failed send wins
+        if done is None:  # the first of the reply, the sweeper and a failed send wins
+            return
+        try:
             done(record)
+        except Exception as exc:
+            # A bug in ``done`` is logged, never raised: not into a reply reader (it would strand every later
+            # reply of its child), the sweeper, or a submitting worker (it would free the slot twice). Where,
+            # not what: a message could quote a secret.
+            log.error("transport.completion_failed", extra=fields(error=describe(exc)))
 
 
 def _pidfds_work() -> bool:
@@ -283,16 +290,6 @@ def _read_hello(conn: Connection, deadline: float, first: subprocess.Popen[bytes
         return int(pid) if head == b"hello" else None
     except (EOFError, OSError, ValueError):
         return None
-
-
-def _finish(entry: _Waiter | _Completion, reply: Reply | None) -> None:
-    """Hand a reply (None: the child died) to whoever waits for it. A submitted attempt's ``done`` runs
-    here, on the reply reader: a bug in it is logged, never the end of the reader (which would strand every
-    later reply of that child)."""
-    try:
-        entry.set(reply)
-    except Exception as exc:  # where, not what: a message could quote a secret
-        log.error("transport.completion_failed", extra=fields(error=describe(exc)))
 
 
 class _Sibling:
@@ -452,13 +449,13 @@ class ProcessClient:
             with child.lock:
                 waiter = child.pending.pop(reply.request_id, None)
             if waiter is not None:
-                _finish(waiter, reply)
+                waiter.set(reply)  # a submitted attempt's ``done`` runs here
         with child.lock:
             child.alive = False
             orphans = list(child.pending.values())
             child.pending.clear()
         for waiter in orphans:
-            _finish(waiter, None)
+            waiter.set(None)
         exitcode = child.process.wait()
         child.close_conn()
         if self._closed:
@@ -554,10 +551,7 @@ class ProcessClient:
         except Exception as exc:  # a bug: named by type only (a message could quote a secret)
             problem = f"internal error in the dispatcher ({type(exc).__name__})"
         if problem is not None:
-            try:
-                entry.fail(problem)
-            except Exception as exc:  # a bug in ``done``: logged, never raised into the submitting worker
-                log.error("transport.completion_failed", extra=fields(error=describe(exc)))
+            entry.fail(problem)
 
     def _sweep(self) -> None:
         """Every second: fail the submitted attempts whose child has not answered in time (a hung child)."""
@@ -571,10 +565,7 @@ class ProcessClient:
                             del child.pending[request_id]
                             late.append(entry)
             for entry in late:
-                try:
-                    entry.fail("no answer from the delivery process in time")
-                except Exception as exc:
-                    log.error("transport.completion_failed", extra=fields(error=describe(exc)))
+                entry.fail("no answer from the delivery process in time")
 
     def fetch_token(self, auth: TokenAuth, password: str, timeout_seconds: float) -> str:
         """The token flow, in a child; DeliveryError when it fails (the message holds no secret)."""

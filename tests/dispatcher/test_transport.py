@@ -24,8 +24,11 @@ from dispatcher.transport import _CAN_FORK, ProcessClient, _Sibling
 from reconciler.model import SecretRef, TokenAuth
 from tests.conftest import wait_until
 from tests.dispatcher.test_http import LocalServer, respond_ok, start_server, stop_server
+from tests.requires import requires
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+#: Forked delivery processes need pidfds (Linux 5.3+, not refused by seccomp); CI's kernel has them.
+FORKS = requires(_CAN_FORK, "a kernel with working pidfds (forked delivery processes)")
 
 
 @pytest.fixture
@@ -122,7 +125,7 @@ def _parent_of(pid: int) -> int:
         return int(stat.read().rpartition(")")[2].split()[1])
 
 
-@pytest.mark.skipif(not _CAN_FORK, reason="no working pidfds here: every delivery process starts fresh")
+@FORKS
 def test_the_second_child_is_forked_from_the_first_and_outlives_it(server: LocalServer) -> None:
     """With two processes the second is the first's fork (so it shares the first's imported memory:
     bench/memory.py measures it), serves attempts, and keeps serving when the first is killed; the first is
@@ -337,7 +340,7 @@ def test_a_sibling_whose_socket_already_ended_is_not_taken_for_alive() -> None:
     conn.close()
 
 
-@pytest.mark.skipif(not _CAN_FORK, reason="no working pidfds here: every delivery process starts fresh")
+@FORKS
 def test_a_killed_sibling_is_started_again_fresh_while_the_others_serve_on(server: LocalServer) -> None:
     """With three processes (two forked from the first), kill -9 of a forked one: it is started again as a
     fresh process (the main process's child), the first and the other sibling are untouched, and every
