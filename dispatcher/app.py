@@ -26,11 +26,12 @@ from typing import IO, TYPE_CHECKING
 
 from dispatcher import systemd
 from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, PeerShares
-from dispatcher.config import ConfigSource, initial_snapshot
+from dispatcher.config import ConfigSource, Snapshot, initial_snapshot
 from dispatcher.egress import EgressPolicy
 from dispatcher.engine import Engine, EngineSettings
 from dispatcher.errors import DispatcherError, StoreError
 from dispatcher.ingest import Committer, Ingestor
+from dispatcher.ingest_process import ChildSetup, IngestProcess
 from dispatcher.live import LiveConfig
 from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
@@ -76,6 +77,8 @@ class RunOptions:
     watch: bool = True
     delivery_processes: int = 1  # 0: attempts in this process's threads
     delivery_nice: int = 0  # how much lower the delivery processes' CPU priority is (--delivery-nice)
+    #: The event socket served by a process of its own (--ingest-process; never for --stdin).
+    ingest_process: bool = False
     activated: bool = False  # listen on the socket systemd passed (LISTEN_FDS) instead of socket_path
     #: Where secrets may come from (--secrets-dir, --secret-env); None: the defaults for the environment.
     secret_sources: SecretSources | None = None
@@ -148,14 +151,19 @@ class Dispatcher:
         listener = systemd.take_listener(os.environ) if o.activated and not o.use_stdin else None
         self.notifier = systemd.Notifier(os.environ)
         check_config_mount(o.config_dir)
+        source = ConfigSource(o.config_dir, self.environ, o.secret_sources, o.limits)
+        snapshot = initial_snapshot(source)
+        # Forked now: no thread runs yet (the store's pool, the engine and the watcher start below).
+        path = None if o.use_stdin else self._socket_path(listener)
+        ingest = self._fork_ingest(snapshot, listener) if o.ingest_process and path is not None else None
         # Started in this order, stopped in the reverse one (each ``callback`` below is a stop step).
         with contextlib.ExitStack() as stack:
+            if ingest is not None:
+                stack.callback(ingest.close)  # on every way out; a normal stop closes it first, below
             store = stack.enter_context(
                 store_choice.open_store(o.store_url, store_path(o.state_dir), lock=state_lock)
             )
             stack.enter_context(self.notifier)
-            source = ConfigSource(o.config_dir, self.environ, o.secret_sources, o.limits)
-            snapshot = initial_snapshot(source)
             metrics = Metrics()
             metrics.watch_queue(store.counts, lambda: _age(store.oldest_open_created_at(), self.clock()))
             metrics.watch_store(
@@ -164,7 +172,7 @@ class Dispatcher:
             live = LiveConfig(source, snapshot, store, metrics, clock=self.clock)
             # The delivery processes' reply readers and sweeper return deliberately (a child restarted, the
             # client closed): only an exception is a fault.
-            client = _client(o, lambda name, target: self.supervisor.spawn(name, target, until_stop=False))
+            client = _client(o, self._spawn_returning)
             stack.callback(client.close)
             engine = Engine(store, client, live.current, settings=o.engine, metrics=metrics, clock=self.clock)
             self._install_signals()
@@ -185,25 +193,101 @@ class Dispatcher:
                 log.warning("secrets.unresolved", extra=fields(count=len(problems), reasons=problems))
             store.prune(self.clock(), o.retention_seconds)
             live.sync_store()
-            services = _Services(self, live, engine, store, metrics)
+            services = _Services(self, live, engine, store, metrics, ingest)
             stack.callback(services.close)  # last: /healthz answers while the engine stops
             engine.start(self.supervisor.spawn)
             stack.callback(lambda: engine.stop(grace_seconds=_longest_timeout(live)))
-            committer = Committer(store, self.clock, engine.intake, metrics, spawn=self.supervisor.spawn)
-            stack.callback(committer.close)
-            stack.callback(self.supervisor.stopping)
-            stack.callback(self.notifier.stopping)
-            ingestor = Ingestor(committer, live.current, metrics, o.max_line_bytes)
-            services.start()
-            if o.use_stdin:
-                self._run_stdin(ingestor, engine, services)
+            if ingest is not None:
+                stack.callback(self.supervisor.stopping)
+                stack.callback(self.notifier.stopping)
+                services.start()
+                self._run_ingest_process(ingest, engine, services, path)
             else:
-                self._run_socket(o.socket_path, ingestor, services, listener)
+                committer = Committer(store, self.clock, engine.intake, metrics, spawn=self.supervisor.spawn)
+                stack.callback(committer.close)
+                stack.callback(self.supervisor.stopping)
+                stack.callback(self.notifier.stopping)
+                ingestor = Ingestor(committer, live.current, metrics, o.max_line_bytes)
+                services.start()
+                if o.use_stdin:
+                    self._run_stdin(ingestor, engine, services)
+                else:
+                    self._run_socket(o.socket_path, ingestor, services, listener)
         log.info("dispatch.stopped")
         if self.supervisor.fault is not None:
             log.error("dispatch.failed", extra=fields(reason=str(self.supervisor.fault)))
             return EXIT_INTERNAL_FAILURE
         return 0
+
+    def _spawn_returning(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        """A supervised thread that may return (only an exception is a fault)."""
+        return self.supervisor.spawn(name, target, until_stop=False)
+
+    def _socket_path(self, listener: socket.socket | None) -> Path:
+        if listener is not None:
+            return Path(systemd.socket_name(listener))
+        assert self.options.socket_path is not None
+        return self.options.socket_path
+
+    def _socket_server(
+        self, ingestor: Ingestor, listener: socket.socket | None, spawn: Spawn, metrics: Metrics
+    ) -> SocketServer:
+        o = self.options
+        return SocketServer(
+            self._socket_path(listener),
+            ingestor,
+            listener,
+            spawn=spawn,
+            max_connections=o.max_connections,
+            on_refused=metrics.connections_refused.labels(listener="socket").inc,
+            shares=PeerShares(
+                o.max_connections,
+                per_process=o.max_connections_per_process,
+                per_user=o.max_connections_per_user,
+            ),
+        )
+
+    def _fork_ingest(self, snapshot: Snapshot, listener: socket.socket | None) -> IngestProcess | None:
+        """The event socket's ingest in a process of its own (``dispatcher.ingest_process``); None where
+        it cannot be forked safely (ingest then runs in this process)."""
+        o = self.options
+        setup = ChildSetup(
+            open_store=lambda: store_choice.open_store(o.store_url, store_path(o.state_dir)),
+            serve=lambda ingestor, metrics, spawn: self._socket_server(ingestor, listener, spawn, metrics),
+            max_line_bytes=o.max_line_bytes,
+            clock=self.clock,
+        )
+        ingest = IngestProcess.fork(snapshot, setup)
+        if ingest is not None and listener is not None:
+            listener.close()  # the child's now; systemd keeps its own copy
+        return ingest
+
+    def _run_ingest_process(
+        self, ingest: IngestProcess, engine: Engine, services: _Services, path: Path | None
+    ) -> None:
+        def on_signal(name: str) -> None:
+            log.info("signal.stop", extra=fields(signal=name, via="ingest process"))
+            self.request_stop()
+
+        # New deliveries are in the store, due now: "a time just past", so the scheduler looks at once.
+        ingest.start(
+            self._spawn_returning,
+            on_committed=lambda: engine.scheduler.wake(self.clock() - 0.1),
+            on_signal=on_signal,
+            on_fault=self.supervisor.fail,
+        )
+        services.metrics.forward_ingest(ingest.totals)
+        log.info(
+            "socket.listening",
+            extra=fields(path=str(path), activated=self.options.activated, ingest_pid=ingest.pid),
+        )
+        services.announce_ready()
+        try:
+            while not self.stop_requested.is_set():
+                services.tick()
+        finally:
+            self.supervisor.stopping()
+            ingest.close()
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -213,24 +297,9 @@ class Dispatcher:
     def _run_socket(
         self, path: Path | None, ingestor: Ingestor, services: _Services, listener: socket.socket | None
     ) -> None:
-        if listener is not None:
-            path = Path(systemd.socket_name(listener))
-        assert path is not None
-        server = SocketServer(
-            path,
-            ingestor,
-            listener,
-            spawn=self.supervisor.spawn,
-            max_connections=self.options.max_connections,
-            on_refused=services.metrics.connections_refused.labels(listener="socket").inc,
-            shares=PeerShares(
-                self.options.max_connections,
-                per_process=self.options.max_connections_per_process,
-                per_user=self.options.max_connections_per_user,
-            ),
-        )
+        server = self._socket_server(ingestor, listener, self.supervisor.spawn, services.metrics)
         server.start()
-        log.info("socket.listening", extra=fields(path=str(path), activated=listener is not None))
+        log.info("socket.listening", extra=fields(path=str(server.path), activated=listener is not None))
         services.announce_ready()
         try:
             while not self.stop_requested.is_set():
@@ -280,9 +349,16 @@ class _Services:
     SECRETS_EVERY_SECONDS = 1.0
 
     def __init__(
-        self, app: Dispatcher, live: LiveConfig, engine: Engine, store: Store, metrics: Metrics
+        self,
+        app: Dispatcher,
+        live: LiveConfig,
+        engine: Engine,
+        store: Store,
+        metrics: Metrics,
+        ingest: IngestProcess | None = None,
     ) -> None:
         self.app = app
+        self.ingest = ingest
         self.live = live
         self.engine = engine
         self.store = store
@@ -369,6 +445,8 @@ class _Services:
             self.live.reload(reason, changed)
         if self.live.current().revision != before:
             self.engine.scheduler.wake()
+        if self.ingest is not None:
+            self.ingest.send_snapshot(self.live.current())  # only when its table changed
 
     def close(self) -> None:
         if self.watcher is not None:

@@ -142,6 +142,13 @@ _RUN_STORE_HELP = (
     help="Child processes making the HTTP attempts (0: threads of this process).",
 )
 @click.option(
+    "--ingest-process/--no-ingest-process",
+    default=True,
+    show_default=True,
+    help="Serve the event socket (read, parse, commit, ack) in a process of its own, so that acks keep "
+    "their pace while deliveries run (not with --stdin).",
+)
+@click.option(
     "--delivery-nice",
     type=click.IntRange(0, 19),
     default=DEFAULT_DELIVERY_NICE,
@@ -206,6 +213,7 @@ def run(
     workers: int,
     per_endpoint: int,
     delivery_processes: int,
+    ingest_process: bool,
     delivery_nice: int,
     retention: float,
     watch: bool,
@@ -248,6 +256,7 @@ def run(
         watch=watch,
         delivery_processes=delivery_processes,
         delivery_nice=delivery_nice,
+        ingest_process=ingest_process,
         activated=activated,
         secret_sources=SecretSources.build(map(str, secrets_dirs), secret_env),
         limits=replace(DEFAULT_LIMITS, max_file_bytes=max_file_bytes),

@@ -90,11 +90,15 @@ class Committer:
         metrics: Metrics,
         *,
         spawn: Spawn = start_thread,
+        on_committed: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_committed(n)``: told after each commit that created ``n`` > 0 deliveries (the ingest
+        process tells the engine's process that due work is in the store)."""
         self._store = store
         self._clock = clock
         self._intake = intake
         self._metrics = metrics
+        self._on_committed = on_committed
         self._queue: queue.Queue[_Batch | None] = queue.Queue()
         self._current: list[_Batch] = []
         self._dead = False
@@ -171,6 +175,10 @@ class Committer:
         leases = [lease for r in results if isinstance(r, EnqueueResult) for lease in r.leases]
         if leases:
             self._intake.admit(leases)
+        if self._on_committed is not None:
+            created = sum(len(r.delivery_ids) for r in results if isinstance(r, EnqueueResult))
+            if created:
+                self._on_committed(created)
 
     def _store_isolating(self, events: list[NewEvent], admission: Admission) -> list[EnqueueResult | str]:
         """Enqueue ``events`` in one transaction; if that fails with anything but a StoreError, in halves

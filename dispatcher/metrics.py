@@ -3,11 +3,16 @@
 Each ``Metrics`` owns its own registry, so tests and several dispatchers in one process never collide.
 The two reload metrics keep the names Prometheus and Alertmanager made familiar, unprefixed, as the spec
 writes them; everything else is prefixed ``dispatch_``. No label ever carries a secret or a URL.
+
+With an ingest process (``dispatcher.ingest_process``) the ingest counters are counted there: the parent's
+``render`` first brings its own up to the child's totals, so a scrape after an ack counts that ack.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -66,6 +71,16 @@ class _StoreCollector(Collector):
             )
 
 
+@dataclass(frozen=True)
+class IngestTotals:
+    """The ingest counters, cumulative: what an ingest process reports to its parent."""
+
+    accepted: float = 0.0
+    duplicate: float = 0.0
+    rejected: float = 0.0
+    refused: float = 0.0  # event-socket connections refused
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -119,6 +134,42 @@ class Metrics:
             "dispatch_webhooks", "Webhooks in the active table by status.", ["status"], registry=r
         )
         self.reload_successful.set(1)
+        self._ingest_totals: Callable[[], IngestTotals] | None = None
+        self._ingest_seen = IngestTotals()
+        self._ingest_lock = threading.Lock()
+
+    def ingest_totals(self) -> IngestTotals:
+        """This process's own ingest counters."""
+
+        def value(name: str, labels: dict[str, str] | None = None) -> float:
+            return self.registry.get_sample_value(f"dispatch_{name}_total", labels) or 0.0
+
+        return IngestTotals(
+            accepted=value("events_accepted"),
+            duplicate=value("events_duplicate"),
+            rejected=value("events_rejected"),
+            refused=value("connections_refused", {"listener": "socket"}),
+        )
+
+    def forward_ingest(self, totals: Callable[[], IngestTotals]) -> None:
+        """The ingest counters are another process's: ``totals()`` gives them at each render."""
+        self._ingest_totals = totals
+
+    def _catch_up(self, totals: IngestTotals) -> None:
+        counters = {
+            "accepted": self.events_accepted,
+            "duplicate": self.events_duplicate,
+            "rejected": self.events_rejected,
+            "refused": self.connections_refused.labels(listener="socket"),
+        }
+        with self._ingest_lock:  # two scrapes at once: each count is added once (an older reading adds 0)
+            seen = {}
+            for f in fields(IngestTotals):
+                now, before = getattr(totals, f.name), getattr(self._ingest_seen, f.name)
+                if now > before:
+                    counters[f.name].inc(now - before)
+                seen[f.name] = max(now, before)
+            self._ingest_seen = IngestTotals(**seen)
 
     def watch_queue(
         self,
@@ -131,4 +182,6 @@ class Metrics:
         self.registry.register(_StoreCollector(backend, holders))
 
     def render(self) -> bytes:
+        if self._ingest_totals is not None:
+            self._catch_up(self._ingest_totals())
         return generate_latest(self.registry)
