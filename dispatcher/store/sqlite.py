@@ -19,15 +19,24 @@ Decisions worth knowing:
   delivery's lease matches (the same check as the attempt row), so a stale outcome stores no callback. Their
   ids come from AUTOINCREMENT (never reused); their lease tokens from the shared counter.
 - The DDL and its migrations are in ``dispatcher/store/schema.py``; opening a file migrates it in place.
+- Writers queue on a lock file beside the database (``<file>-wlock``, ``flock``) before they begin: with an
+  ingest process (``dispatcher.ingest_process``) two processes write the file at once. SQLite's own busy
+  handler sleeps and polls (1, 2, 5 ... 100 ms), so the engine's short transactions lost every race to
+  ingest's back-to-back commits and delivery stopped while ingest ran; the lock file is polled every 0.2 ms,
+  so a waiter takes its turn as soon as the holder is done. The file is the store's own: deleting it while
+  no dispatcher runs is harmless.
 - Memory: the page cache is bounded (``cache_size``) and no method loads more than one batch of rows, so a
   million pending deliveries cost disk, not RSS.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -258,6 +267,42 @@ def _uuid_text(key: bytes | str) -> str:
     return key.hex() if isinstance(key, bytes) else key
 
 
+_QUEUE_STEP_SECONDS = 0.0002
+
+
+def _open_write_queue(path: Path) -> int | None:
+    """The lock file writers queue on (see the module's notes); None where it cannot be created (a
+    read-only directory: SQLite's busy handler still serialises writers)."""
+    try:
+        return os.open(f"{path}-wlock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+
+
+@contextmanager
+def _queued(fd: int | None, timeout_seconds: float) -> Iterator[None]:
+    """Hold the writers' lock file for one transaction. Waited for in steps of 0.2 ms (a waiter takes its
+    turn as soon as the holder is done), at most ``timeout_seconds``: past that, the transaction goes on
+    without it and SQLite's busy timeout decides (a writer stuck mid-transaction is an error, not a hang)."""
+    held = False
+    if fd is not None:
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(_QUEUE_STEP_SECONDS)
+    try:
+        yield
+    finally:
+        if held:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 def _json_list(values: Sequence[object]) -> str:
     return json.dumps(list(values))
 
@@ -286,13 +331,24 @@ class SQLiteStore:
         self._level = self._durable_level
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
-        self._writer = self._connect(synchronous.upper(), _WRITER_CACHE_KIB, writer=True)
+        self._queue_fd = _open_write_queue(self.path)
+        try:
+            self._writer = self._connect(synchronous.upper(), _WRITER_CACHE_KIB, writer=True)
+        except BaseException:
+            self._close_queue()
+            raise
         try:
             self._create_schema()
             self._reader = self._connect(synchronous.upper(), _READER_CACHE_KIB, writer=False)
         except BaseException:
             self._writer.close()
+            self._close_queue()
             raise
+
+    def _close_queue(self) -> None:
+        if self._queue_fd is not None:
+            os.close(self._queue_fd)
+            self._queue_fd = None
 
     def _connect(self, synchronous: str, cache_kib: int, *, writer: bool) -> sqlite3.Connection:
         try:
@@ -360,7 +416,7 @@ class SQLiteStore:
         """One write transaction, taken up front (IMMEDIATE) so it never fails half-way on a lock upgrade.
 
         ``durable=False``: committed without waiting for the disk (see ``_light_level``)."""
-        with self._write_lock, _translated(action, self.path):
+        with self._write_lock, _translated(action, self.path), _queued(self._queue_fd, self._busy_ms / 1000):
             conn = self._writer
             level = self._durable_level if durable else self._light_level
             if level != self._level:
@@ -793,6 +849,7 @@ class SQLiteStore:
         with self._write_lock, self._read_lock:
             self._reader.close()
             self._writer.close()
+            self._close_queue()
 
     def __enter__(self) -> SQLiteStore:
         return self
