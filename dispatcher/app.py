@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING
 
 from dispatcher import systemd
 from dispatcher.caps import DEFAULT_MAX_CONNECTIONS, PeerShares
-from dispatcher.config import ConfigSource, Snapshot, initial_snapshot
+from dispatcher.config import ConfigSource, initial_snapshot
 from dispatcher.egress import EgressPolicy
 from dispatcher.engine import Engine, EngineSettings
 from dispatcher.errors import DispatcherError, StoreError
@@ -151,15 +151,15 @@ class Dispatcher:
         listener = systemd.take_listener(os.environ) if o.activated and not o.use_stdin else None
         self.notifier = systemd.Notifier(os.environ)
         check_config_mount(o.config_dir)
-        source = ConfigSource(o.config_dir, self.environ, o.secret_sources, o.limits)
-        snapshot = initial_snapshot(source)
-        # Forked now: no thread runs yet (the store's pool, the engine and the watcher start below).
+        # Forked first: no thread runs yet, and the heap it shares with us is small (see ingest_process).
         path = None if o.use_stdin else self._socket_path(listener)
-        ingest = self._fork_ingest(snapshot, listener) if o.ingest_process and path is not None else None
+        ingest = self._fork_ingest(listener) if o.ingest_process and path is not None else None
         # Started in this order, stopped in the reverse one (each ``callback`` below is a stop step).
         with contextlib.ExitStack() as stack:
             if ingest is not None:
                 stack.callback(ingest.close)  # on every way out; a normal stop closes it first, below
+            source = ConfigSource(o.config_dir, self.environ, o.secret_sources, o.limits)
+            snapshot = initial_snapshot(source)
             store = stack.enter_context(
                 store_choice.open_store(o.store_url, store_path(o.state_dir), lock=state_lock)
             )
@@ -247,7 +247,7 @@ class Dispatcher:
             ),
         )
 
-    def _fork_ingest(self, snapshot: Snapshot, listener: socket.socket | None) -> IngestProcess | None:
+    def _fork_ingest(self, listener: socket.socket | None) -> IngestProcess | None:
         """The event socket's ingest in a process of its own (``dispatcher.ingest_process``); None where
         it cannot be forked safely (ingest then runs in this process)."""
         o = self.options
@@ -257,7 +257,7 @@ class Dispatcher:
             max_line_bytes=o.max_line_bytes,
             clock=self.clock,
         )
-        ingest = IngestProcess.fork(snapshot, setup)
+        ingest = IngestProcess.fork(setup)
         if ingest is not None and listener is not None:
             listener.close()  # the child's now; systemd keeps its own copy
         return ingest
@@ -271,6 +271,7 @@ class Dispatcher:
 
         # New deliveries are in the store, due now: "a time just past", so the scheduler looks at once.
         ingest.start(
+            services.live.current(),
             self._spawn_returning,
             on_committed=lambda: engine.scheduler.wake(self.clock() - 0.1),
             on_signal=on_signal,

@@ -6,14 +6,16 @@ the workers, the outcome writer). While deliveries ran at full speed, acks fell 
 
 How it runs:
 
-- ``dispatch run`` forks it before any thread starts, once the first table is loaded, so the child shares
-  the interpreter's pages and the table's copy-on-write. It waits for ``start``: by then the parent has opened
-  the store (migrated it, reclaimed the leases it found). The child then opens its own connection to the same
-  store, listens on the event socket and answers ``listening``.
+- ``dispatch run`` forks it first, before any thread starts and before the table is loaded: the child
+  shares the interpreter's pages copy-on-write, and none of the parent's later writes to its heap copy a
+  page the child holds (forked after the load, the child ended up with a private copy of the whole table as
+  the parent touched it: 20 MB of 10,000 webhooks). It waits for ``start``, which brings the routing part
+  of the table: by then the parent has opened the store (migrated it, reclaimed the leases it found). The
+  child then opens its own connection to the same store, listens on the event socket, answers ``listening``.
 - New deliveries are created unleased and due now; after each commit that created some, the child tells the
   parent (``committed``), whose scheduler leases them into the engine. An ack still follows the durable
   commit, in input order on each connection: the guarantees do not change.
-- The parent sends every new routing table (``table``), asks for the ingest counters when ``/metrics`` is
+- The parent sends every new routing table (``snapshot``), asks for the ingest counters when ``/metrics`` is
   scraped (``totals``), and says ``stop``: the child stops reading, gives its clients the usual bounded time
   for their acks, commits what it read, answers ``stopped`` and exits 0.
 - Crash-only, both ways. A supervised thread of the child that dies is reported (``fault``) and fails the
@@ -37,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
@@ -50,6 +52,8 @@ from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import IngestTotals, Metrics
 from dispatcher.store.base import Store
 from dispatcher.supervise import EXIT_INTERNAL_FAILURE, Spawn, Supervisor, describe
+from reconciler.model import Webhook
+from reconciler.routing import RoutingTable
 
 log = get_logger("ingest")
 
@@ -117,7 +121,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(EXIT_INTERNAL_FAILURE)
 
 
-def _child(link: _Link, snapshot: Snapshot, setup: ChildSetup) -> int:
+def _child(link: _Link, setup: ChildSetup) -> int:
     signalled: list[str] = []
     fault_sent = False
 
@@ -135,7 +139,7 @@ def _child(link: _Link, snapshot: Snapshot, setup: ChildSetup) -> int:
         return 0  # "stop": the parent failed to start
     supervisor = Supervisor()
     metrics = Metrics()
-    current = [_routing_only(snapshot)]
+    current: list[Snapshot] = [first[1]]
     try:
         with contextlib.ExitStack() as stack:
             try:
@@ -187,8 +191,13 @@ def _child(link: _Link, snapshot: Snapshot, setup: ChildSetup) -> int:
 
 
 def _routing_only(snapshot: Snapshot) -> Snapshot:
-    """What ingest needs of a snapshot: its table and revision, never a secret value."""
-    return replace(snapshot, secrets={}, secret_errors={})
+    """What ingest needs of a snapshot, to send to the child: each webhook's name, event types, status and
+    filters, in a table of their own (a fraction of the whole definitions' memory), and never a secret."""
+    hooks = {
+        name: Webhook(h.name, "", h.event_types, h.active, match=h.match, scope=h.scope)
+        for name, h in snapshot.table.webhooks.items()
+    }
+    return Snapshot(RoutingTable(hooks, snapshot.table.revision), {}, snapshot.revision)
 
 
 # -- the parent ----------------------------------------------------------------------------------------------
@@ -216,7 +225,7 @@ class IngestProcess:
         self._sent: Snapshot | None = None  # the snapshot whose table the child routes with
 
     @classmethod
-    def fork(cls, snapshot: Snapshot, setup: ChildSetup) -> IngestProcess | None:
+    def fork(cls, setup: ChildSetup) -> IngestProcess | None:
         """Fork the child; None where that is not safe (threads are running: a test, an embedding)."""
         if threading.active_count() > 1 or not hasattr(os, "fork"):
             return None
@@ -232,16 +241,15 @@ class IngestProcess:
             try:
                 parent_end.close()
                 _die_with_parent(parent)
-                code = _child(_Link(Connection(child_end.detach())), snapshot, setup)
+                code = _child(_Link(Connection(child_end.detach())), setup)
             finally:
                 os._exit(code)
         child_end.close()
-        handle = cls(pid, _Link(Connection(parent_end.detach())))
-        handle._sent = snapshot
-        return handle
+        return cls(pid, _Link(Connection(parent_end.detach())))
 
     def start(
         self,
+        snapshot: Snapshot,
         spawn: Spawn,
         on_committed: Callable[[], None],
         on_signal: Callable[[str], None],
@@ -252,7 +260,8 @@ class IngestProcess:
         self._on_committed = on_committed
         self._on_signal = on_signal
         self._on_fault = on_fault
-        self._link.send(("start",))
+        self._sent = snapshot
+        self._link.send(("start", _routing_only(snapshot)))
         spawn("dispatch-ingest-link", self._read)
         deadline = time.monotonic() + START_SECONDS
         with self._lock:

@@ -299,7 +299,7 @@ def _queued(fd: int | None, timeout_seconds: float) -> Iterator[None]:
     try:
         yield
     finally:
-        if held:
+        if held and fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
 

@@ -24,7 +24,7 @@ def _port() -> int:
 
 
 def _start(processes: list[DispatchProcess], config: Path, tmp_path: Path, *extra: str) -> DispatchProcess:
-    proc = DispatchProcess(config, tmp_path / "state", extra_args=list(extra))
+    proc = DispatchProcess(config, tmp_path / "state", extra_args=["--ingest-process", *extra])
     processes.append(proc)
     return proc
 
@@ -159,7 +159,7 @@ def test_a_dispatcher_that_fails_to_start_leaves_no_ingest_process(
     _start(processes, config_dir, tmp_path)
     second = tmp_path / "second.sock"
     command = [*dispatch_command(), "run", "--config", str(config_dir), "--state", str(tmp_path / "state")]
-    command += ["--socket", str(second), "--allow-cidr", "127.0.0.0/8"]
+    command += ["--socket", str(second), "--allow-cidr", "127.0.0.0/8", "--ingest-process"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "another dispatcher is running" in out.stderr
     time.sleep(0.5)
@@ -170,7 +170,8 @@ def test_a_dispatcher_that_fails_to_start_leaves_no_ingest_process(
 def test_no_ingest_process_serves_the_socket_in_the_dispatcher_itself(
     receiver: Receiver, config_dir: Path, tmp_path: Path, processes: list[DispatchProcess]
 ) -> None:
-    """--no-ingest-process: no child is forked for ingest, and events are still acknowledged and delivered."""
+    """--no-ingest-process (the default): no child is forked for ingest; events are acknowledged and
+    delivered."""
     write_webhook(config_dir, "erp", receiver.url("/erp"))
     proc = _start(processes, config_dir, tmp_path, "--no-ingest-process")
     assert proc.publish([event_line()])[0]["deliveries"] == 1
