@@ -282,13 +282,7 @@ class Dispatcher:
             "socket.listening",
             extra=fields(path=str(path), activated=self.options.activated, ingest_pid=ingest.pid),
         )
-        services.announce_ready()
-        try:
-            while not self.stop_requested.is_set():
-                services.tick()
-        finally:
-            self.supervisor.stopping()
-            ingest.close()
+        self._serve_until_stop(services, ingest.close)
 
     def _install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -301,13 +295,17 @@ class Dispatcher:
         server = self._socket_server(ingestor, listener, self.supervisor.spawn, services.metrics)
         server.start()
         log.info("socket.listening", extra=fields(path=str(server.path), activated=listener is not None))
+        self._serve_until_stop(services, server.close)
+
+    def _serve_until_stop(self, services: _Services, close: Callable[[], None]) -> None:
+        """Ready: run the main loop until a stop is requested, then ``close`` the event source first."""
         services.announce_ready()
         try:
             while not self.stop_requested.is_set():
                 services.tick()
         finally:
             self.supervisor.stopping()
-            server.close()
+            close()
 
     def _run_stdin(self, ingestor: Ingestor, engine: Engine, services: _Services) -> None:
         eof = threading.Event()
