@@ -139,6 +139,15 @@ _INSERT_EVENT = (
     "INSERT INTO events (id, uuid, type, created_at, body) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (uuid) DO NOTHING"
 )
+# A commit's events in one statement (see _insert_events): ?1 is a JSON array of [type, offset, length] of
+# each body in ?3, ?2 the events' 16-byte keys end to end, ?4 the first id, ?5 now. WHERE true: an upsert's
+# SELECT needs a WHERE, or SQLite reads ON as a join.
+_EVENTS_STATEMENT_BYTES = 32 << 20
+_INSERT_EVENTS = (
+    "INSERT INTO events (id, uuid, type, created_at, body) SELECT ?4 + key, substr(?2, 16 * key + 1, 16),"
+    " value ->> 0, ?5, substr(?3, value ->> 1, value ->> 2) FROM json_each(?1) WHERE true"
+    " ON CONFLICT (uuid) DO NOTHING"
+)
 # A commit's deliveries in one statement, from one JSON array of [id, event_id, webhook, leased]: executemany
 # steps once per row and gives the interpreter lock up and takes it back around every step, which under load
 # (the worker threads, the reply readers) makes each row wait for its turn: an event routed to 9 webhooks paid
@@ -301,6 +310,39 @@ def _queued(fd: int | None, timeout_seconds: float) -> Iterator[None]:
     finally:
         if held and fd is not None:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _insert_events(conn: sqlite3.Connection, first_id: int, events: Sequence[NewEvent], now: float) -> int:
+    """Insert ``events`` with ids from ``first_id`` (a duplicate uuid is skipped); how many went in.
+
+    One statement per up to ``_EVENTS_STATEMENT_BYTES`` of bodies (``_INSERT_EVENTS``), not ``executemany``:
+    that gives the interpreter lock up and waits to take it back for every row, and in the ingest process the
+    reading thread holds it meanwhile (the events' insert was most of the committer's time). The bound keeps
+    the joined bodies far below SQLite's limit on one value (1 GB; a batch may hold 5,000 lines of 1 MiB). A
+    batch holding a key that is not 16 bytes or a type with a NUL (which SQLite's JSON functions cut short)
+    goes in row by row."""
+    keys = [_uuid_key(e.uuid) for e in events]
+    blobs = [k for k in keys if isinstance(k, bytes)]
+    if len(blobs) < len(keys) or any("\0" in e.type for e in events):
+        rows = [
+            (first_id + i, k, e.type, now, e.body) for i, (k, e) in enumerate(zip(keys, events, strict=True))
+        ]
+        return int(conn.executemany(_INSERT_EVENT, rows).rowcount)
+    inserted = 0
+    start = 0
+    while start < len(events):
+        meta: list[tuple[str, int, int]] = []
+        offset = 1  # substr counts from 1
+        end = start
+        while end < len(events) and (end == start or offset <= _EVENTS_STATEMENT_BYTES):
+            meta.append((events[end].type, offset, len(events[end].body)))
+            offset += len(events[end].body)
+            end += 1
+        bodies = b"".join(e.body for e in events[start:end])
+        params = (json.dumps(meta), b"".join(blobs[start:end]), bodies, first_id + start, now)
+        inserted += conn.execute(_INSERT_EVENTS, params).rowcount
+        start = end
+    return inserted
 
 
 def _json_list(values: Sequence[object]) -> str:
@@ -466,12 +508,9 @@ class SQLiteStore:
         leases: dict[str, list[Lease]] = {}  # the deliveries created leased, per event, in webhook order
         with self._write("enqueue") as conn:
             first_event, delivery_id, token = self._counters(conn)
-            event_rows = [
-                (first_event + i, _uuid_key(e.uuid), e.type, now, e.body) for i, e in enumerate(unique)
-            ]
             # The common case has no duplicates: insert blindly, look at what was skipped only when needed.
             kept: set[int] | None = None
-            if conn.executemany(_INSERT_EVENT, event_rows).rowcount < len(unique):
+            if _insert_events(conn, first_event, unique, now) < len(unique):
                 end = first_event + len(unique)
                 kept = {
                     r[0]

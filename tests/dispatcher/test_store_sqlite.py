@@ -193,6 +193,44 @@ def test_one_commit_stores_every_delivery_row_exactly_as_routed(tmp_path: Path) 
         assert [lease.webhook for lease in result.leases] == [h for h in hooks if h not in unleased]
 
 
+@pytest.mark.parametrize(
+    ("odd", "statement_bytes"),
+    [
+        (None, 32 << 20),
+        (None, 1000),
+        (NewEvent("not-a-uuid", "x", b"{}", ("erp",)), 32 << 20),
+        (NewEvent(f"{9999:032x}", "a\0b", b"{}", ("erp",)), 32 << 20),
+    ],
+    ids=["one statement", "statements of 1000 bytes", "a key that is not 16 bytes", "a type with a NUL"],
+)
+def test_a_commit_stores_every_event_exactly_as_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, odd: NewEvent | None, statement_bytes: int
+) -> None:
+    """Each event of a batch becomes one row with its own consecutive id, its 16-byte key, its type (any
+    character JSON must escape) and its exact body bytes (any length, any byte), whether the batch goes in as
+    one statement, as several (bounded by their bodies' bytes) or, when one event cannot, row by row; a
+    duplicate of a stored event is skipped (its id is not used: ids are never reused)."""
+    monkeypatch.setattr(sqlite_module, "_EVENTS_STATEMENT_BYTES", statement_bytes)
+    types = ["package.created", 'q"uote', "back\\slash", "caf\u00e9", "\u2603.\U0001f600"]
+    batch = [
+        NewEvent(f"{n:032x}", types[n % len(types)], bytes(range(n % 256)) * (n % 7) + b"{}", ("erp",))
+        for n in range(1, 400)
+    ]
+    if odd is not None:
+        batch.insert(200, odd)
+    with SQLiteStore(tmp_path / "store.db") as store:
+        assert not any(r.duplicate for r in store.enqueue(batch, T0))
+        again = store.enqueue([batch[5], NewEvent(f"{5000:032x}", "t", b"{}", ())], T0 + 1)
+    assert [r.duplicate for r in again] == [True, False]
+    with contextlib.closing(sqlite3.connect(tmp_path / "store.db")) as conn:
+        rows = conn.execute(
+            "SELECT id, uuid, type, created_at, body, typeof(body) FROM events ORDER BY id"
+        ).fetchall()
+    key = sqlite_module._uuid_key
+    expected = [(i, key(e.uuid), e.type, T0, e.body, "blob") for i, e in enumerate(batch, start=1)]
+    assert rows == [*expected, (len(batch) + 2, key(f"{5000:032x}"), "t", T0 + 1, b"{}", "blob")]
+
+
 def test_a_webhook_name_with_a_nul_is_stored_whole(tmp_path: Path) -> None:
     """A webhook name holding a NUL character (which SQLite's JSON functions would cut short) is stored and
     leased back unchanged, next to ordinary names in the same commit."""
