@@ -10,6 +10,7 @@ answered ``503 Service Unavailable`` at once, on the accepting thread, and close
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,10 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from dispatcher.caps import STATUS_MAX_CONNECTIONS, ConnectionCap, Refuser
 from dispatcher.live import LiveConfig
+from dispatcher.logs import fields, get_logger
 from dispatcher.metrics import Metrics
 from dispatcher.store.base import Store
 from dispatcher.store.open import describe as describe_store
-from dispatcher.supervise import Spawn, start_thread
+from dispatcher.supervise import Spawn, describe, start_thread
 
 
 def _public_endpoint(url: str) -> str:
@@ -68,6 +70,8 @@ def build_status(live: LiveConfig, store: Store, now: float) -> dict[str, Any]:
 #: How long the status server waits for each read of a request before it closes the connection.
 IDLE_TIMEOUT_SECONDS = 5.0
 
+log = get_logger("status")
+
 _REFUSED_BODY = b"too many connections\n"
 _REFUSED = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
@@ -103,6 +107,15 @@ class _CappedServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.cap.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver prints a traceback to stderr for any error in a request. A client that hung up before
+        its answer was written (a probe that timed out) is not the dispatcher's error: nothing is logged. Any
+        other error is one log line, by place (``describe``), never by message."""
+        exc = sys.exc_info()[1]
+        if exc is None or isinstance(exc, ConnectionError):
+            return
+        log.warning("status.request_failed", extra=fields(error=describe(exc)))
 
 
 class StatusServer:

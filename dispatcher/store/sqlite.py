@@ -141,11 +141,11 @@ _INSERT_EVENT = (
 )
 # A commit's events in one statement (see _insert_events): ?1 is a JSON array of [type, offset, length] of
 # each body in ?3, ?2 the events' 16-byte keys end to end, ?4 the first id, ?5 now. WHERE true: an upsert's
-# SELECT needs a WHERE, or SQLite reads ON as a join.
+# SELECT needs a WHERE, or SQLite reads ON as a join. coalesce: substr of an empty blob is NULL, not x''.
 _EVENTS_STATEMENT_BYTES = 32 << 20
 _INSERT_EVENTS = (
     "INSERT INTO events (id, uuid, type, created_at, body) SELECT ?4 + key, substr(?2, 16 * key + 1, 16),"
-    " value ->> 0, ?5, substr(?3, value ->> 1, value ->> 2) FROM json_each(?1) WHERE true"
+    " value ->> 0, ?5, coalesce(substr(?3, value ->> 1, value ->> 2), x'') FROM json_each(?1) WHERE true"
     " ON CONFLICT (uuid) DO NOTHING"
 )
 # A commit's deliveries in one statement, from one JSON array of [id, event_id, webhook, leased]: executemany
@@ -318,12 +318,14 @@ def _insert_events(conn: sqlite3.Connection, first_id: int, events: Sequence[New
     One statement per up to ``_EVENTS_STATEMENT_BYTES`` of bodies (``_INSERT_EVENTS``), not ``executemany``:
     that gives the interpreter lock up and waits to take it back for every row, and in the ingest process the
     reading thread holds it meanwhile (the events' insert was most of the committer's time). The bound keeps
-    the joined bodies far below SQLite's limit on one value (1 GB; a batch may hold 5,000 lines of 1 MiB). A
-    batch holding a key that is not 16 bytes or a type with a NUL (which SQLite's JSON functions cut short)
-    goes in row by row."""
+    the joined bodies far below SQLite's limit on one value (1 GB; a batch may hold 5,000 lines of 1 MiB): a
+    statement holds one body more only when that body alone is larger. A batch goes in row by row, as before,
+    when an event has a key that is not 16 bytes (its key would shift the others') or a type that is not
+    ASCII without NUL (the protocol's types always are; SQLite's JSON functions cut a NUL short and would
+    store a lone surrogate as invalid UTF-8, where the row-by-row insert refuses it)."""
     keys = [_uuid_key(e.uuid) for e in events]
-    blobs = [k for k in keys if isinstance(k, bytes)]
-    if len(blobs) < len(keys) or any("\0" in e.type for e in events):
+    blobs = [k for k in keys if isinstance(k, bytes) and len(k) == 16]
+    if len(blobs) < len(keys) or not all(e.type.isascii() and "\0" not in e.type for e in events):
         rows = [
             (first_id + i, k, e.type, now, e.body) for i, (k, e) in enumerate(zip(keys, events, strict=True))
         ]
@@ -332,11 +334,11 @@ def _insert_events(conn: sqlite3.Connection, first_id: int, events: Sequence[New
     start = 0
     while start < len(events):
         meta: list[tuple[str, int, int]] = []
-        offset = 1  # substr counts from 1
+        size = 0
         end = start
-        while end < len(events) and (end == start or offset <= _EVENTS_STATEMENT_BYTES):
-            meta.append((events[end].type, offset, len(events[end].body)))
-            offset += len(events[end].body)
+        while end < len(events) and (end == start or size + len(events[end].body) <= _EVENTS_STATEMENT_BYTES):
+            meta.append((events[end].type, size + 1, len(events[end].body)))  # substr counts from 1
+            size += len(events[end].body)
             end += 1
         bodies = b"".join(e.body for e in events[start:end])
         params = (json.dumps(meta), b"".join(blobs[start:end]), bodies, first_id + start, now)

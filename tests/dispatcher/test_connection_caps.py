@@ -7,6 +7,8 @@ import http.client
 import json
 import logging
 import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,3 +318,80 @@ def test_a_refused_connection_reads_its_answer_and_is_closed_later() -> None:
         for a, b in pairs:
             a.close()
             b.close()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def status_log() -> Iterator[_Records]:
+    handler = _Records()
+    logger = logging.getLogger("dispatch.status")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_a_status_client_that_hangs_up_before_its_answer_leaves_no_traceback(
+    capfd: pytest.CaptureFixture[str], status_log: _Records
+) -> None:
+    """A client that resets its connection before a large /status answer is written (a probe that timed out)
+    makes the write fail; that prints no traceback on stderr, logs nothing, and the port answers the next
+    request."""
+    asked, hung_up = threading.Event(), threading.Event()
+
+    def slow_status() -> dict[str, object]:
+        asked.set()
+        hung_up.wait(10)
+        return {"padding": "x" * (4 << 20)}  # far more than the socket buffers take
+
+    server = StatusServer(("127.0.0.1", 0), Metrics(), slow_status, lambda: None)
+    server.start()
+    try:
+        port = server.address[1]
+        client = socket.create_connection(("127.0.0.1", port), timeout=20)
+        client.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert asked.wait(10)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with RST
+        client.close()
+        hung_up.set()
+        assert _get(port) == (200, b"ok\n")
+        wait_until(lambda: server._server.cap.open == 0)  # the failed write's handler has returned
+    finally:
+        server.close()
+    assert "Traceback" not in capfd.readouterr().err
+    assert status_log.records == []
+
+
+def test_an_error_answering_a_status_request_is_one_log_line_without_its_message(
+    capfd: pytest.CaptureFixture[str], status_log: _Records
+) -> None:
+    """A bug while answering (here /status raising) is logged once, by place, without the exception's message
+    (which could hold anything), and prints no traceback on stderr; the port answers the next request."""
+
+    def broken_status() -> dict[str, object]:
+        raise ValueError("hunter2")
+
+    server = StatusServer(("127.0.0.1", 0), Metrics(), broken_status, lambda: None)
+    server.start()
+    try:
+        port = server.address[1]
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            _get(port, "/status")
+        assert _get(port) == (200, b"ok\n")
+        wait_until(lambda: len(status_log.records) == 1)
+    finally:
+        server.close()
+    assert "Traceback" not in capfd.readouterr().err
+    [record] = status_log.records
+    assert record.getMessage() == "status.request_failed"
+    error = record.__dict__["fields"]["error"]
+    assert "ValueError at" in error and "hunter2" not in error

@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -193,34 +194,53 @@ def test_one_commit_stores_every_delivery_row_exactly_as_routed(tmp_path: Path) 
         assert [lease.webhook for lease in result.leases] == [h for h in hooks if h not in unleased]
 
 
+def _body(n: int) -> bytes:
+    """Any bytes, any length, every fifth one empty."""
+    return b"" if n % 5 == 0 else bytes(range(n % 256)) * (n % 7) + b"{}"
+
+
 @pytest.mark.parametrize(
-    ("odd", "statement_bytes"),
+    ("odd", "statement_bytes", "body"),
     [
-        (None, 32 << 20),
-        (None, 1000),
-        (NewEvent("not-a-uuid", "x", b"{}", ("erp",)), 32 << 20),
-        (NewEvent(f"{9999:032x}", "a\0b", b"{}", ("erp",)), 32 << 20),
+        (None, 32 << 20, _body),
+        (None, 1000, _body),
+        (None, 32 << 20, lambda n: b""),
+        (None, 10, lambda n: b"" if n % 3 else b"x" * 25),
+        (NewEvent("not-a-uuid", "x", b"{}", ("erp",)), 32 << 20, _body),
+        (NewEvent("00 11 22 33 44 55 66 77 88 99 aa", "x", b"{}", ("erp",)), 32 << 20, _body),
+        (NewEvent(f"{9999:032x}", "a\0b", b"{}", ("erp",)), 32 << 20, _body),
+        (NewEvent(f"{9999:032x}", "caf\u00e9.\U0001f600", b"{}", ("erp",)), 32 << 20, _body),
     ],
-    ids=["one statement", "statements of 1000 bytes", "a key that is not 16 bytes", "a type with a NUL"],
+    ids=[
+        "one statement",
+        "statements of 1000 bytes",
+        "every body empty",
+        "empty bodies around bodies over the bound",
+        "a key that is not hex",
+        "a hex key that is not 16 bytes",
+        "a type with a NUL",
+        "a type that is not ASCII",
+    ],
 )
 def test_a_commit_stores_every_event_exactly_as_given(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, odd: NewEvent | None, statement_bytes: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    odd: NewEvent | None,
+    statement_bytes: int,
+    body: Callable[[int], bytes],
 ) -> None:
-    """Each event of a batch becomes one row with its own consecutive id, its 16-byte key, its type (any
-    character JSON must escape) and its exact body bytes (any length, any byte), whether the batch goes in as
-    one statement, as several (bounded by their bodies' bytes) or, when one event cannot, row by row; a
-    duplicate of a stored event is skipped (its id is not used: ids are never reused)."""
+    """Each event of a batch becomes one row with its own consecutive id, its key, its type (characters JSON
+    must escape included) and its exact body bytes (any length, empty included, any byte), whether the batch
+    goes in as one statement, as several (bounded by their bodies' bytes) or, when one event cannot, row by
+    row; a duplicate of a stored event is skipped (its id is not used: ids are never reused)."""
     monkeypatch.setattr(sqlite_module, "_EVENTS_STATEMENT_BYTES", statement_bytes)
-    types = ["package.created", 'q"uote', "back\\slash", "caf\u00e9", "\u2603.\U0001f600"]
-    batch = [
-        NewEvent(f"{n:032x}", types[n % len(types)], bytes(range(n % 256)) * (n % 7) + b"{}", ("erp",))
-        for n in range(1, 400)
-    ]
+    types = ["package.created", 'q"uote', "back\\slash", "ctl\x01\n\x7f", "<tag>&'"]
+    batch = [NewEvent(f"{n:032x}", types[n % len(types)], body(n), ("erp",)) for n in range(1, 400)]
     if odd is not None:
         batch.insert(200, odd)
     with SQLiteStore(tmp_path / "store.db") as store:
         assert not any(r.duplicate for r in store.enqueue(batch, T0))
-        again = store.enqueue([batch[5], NewEvent(f"{5000:032x}", "t", b"{}", ())], T0 + 1)
+        again = store.enqueue([batch[5], NewEvent(f"{5000:032x}", "t", b"", ())], T0 + 1)
     assert [r.duplicate for r in again] == [True, False]
     with contextlib.closing(sqlite3.connect(tmp_path / "store.db")) as conn:
         rows = conn.execute(
@@ -228,7 +248,20 @@ def test_a_commit_stores_every_event_exactly_as_given(
         ).fetchall()
     key = sqlite_module._uuid_key
     expected = [(i, key(e.uuid), e.type, T0, e.body, "blob") for i, e in enumerate(batch, start=1)]
-    assert rows == [*expected, (len(batch) + 2, key(f"{5000:032x}"), "t", T0 + 1, b"{}", "blob")]
+    assert rows == [*expected, (len(batch) + 2, key(f"{5000:032x}"), "t", T0 + 1, b"", "blob")]
+
+
+def test_an_event_type_that_is_not_valid_unicode_is_refused_alone(tmp_path: Path) -> None:
+    """A type holding a lone surrogate (which no UTF-8 column can hold) fails its enqueue before anything is
+    stored, and the store goes on leasing what it holds (ingest then stores the batch's other events
+    alone)."""
+    with SQLiteStore(tmp_path / "store.db") as store:
+        store.enqueue(events(1, 3), T0)
+        with pytest.raises(UnicodeEncodeError):
+            store.enqueue([*events(10, 3), NewEvent(f"{20:032x}", "bad\ud800type", b"{}", ("erp",))], T0)
+        assert sorted(lease.event_uuid for lease in store.lease(T0, 10, 30)) == [
+            f"{n:032x}" for n in (1, 2, 3)
+        ]
 
 
 def test_a_webhook_name_with_a_nul_is_stored_whole(tmp_path: Path) -> None:
