@@ -307,3 +307,26 @@ def test_a_read_only_state_directory_is_one_line_and_exit_1(tmp_path: Path, conf
             state.chmod(0o700)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert str(state) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [[], ["--ingest-process"]], ids=["in process", "ingest process"])
+def test_lines_at_the_size_limit_are_stored_and_delivered_byte_for_byte(
+    tmp_path: Path, config_dir: Path, receiver: Receiver, processes: list[DispatchProcess], extra: list[str]
+) -> None:
+    """A producer pipelining 40 lines just under the 1 MiB limit (more than one SQL statement's 32 MiB of
+    bodies if they share a commit), each holding characters JSON escapes and non-ASCII text, between small
+    events: every line is acknowledged ok and every event is delivered with exactly the payload it sent."""
+    write_webhook(config_dir, "erp", receiver.url("/hook"))
+    proc = DispatchProcess(config_dir, tmp_path / "state", extra_args=extra)
+    processes.append(proc)
+    filler = 'q"\\<>&\u00e9\u2603\U0001f600\t' * 70_000
+    lines = []
+    for i in range(40):
+        big = event_line(payload={"n": i, "big": filler[: 280_000 + i]})
+        assert 900_000 < len(big) < 1 << 20
+        lines += [big, event_line(payload={"n": 100 + i})]
+    acks = proc.publish(lines, timeout=120)
+    assert [a["ok"] for a in acks] == [True] * len(lines)
+    received = receiver.wait_count("/hook", len(lines), timeout=120)
+    payloads = {r.json()["payload"]["n"]: r.json()["payload"] for r in received}
+    assert payloads == {json.loads(line)["payload"]["n"]: json.loads(line)["payload"] for line in lines}
