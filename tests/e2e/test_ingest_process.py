@@ -232,3 +232,35 @@ def _delivered(state: Path) -> int:
         return int(n)
     finally:
         conn.close()
+
+
+def _nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_with_an_ingest_process_the_acks_run_first_on_busy_cores(
+    receiver: Receiver, config_dir: Path, tmp_path: Path, processes: list[DispatchProcess]
+) -> None:
+    """The ingest process keeps the priority dispatch run started with; the main process (leases, outcomes)
+    runs 5 nicer and the delivery processes at the default --delivery-nice below it (19 at most), all read
+    back from /proc; without the option the main process keeps its priority."""
+    write_webhook(config_dir, "erp", receiver.url("/erp"))
+    base = _nice(os.getpid())
+    proc = _start(processes, config_dir, tmp_path)
+    pid = _ingest_pid(proc)
+    main = proc.proc.pid
+    assert _nice(pid) == base
+    assert _nice(main) == min(19, base + 5)
+    delivery = [c for c in _children(main) if c != pid]
+    assert delivery, "no delivery process found"
+    assert all(_nice(c) == 19 for c in delivery)
+    proc.stop()
+    plain = DispatchProcess(config_dir, tmp_path / "state-plain")
+    processes.append(plain)
+    plain.publish([event_line()])
+    assert _nice(plain.proc.pid) == base
+    assert all(_nice(c) == 19 for c in _children(plain.proc.pid))
