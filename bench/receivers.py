@@ -140,7 +140,8 @@ class DelayedNginx(ChildProcess):
     def __init__(self, workdir: Path, count: int, delay_ms: float) -> None:
         binary = nginx_binary()
         assert binary is not None and ECHO_MODULE.exists(), "check DelayedNginx.available() first"
-        answer = f"echo_read_request_body; echo_sleep {delay_ms / 1000:g}; echo_status 204;"
+        wait = f" echo_sleep {delay_ms / 1000:g};" if delay_ms > 0 else ""
+        answer = f"echo_read_request_body;{wait} echo_status 204;"
         modules = f"load_module {ECHO_MODULE};\n"
         for attempt in range(3):  # the ports are free when chosen; another process may take one meanwhile
             self.ports = _distinct_free_ports(count)

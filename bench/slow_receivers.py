@@ -14,7 +14,10 @@ Shapes (the receivers run for the whole run, on 127.0.0.1):
   port per endpoint; ``--delayed python``, or without the module, bench/delayed_receiver.py: one asyncio
   process);
 - slow-1000: 1,000 endpoints answering after 200 ms (a second such receiver on 1,000 ports; the endpoint key
-  is host:port, so each port is an endpoint with its own limit).
+  is host:port, so each port is an endpoint with its own limit);
+- instant-1000: the same 1,000 endpoints' twin answering at once (a third such receiver, no ``echo_sleep``):
+  the same webhooks, fan-out (every event to all 1,000), signatures and connections as slow-1000, without
+  the wait. It is slow-1000's CPU bound: what those deliveries cost when nothing is waited for.
 
 For every ``--workers`` value (default: the dispatcher's own default) and round, each shape gets a fresh
 ``dispatch run`` with one signed webhook per endpoint and every event matching every webhook; events go in
@@ -26,7 +29,9 @@ deliveries over that time). Also reported: the CPU the dispatcher's processes us
 
 Bounds, each slow shape against the lowest of (reported with which one it is):
 
-- CPU: the same dispatcher's fast-endpoint throughput in the same round set (median);
+- CPU: the same dispatcher's throughput in the same round set (median) on the shape's instant twin where
+  there is one (instant-1000 for slow-1000), else on the fast endpoint (slow-20: the issue's own bound).
+  slow-1000 against the fast endpoint is printed too;
 - configured limits: attempts in flight at most min(workers, endpoints x per_endpoint), each taking the
   delay at least, so min(workers, endpoints x per_endpoint) / delay deliveries per second.
 
@@ -135,13 +140,14 @@ def run_dispatcher(
         return Side(outcome, cpu * 1e6 / max(1, outcome.delivered))
 
 
-def bound(shape: Shape, workers: int, per_endpoint: int, fast_rate: float) -> tuple[float, str]:
-    """The lower of the CPU bound (the fast figure) and the configured limits' (in flight / delay)."""
+def bound(shape: Shape, workers: int, per_endpoint: int, cpu_rate: float, cpu_what: str) -> tuple[float, str]:
+    """The lower of the CPU bound (``cpu_rate``: the instant twin's or the fast figure) and the configured
+    limits' (in flight / delay)."""
     in_flight = min(workers, len(shape.urls) * per_endpoint)
     limits = in_flight / shape.delay_seconds
-    if limits < fast_rate:
+    if limits < cpu_rate:
         return limits, f"limits: {in_flight} in flight / {shape.delay_seconds * 1000:g} ms"
-    return fast_rate, "CPU: fast-endpoint figure"
+    return cpu_rate, f"CPU: {cpu_what}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         fast = stack.enter_context(fast_receiver(args.receiver, workdir))
         slow_few = stack.enter_context(delayed_receiver(args.delayed, workdir / "slow-few", few, 50.0))
         slow_many = stack.enter_context(delayed_receiver(args.delayed, workdir / "slow-many", many, 200.0))
+        instant_many = stack.enter_context(
+            delayed_receiver(args.delayed, workdir / "instant-many", many, 0.0)
+        )
         zero_few = stack.enter_context(PythonDelayedReceiver(few, 0.0))
         shapes = [
             Shape("fast", (fast.url("/hook/fast"),), 0.0, n),
@@ -187,7 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 0.2,
                 n if args.deliveries or args.quick else 2 * n,
             ),
+            Shape(
+                f"instant-{many}",
+                tuple(loopback_url(port, f"/hook/{i}") for i, port in enumerate(instant_many.ports)),
+                0.0,
+                n if args.deliveries or args.quick else 2 * n,
+            ),
         ]
+        twins = {f"slow-{many}": f"instant-{many}"}  # a slow shape's CPU bound: its twin answering at once
         progress(
             f"fast receiver: {fast.note}; {rounds} round(s); workers {workers_values} "
             f"(None: the default, {defaults.workers}); per endpoint {defaults.per_endpoint}; "
@@ -222,10 +238,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             med = series.median(f"{w}:{shape.name}")
             spread = f"{min(values):,.0f}-{max(values):,.0f}"
             cpu = series.median(f"{w}:{shape.name}:cpu")
-            if not shape.delay_seconds:  # fast, and the Python receiver at 0 ms: references
+            if not shape.delay_seconds:  # fast, instant and the Python receiver at 0 ms: references, bounds
                 rows.append([w, shape.name, med, spread, cpu, "-", "-", "-"])
                 continue
-            limit, why = bound(shape, w, defaults.per_endpoint, fast_rate)
+            twin = twins.get(shape.name)
+            if twin is not None:
+                cpu_rate, cpu_what = series.median(f"{w}:{twin}"), f"{twin} figure"
+                rows.append(
+                    [w, f"{shape.name} vs fast", med, spread, cpu, fast_rate, "fast-endpoint figure",
+                     f"{med / fast_rate:.2f}x"]
+                )  # fmt: skip
+            else:
+                cpu_rate, cpu_what = fast_rate, "fast-endpoint figure"
+            limit, why = bound(shape, w, defaults.per_endpoint, cpu_rate, cpu_what)
             ratio = med / limit if limit else 0.0
             rows.append([w, shape.name, med, spread, cpu, limit, why, f"{ratio:.2f}x"])
             targets.append(
