@@ -26,11 +26,12 @@ A child that dies fails its attempts in flight (they are retried like any connec
 again. Children ignore SIGINT/SIGTERM/SIGHUP (the parent decides when to stop) and exit when their socket
 closes, including when the parent is killed.
 
-Each child's replies are read by a thread, and late submitted attempts are failed by a sweeper thread, both
-started through ``spawn`` (the supervisor's, in ``dispatch run``): a reader or sweeper that dies of a bug
-would strand replies or attempts, so that is a fault of the process, not a silent loss. Their returns are
-all deliberate (a reader's child was restarted by a new reader, or the client closed), so ``spawn`` must not
-count a return as a fault.
+In a child, one thread sends the replies (``_ReplySender``): those that finish while it sends go together
+as one message. Each child's replies are read by a thread, and late submitted attempts are failed by a
+sweeper thread, both started through ``spawn`` (the supervisor's, in ``dispatch run``): a reader or sweeper
+that dies of a bug would strand replies or attempts, so that is a fault of the process, not a silent loss.
+Their returns are all deliberate (a reader's child was restarted by a new reader, or the client closed), so
+``spawn`` must not count a return as a fault.
 """
 
 from __future__ import annotations
@@ -109,6 +110,53 @@ def _answer(client: Any, item: Request) -> Reply:
 # -- the child -------------------------------------------------------------------------------------------
 
 
+class _ReplySender:
+    """The child's one writer of replies: attempt threads ``put`` theirs and go on; a thread of its own
+    sends what has gathered meanwhile as one message (a list), at once when one waits alone.
+
+    Each thread sending its own reply under a lock made those that finished together queue on the lock
+    and on the interpreter lock, one system call each: with hundreds of attempts waiting on slow
+    receivers, replies come due in bursts."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._items: list[Reply] = []
+        self._ready = threading.Condition()
+        self._closing = False
+        self.failed = False  # the parent is gone: no reply can reach it
+        self._thread = threading.Thread(target=self._run, name="replies", daemon=True)
+        self._thread.start()
+
+    def put(self, reply: Reply) -> bool:
+        """Queue ``reply``; False once the parent is gone."""
+        with self._ready:
+            self._items.append(reply)
+            if len(self._items) == 1:
+                self._ready.notify()
+        return not self.failed
+
+    def close(self) -> None:
+        """Send what is queued, then stop."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._items and not self._closing:
+                    self._ready.wait()
+                batch, self._items = self._items, []
+                if not batch:
+                    return
+            try:
+                self._conn.send_bytes(pickle.dumps(batch, _PROTOCOL))
+            except OSError:
+                self.failed = True  # the parent is gone; the attempt threads stop
+                return
+
+
 def _raise_open_files_limit() -> None:
     """Raise the soft limit on open files to the hard one: a child keeps a connection per thread and
     endpoint, and 1,024 (systemd's default soft limit) is fewer than 1,000 endpoints' kept-alive
@@ -165,16 +213,10 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
         os.nice(args.nice)  # below the main process: acknowledgements before attempts (ProcessClient)
     conn = _fork_siblings(args.fd, args.fork_fd)
     allowed = tuple(ip_network(cidr) for cidr in args.allow)
-    send_lock = threading.Lock()
+    replies = _ReplySender(conn)
 
     def attempt(client: HttpClient, item: Request) -> bool:
-        data = pickle.dumps(_answer(client, item), _PROTOCOL)
-        try:
-            with send_lock:
-                conn.send_bytes(data)
-        except OSError:
-            return False  # the parent is gone
-        return True
+        return replies.put(_answer(client, item))  # False: the parent is gone
 
     # Enough pooled connections per endpoint for every thread, and a pool for every endpoint up to
     # _MAX_ENDPOINTS (beyond it the least recently used endpoint's connections are closed and reopened).
@@ -193,6 +235,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
                 break
             pool.submit(pickle.loads(data))
         pool.close()  # finish the attempts already received, then stop
+        replies.close()
     return 0
 
 
@@ -443,13 +486,14 @@ class ProcessClient:
     def _read_replies(self, index: int, child: _Child) -> None:
         while True:
             try:
-                reply: Reply = pickle.loads(child.conn.recv_bytes())
+                batch: list[Reply] = pickle.loads(child.conn.recv_bytes())  # the replies sent together
             except (EOFError, OSError):
                 break
             with child.lock:
-                waiter = child.pending.pop(reply.request_id, None)
-            if waiter is not None:
-                waiter.set(reply)  # a submitted attempt's ``done`` runs here
+                waiters = [child.pending.pop(reply.request_id, None) for reply in batch]
+            for waiter, reply in zip(waiters, batch, strict=True):
+                if waiter is not None:
+                    waiter.set(reply)  # a submitted attempt's ``done`` runs here
         with child.lock:
             child.alive = False
             orphans = list(child.pending.values())
