@@ -155,6 +155,12 @@ class _ReplySender:
             except OSError:
                 self.failed = True  # the parent is gone; the attempt threads stop
                 return
+            except Exception as exc:  # a bug: crash-only, the parent sees its end close and restarts us
+                sys.stderr.write(f"dispatcher.transport: replies failed ({type(exc).__name__})\n")
+                self.failed = True
+                with contextlib.suppress(OSError):
+                    self._conn.close()
+                return
 
 
 def _raise_open_files_limit() -> None:

@@ -85,3 +85,24 @@ def test_a_parent_that_is_gone_makes_put_answer_false() -> None:
         time.sleep(0.01)
     assert not sender.put(_reply(2))
     sender.close()
+
+
+def test_a_reply_that_cannot_be_sent_closes_the_link_so_the_parent_restarts_the_child() -> None:
+    """Should sending ever fail for another reason than a gone parent (here: a reply that cannot be
+    pickled), the child does not go on silently without replies: its end closes (the parent reads EOF and
+    restarts it) and ``put`` answers False."""
+    child_end, parent_end = socket.socketpair()
+    sender = _ReplySender(Connection(child_end.detach()))
+    parent = Connection(parent_end.detach())
+    try:
+        sender.put(_reply(1)._replace(response_headers={"x": threading.Lock()}))  # type: ignore[dict-item]
+        assert parent.poll(5.0)
+        try:
+            parent.recv_bytes()
+            raise AssertionError("a message arrived instead of EOF")
+        except EOFError:
+            pass
+        assert not sender.put(_reply(2))
+    finally:
+        sender.close()
+        parent.close()
