@@ -128,7 +128,9 @@ class _ReplySender:
         self._thread.start()
 
     def put(self, reply: Reply) -> bool:
-        """Queue ``reply``; False once the parent is gone."""
+        """Queue ``reply``; False once the parent is gone (nothing is queued then: none would be sent)."""
+        if self.failed:
+            return False
         with self._ready:
             self._items.append(reply)
             if len(self._items) == 1:
