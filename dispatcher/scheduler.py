@@ -41,8 +41,9 @@ class Scheduler:
         self._wake = threading.Condition()
         self._announced: list[float] = []  # a heap: the times new due work was announced for (wake())
         self.next_reclaim = 0.0
-        # After a lease that found nothing but the due work of endpoints with enough queued: those endpoints,
-        # and until when to wait for one of them to drain (or for announced work to come due) before leasing.
+        # After a lease that found nothing but the due work of endpoints with enough queued: those endpoints
+        # (and any that filled since), and until when to wait for one of them to drain (or for announced work
+        # to come due) before leasing.
         self._hold: tuple[frozenset[str], float] | None = None
         self._hold_seconds = HOLD_MIN_SECONDS
         #: The store is shared and holds the per-endpoint limit (set by the engine): due work it did not
@@ -85,7 +86,11 @@ class Scheduler:
         if self._hold is not None:
             keys, until = self._hold
             if now < until and not announced and keys <= full:
-                return min(until, now + 0.05)  # nothing new since a fruitless lease; none of them drained
+                # Nothing new since a fruitless lease, and none of them drained. An endpoint that fills
+                # meanwhile is watched too: ingest leaves its new deliveries in the store, due now and
+                # announced to nobody, and its drain is what makes them leasable.
+                self._hold = (keys | full, until)
+                return min(until, now + 0.05)
             self._hold = None
         room = self._intake.room()
         if room <= 0:

@@ -456,3 +456,35 @@ def test_scheduler_leases_past_the_backlog_of_a_full_endpoint(store: MemoryStore
     scheduler.run_once(now + 1.2)
     scheduler.run_once(now + 1.7)
     assert leases == [3, 3, 0, 0, 0, 0]
+
+
+def test_a_hold_ends_when_an_endpoint_that_filled_during_it_drains(
+    store: MemoryStore, client: FakeClient
+) -> None:
+    """While the scheduler holds for a dead endpoint's backlog, a live endpoint fills and ingest leaves its
+    new deliveries in the store (due now, announced to nobody): once the live one drains, its backlog is
+    leased at the next step, not when the hold runs out."""
+    dead = Webhook(name="dead", target_url="https://dead.example.com/h", event_types=("*",))
+    live = Webhook(name="live", target_url="https://live.example.com/h", event_types=("*",))
+    engine = _engine(store, client, [_snapshot(dead, live)], per_endpoint_queued=8, lease_batch=3)
+    now = time.time()
+    for i in range(10):
+        store.enqueue([NewEvent(f"{i:032x}", "t", b"{}", ("dead",))], now - 100 + i)
+    scheduler = engine.scheduler
+    while not scheduler._hold:  # leases the dead endpoint's backlog until it is full, then holds
+        scheduler.run_once(now)
+    dead_key, live_key = endpoint_key(dead.target_url), endpoint_key(live.target_url)
+    assert engine.queues.queued(dead_key) == 6
+    for i in range(10, 14):  # ingest admits the live endpoint's new deliveries until it is full ...
+        _enqueue(store, engine, "live", uuid=f"{i:032x}", now=now)
+    for i in range(14, 17):  # ... then leaves the next ones in the store
+        store.enqueue([NewEvent(f"{i:032x}", "t", b"{}", ("live",))], now)
+    assert scheduler.run_once(now + 0.1) == pytest.approx(now + 0.15)  # both full: still holding
+    while engine.queues.queued(live_key) > 3:  # the live endpoint's attempts take some: below half full
+        got = engine.queues.take(0)
+        assert got is not None
+        engine.queues.done(got[0])
+    assert engine.queues.queued(dead_key) >= 4  # the dead one is still full
+    leased_before = engine.queues.queued(live_key)
+    scheduler.run_once(now + 0.2)
+    assert engine.queues.queued(live_key) == leased_before + 3  # its backlog, leased at once
